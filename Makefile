@@ -1,0 +1,63 @@
+# fmnist-jax: one target per experiment. Every target runs Python through $(PYTHON), the project's
+# own virtual environment by default (created on first use); `make <target> PYTHON=/path/to/python`
+# uses that interpreter instead and creates nothing.
+
+VENV    ?= .venv
+PYTHON  ?= $(VENV)/bin/python
+RUNS    ?= runs
+RUFF_ARGS = --line-length 100
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+export TF_ENABLE_ONEDNN_OPTS ?= 0
+
+EXPERIMENTS = linreg mlp mlp-dropout cnn cnn-dropout
+
+# The environment exists only for the default interpreter; a user-given PYTHON is used as is.
+ifeq ($(PYTHON),$(VENV)/bin/python)
+ENV = $(VENV)/.installed
+else
+ENV =
+endif
+
+.PHONY: help env reproduce test lint format $(EXPERIMENTS) clean-runs
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+env: $(ENV)  ## create the virtual environment and install requirements.txt
+
+reproduce: $(EXPERIMENTS)  ## set up, then run every experiment, the figures and the report
+
+test: $(ENV)  ## set up, then lint and run the whole test suite
+	$(PYTHON) -m ruff check $(RUFF_ARGS) fmnist_jax experiments tests
+	$(PYTHON) -m pytest -q tests
+
+lint: $(ENV)  ## ruff lint and format check
+	$(PYTHON) -m ruff check $(RUFF_ARGS) fmnist_jax experiments tests
+	$(PYTHON) -m ruff format --check $(RUFF_ARGS) fmnist_jax experiments tests
+
+format: $(ENV)  ## ruff format the code in place
+	$(PYTHON) -m ruff format $(RUFF_ARGS) fmnist_jax experiments tests
+
+linreg: $(ENV)  ## exercise 2.1: linear regression, SGD lr 1e-4 -> runs/linreg
+	$(PYTHON) -m fmnist_jax.main --config experiments/linreg.py --workdir $(RUNS)/linreg
+
+mlp: $(ENV)  ## exercise 2.2: MLP without dropout -> runs/mlp
+	$(PYTHON) -m fmnist_jax.main --config experiments/mlp.py --workdir $(RUNS)/mlp
+
+mlp-dropout: $(ENV)  ## exercise 2.4.1: MLP with dropout 0.25 -> runs/mlp_dropout
+	$(PYTHON) -m fmnist_jax.main --config experiments/mlp_dropout.py --workdir $(RUNS)/mlp_dropout
+
+cnn: $(ENV)  ## exercise 2.3: ConvNet without dropout -> runs/cnn
+	$(PYTHON) -m fmnist_jax.main --config experiments/cnn.py --workdir $(RUNS)/cnn
+
+cnn-dropout: $(ENV)  ## exercise 2.4.2: ConvNet with dropout 0.25 -> runs/cnn_dropout
+	$(PYTHON) -m fmnist_jax.main --config experiments/cnn_dropout.py --workdir $(RUNS)/cnn_dropout
+
+clean-runs:  ## delete runs/ and figures/ (all checkpoints and logs!)
+	rm -rf $(RUNS) figures

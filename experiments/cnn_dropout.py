@@ -1,0 +1,18 @@
+"""Exercise 2.4.2: the ConvNet with dropout 0.25 after each conv-pool block.
+
+Same as experiments/cnn.py apart from the two dropout layers. Expected: a smaller final
+train-test loss gap than cnn, the test loss stays near its minimum, accuracy about the same or
+slightly better. Its checkpoint is the model the adversarial search attacks (exercise 2.5).
+
+    make cnn-dropout    # -> runs/cnn_dropout
+"""
+
+from fmnist_jax.config import load_experiment
+from fmnist_jax.config import shrink_for_test
+
+
+def get_config(variant: str = ""):
+    c = load_experiment("cnn")
+    c.name = "cnn_dropout"
+    c.dropout_rate = 0.25
+    return shrink_for_test(c) if variant == "test" else c

@@ -1,0 +1,1 @@
+"""fmnist-jax: the ConvNets-on-Fashion-MNIST exercise in JAX/Flax."""

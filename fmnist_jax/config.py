@@ -1,0 +1,152 @@
+"""The shared base config every experiment starts from, and its validation.
+
+An experiment file (`experiments/<name>.py`) calls `base_config()`, overrides a few fields and
+returns the ConfigDict from its `get_config()`.
+"""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import ml_collections
+
+OPTIMIZERS = ("adam", "sgd", "momentum")
+MODELS = ("linear_regression", "mlp", "cnn")
+DATASETS = ("fashion_mnist", "synthetic", "linear_regression")
+ACTIVATIONS = ("relu", "sigmoid")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value the code cannot run with."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by all experiments."""
+    c = ml_collections.ConfigDict()
+    c.name = "base"
+
+    # Data. data_dir empty: $FMNIST_DATA_DIR if set, otherwise tensorflow-datasets.
+    c.dataset = "fashion_mnist"
+    c.data_dir = ""
+
+    # Model.
+    c.model = "cnn"
+    c.num_classes = 10
+    c.hidden_size = 512  # MLP only
+    c.activation = "relu"  # MLP only: "relu" or "sigmoid" (sigma' = sigma - sigma^2)
+    c.dropout_rate = 0.0
+
+    # Optimizer.
+    c.optimizer = "adam"
+    c.learning_rate = 1e-3
+    c.momentum = 0.9  # "momentum" only
+
+    # Training and evaluation.
+    c.batch_size = 64
+    c.eval_batch_size = 1000
+    c.num_train_steps = 10_000
+    c.eval_every_steps = 250
+    c.checkpoint_every_steps = 1000  # a multiple of eval_every_steps
+    c.max_checkpoints_to_keep = 3
+    c.seed = 0
+
+    # Linear regression's synthetic problem (dataset "linear_regression" only).
+    c.regression = ml_collections.ConfigDict(
+        dict(num_train=10_000, num_test=2_000, num_features=20, noise=0.5)
+    )
+    return c
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive_int(config, field: str) -> None:
+    value = config[field]
+    _require(
+        isinstance(value, int) and value > 0, f"config.{field} must be a positive integer, got {value!r}"
+    )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first field that cannot work."""
+    for field, choices in (
+        ("model", MODELS),
+        ("optimizer", OPTIMIZERS),
+        ("dataset", DATASETS),
+        ("activation", ACTIVATIONS),
+    ):
+        _require(
+            config[field] in choices,
+            f"config.{field}={config[field]!r} is unknown; choose one of {', '.join(choices)}",
+        )
+    lr = config.learning_rate
+    _require(
+        isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
+        f"config.learning_rate must be a finite number > 0, got {lr!r}",
+    )
+    _require(
+        0.0 <= config.dropout_rate < 1.0,
+        f"config.dropout_rate must lie in [0, 1), got {config.dropout_rate!r}",
+    )
+    for field in (
+        "batch_size",
+        "eval_batch_size",
+        "num_train_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "max_checkpoints_to_keep",
+    ):
+        _positive_int(config, field)
+    _require(
+        config.checkpoint_every_steps % config.eval_every_steps == 0,
+        f"config.checkpoint_every_steps={config.checkpoint_every_steps} must be a multiple of"
+        f" config.eval_every_steps={config.eval_every_steps}, so that a resumed run logs the"
+        " same curves as an uninterrupted one",
+    )
+    regression = config.model == "linear_regression"
+    _require(
+        regression == (config.dataset == "linear_regression"),
+        f"config.model={config.model!r} cannot train on config.dataset={config.dataset!r}:"
+        " linear_regression goes with linear_regression, mlp and cnn with images",
+    )
+
+
+def shrink_for_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The same experiment sized to run in seconds on a CPU: synthetic data, a few steps."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    if c.dataset == "fashion_mnist":
+        c.dataset = "synthetic"
+    else:
+        c.regression.num_train, c.regression.num_test = 512, 128
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.num_train_steps = 24
+    c.eval_every_steps = 8
+    c.checkpoint_every_steps = 8
+    return c
+
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_experiment(name_or_path: str, variant: str = "") -> ml_collections.ConfigDict:
+    """The ConfigDict of an experiment, by name ("cnn") or file path, with an optional variant
+    ("test" shrinks it to a CPU smoke test), exactly as `--config file.py:variant` gives it."""
+    path = Path(name_or_path)
+    if path.suffix != ".py":
+        path = EXPERIMENTS_DIR / f"{name_or_path}.py"
+    if not path.is_file():
+        raise ConfigError(
+            f"no experiment {name_or_path!r}: {path} does not exist; experiments are"
+            f" {', '.join(experiment_names())}"
+        )
+    spec = importlib.util.spec_from_file_location(f"_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()

@@ -1,0 +1,326 @@
+"""Data sources, validation and batching.
+
+Every source returns a `Dataset`: two in-memory splits, each a dict of numpy arrays with
+`inputs` and `targets`, plus where the data came from. Fashion-MNIST is kept as uint8
+(about 55 MB for all 70,000 images) and turned into float32 in [0, 1] one batch at a time.
+
+Sources:
+  * "idx"       a folder with the four standard gz files (`data_dir` or $FMNIST_DATA_DIR);
+  * "tfds"      tensorflow-datasets' `fashion_mnist` (the official split; needs internet once);
+  * "synthetic" deterministic random images of the same shapes and dtypes, for fast tests;
+  * "linear_regression" a synthetic regression problem with a known ground truth.
+"""
+
+import dataclasses
+import gzip
+import os
+import socket
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SHAPE = (28, 28)
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+ENV_DATA_DIR = "FMNIST_DATA_DIR"
+
+Split = dict[str, np.ndarray]
+
+
+class DataError(ValueError):
+    """Bad or unreachable input data; the message names the file and what is wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    train: Split
+    test: Split
+    source: str  # "idx", "tfds", "synthetic" or "linear_regression"
+    location: str  # the folder read, or a description of the generator
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "location": self.location,
+            "num_train": int(len(self.train["targets"])),
+            "num_test": int(len(self.test["targets"])),
+        }
+
+
+# --------------------------------------------------------------------------- IDX files
+
+
+def _read_gz(path: Path) -> bytes:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except gzip.BadGzipFile as e:
+        raise DataError(f"{path}: not a gzip file ({e})") from None
+    except (EOFError, zlib.error) as e:
+        raise DataError(f"{path}: truncated or corrupt gzip data ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e})") from None
+
+
+def _parse_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
+    raw = _read_gz(path)
+    header_size = 4 * (1 + ndim)
+    if len(raw) < header_size:
+        raise DataError(f"{path}: only {len(raw)} bytes, shorter than the IDX header")
+    found_magic, *dims = struct.unpack(f">{1 + ndim}I", raw[:header_size])
+    if found_magic != magic:
+        kind = "images" if magic == IMAGES_MAGIC else "labels"
+        raise DataError(f"{path}: magic number {found_magic}, expected {magic} for IDX {kind}")
+    expected = int(np.prod(dims))
+    body = raw[header_size:]
+    if len(body) != expected:
+        raise DataError(
+            f"{path}: header announces {dims} = {expected} bytes of data, file holds {len(body)}"
+        )
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def read_idx_images(path: str | os.PathLike) -> np.ndarray:
+    """Reads an IDX image file (magic 2051) into uint8 [N, 28, 28]; raises DataError."""
+    path = Path(path)
+    images = _parse_idx(path, IMAGES_MAGIC, ndim=3)
+    if images.shape[1:] != IMAGE_SHAPE:
+        raise DataError(f"{path}: images are {images.shape[1:]}, expected {IMAGE_SHAPE}")
+    return images
+
+
+def read_idx_labels(path: str | os.PathLike) -> np.ndarray:
+    """Reads an IDX label file (magic 2049) into uint8 [N] with values 0..9; raises DataError."""
+    path = Path(path)
+    labels = _parse_idx(path, LABELS_MAGIC, ndim=1)
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if bad.size:
+        raise DataError(
+            f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside 0..{NUM_CLASSES - 1}"
+            f" ({bad.size} such labels)"
+        )
+    return labels
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Writes a uint8 array as a gzipped IDX file (images if 3-D, labels if 1-D)."""
+    array = np.asarray(array, dtype=np.uint8)
+    magic = {3: IMAGES_MAGIC, 1: LABELS_MAGIC}[array.ndim]
+    header = struct.pack(f">{1 + array.ndim}I", magic, *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def load_idx(folder: str | os.PathLike) -> Dataset:
+    """Reads the four standard Fashion-MNIST gz files from `folder`."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder not found (set data_dir or ${ENV_DATA_DIR})")
+    splits = {}
+    for name, (images_file, labels_file) in IDX_FILES.items():
+        images = read_idx_images(folder / images_file)
+        labels = read_idx_labels(folder / labels_file)
+        if len(images) != len(labels):
+            raise DataError(
+                f"{folder}: {images_file} holds {len(images)} images but {labels_file} holds"
+                f" {len(labels)} labels"
+            )
+        splits[name] = {"inputs": images[..., None], "targets": labels.astype(np.int32)}
+    return Dataset(splits["train"], splits["test"], "idx", str(folder.resolve()))
+
+
+# --------------------------------------------------------------------------- TFDS
+
+TFDS_NAME = "fashion_mnist"
+TFDS_PROBE = ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80)
+
+
+def _online(address=TFDS_PROBE, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_tfds(data_dir: str | None = None) -> Dataset:
+    """Loads the official split through tensorflow-datasets (downloads on first use).
+
+    Offline and not yet prepared, it fails at once with a DataError instead of retrying for
+    minutes (TFDS's own behaviour).
+    """
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
+    if not builder.is_prepared():
+        if not _online():
+            raise DataError(
+                f"tfds: {TFDS_NAME} is not prepared in {builder.data_dir} and its download"
+                f" server is unreachable; point ${ENV_DATA_DIR} (or --config.data_dir) at a"
+                " folder with the four IDX gz files instead"
+            )
+        builder.download_and_prepare()
+    splits = {}
+    for name in ("train", "test"):
+        ds = builder.as_dataset(split=name).batch(10_000)
+        parts = list(tfds.as_numpy(ds))
+        images = np.concatenate([p["image"] for p in parts]).astype(np.uint8)
+        labels = np.concatenate([p["label"] for p in parts]).astype(np.int32)
+        splits[name] = {"inputs": images, "targets": labels}
+    return Dataset(splits["train"], splits["test"], "tfds", str(builder.data_dir))
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def synthetic_images(num_train: int = 512, num_test: int = 128, seed: int = 0) -> Dataset:
+    """Deterministic learnable stand-in for Fashion-MNIST: same shapes and dtypes.
+
+    Each class has a fixed random template; an example is its class template plus noise, so
+    models can learn it in a few steps.
+    """
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(0, 255, size=(NUM_CLASSES, *IMAGE_SHAPE, 1))
+
+    def make(n):
+        labels = rng.integers(0, NUM_CLASSES, size=n).astype(np.int32)
+        noise = rng.normal(0, 60, size=(n, *IMAGE_SHAPE, 1))
+        images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+        return {"inputs": images, "targets": labels}
+
+    train, test = make(num_train), make(num_test)
+    return Dataset(train, test, "synthetic", f"synthetic images, seed {seed}")
+
+
+def linear_regression_data(
+    num_train: int, num_test: int, num_features: int, noise: float, seed: int = 0
+) -> Dataset:
+    """y = <w*, x> + b* + noise with x ~ N(0, I); w*, b* drawn from the seed."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=num_features).astype(np.float32)
+    b = np.float32(rng.normal())
+
+    def make(n):
+        x = rng.normal(size=(n, num_features)).astype(np.float32)
+        y = (x @ w + b + noise * rng.normal(size=n)).astype(np.float32)
+        return {"inputs": x, "targets": y}
+
+    desc = f"y = <w*, x> + b* + N(0, {noise}^2), {num_features} features, seed {seed}"
+    return Dataset(make(num_train), make(num_test), "linear_regression", desc)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def load(config) -> Dataset:
+    """Loads the data set a config asks for.
+
+    `config.dataset` is "fashion_mnist", "synthetic" or "linear_regression". For Fashion-MNIST,
+    `config.data_dir` (or $FMNIST_DATA_DIR) names an IDX folder; with neither, TFDS is used.
+    """
+    if config.dataset == "linear_regression":
+        r = config.regression
+        return linear_regression_data(
+            r.num_train, r.num_test, r.num_features, r.noise, seed=config.seed
+        )
+    if config.dataset == "synthetic":
+        return synthetic_images(seed=config.seed)
+    if config.dataset == "fashion_mnist":
+        folder = config.get("data_dir") or os.environ.get(ENV_DATA_DIR)
+        return load_idx(folder) if folder else load_tfds()
+    raise DataError(
+        f"unknown dataset {config.dataset!r}; choose fashion_mnist, synthetic or"
+        " linear_regression"
+    )
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def to_model_inputs(inputs: np.ndarray) -> np.ndarray:
+    """uint8 images become float32 in [0, 1]; real-valued features pass through as float32."""
+    if inputs.dtype == np.uint8:
+        return inputs.astype(np.float32) / 255.0
+    return inputs.astype(np.float32, copy=False)
+
+
+def epoch_batches(
+    split: Split,
+    batch_size: int,
+    *,
+    seed: int | None = None,
+    epoch: int = 0,
+    remainder: str = "drop",
+    first_batch: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields one pass over `split` in batches of `batch_size`.
+
+    The order is a permutation drawn from (seed, epoch), or the stored order if `seed` is None.
+    The last partial batch is dropped (`remainder="drop"`, for training: every step sees a full
+    batch) or padded with copies of the first example plus a `mask` that is False on the padding
+    (`remainder="pad"`, for evaluation: every example counts exactly once). Padded batches carry
+    the mask even when full, so every batch has the same structure. `first_batch` skips the
+    first batches of the pass without building them.
+    """
+    if remainder not in ("drop", "pad"):
+        raise ValueError(f"remainder must be 'drop' or 'pad', got {remainder!r}")
+    n = len(split["targets"])
+    order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
+    stop = n - n % batch_size if remainder == "drop" else n
+    for start in range(first_batch * batch_size, stop, batch_size):
+        idx = order[start : start + batch_size]
+        valid = len(idx)
+        if valid < batch_size:
+            idx = np.concatenate([idx, np.full(batch_size - valid, order[0])])
+        batch = {
+            "inputs": to_model_inputs(split["inputs"][idx]),
+            "targets": split["targets"][idx],
+        }
+        if remainder == "pad":
+            batch["mask"] = np.arange(batch_size) < valid
+        yield batch
+
+
+def steps_per_epoch(split: Split, batch_size: int) -> int:
+    """Full training batches per epoch."""
+    return len(split["targets"]) // batch_size
+
+
+def train_batches(
+    split: Split, batch_size: int, seed: int, start_step: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless stream of shuffled full batches, epoch after epoch, from global step `start_step`.
+
+    Step s always gets the same batch for the same seed, so a resumed run sees exactly the
+    batches an uninterrupted one would.
+    """
+    per_epoch = steps_per_epoch(split, batch_size)
+    if per_epoch == 0:
+        raise DataError(
+            f"batch size {batch_size} is larger than the {len(split['targets'])} training examples"
+        )
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        yield from epoch_batches(split, batch_size, seed=seed, epoch=epoch, first_batch=skip)
+        epoch, skip = epoch + 1, 0

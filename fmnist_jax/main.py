@@ -1,0 +1,56 @@
+"""Command line: train one experiment.
+
+    python -m fmnist_jax.main --config experiments/cnn.py --workdir runs/cnn \
+        [--config.num_train_steps=200] [--verbose]
+
+Bad input ends in one line on stderr naming the problem and a non-zero exit; --verbose shows the
+traceback as well.
+"""
+
+import logging as pylogging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from fmnist_jax import errors  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and summary.json.")
+flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from fmnist_jax import train  # after flag parsing: keeps --help fast
+
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_logger().addFilter(_quiet_libraries)
+    logging.get_absl_handler().addFilter(_quiet_libraries)
+    with errors.reported(verbose=FLAGS.verbose):
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def _quiet_libraries(record) -> bool:
+    """Keeps our progress lines; drops the INFO chatter of orbax and friends."""
+    noisy = ("orbax", "jax/_src", "tensorflow", "logging_writer")
+    return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in noisy)
+
+
+def parse_flags(argv):
+    """absl's parsing, with config mistakes (unknown field, missing file) as one clear line."""
+    with errors.reported(verbose="--verbose" in argv, flag_errors=True):
+        rest = FLAGS(argv)
+        if FLAGS.config is None or not FLAGS.workdir:
+            raise errors.UsageError("--config and --workdir are required")
+        return rest
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main, flags_parser=parse_flags))

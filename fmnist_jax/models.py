@@ -1,0 +1,97 @@
+"""The exercise's three models as pure Flax linen modules.
+
+Every model maps a batch of inputs to outputs: `LinearRegression` gives one real value per
+example, `MLP` and `ConvNet` give class logits. `train=True` switches dropout on; it then needs a
+`'dropout'` PRNG stream (`rngs={'dropout': key}`).
+"""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fmnist_jax import theory
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    # sigma' = sigma - sigma^2 computed from the saved forward value (exercise section 1.2).
+    "sigmoid": theory.sigmoid,
+}
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling with stride 2 (VALID) on NHWC input, as a reshape and a max.
+
+    Same values as `nn.max_pool(x, (2, 2), strides=(2, 2))`; XLA's CPU backward of the
+    windowed `max_pool` (select-and-scatter) is slow, a reduction over a reshaped axis is not.
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :]
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    return jnp.max(x, axis=(2, 4))
+
+
+class LinearRegression(nn.Module):
+    """One Dense layer with a single output: y = <w, x> + b."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # no dropout; the argument keeps one call signature for all models
+        x = x.reshape((x.shape[0], -1))
+        return nn.Dense(1)(x)[:, 0]
+
+
+class MLP(nn.Module):
+    """flatten -> Dense(hidden) -> activation -> [Dropout] -> Dense(num_classes)."""
+
+    hidden_size: int = 512
+    num_classes: int = 10
+    dropout_rate: float = 0.0
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = x.reshape((x.shape[0], -1))
+        x = ACTIVATIONS[self.activation](nn.Dense(self.hidden_size)(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+class ConvNet(nn.Module):
+    """Conv32 3x3 -> pool -> [Dropout] -> Conv64 3x3 -> pool -> [Dropout] -> Dense128 -> Dense10.
+
+    Convolutions use SAME padding; pools are 2x2 with stride 2. Input is NHWC.
+    """
+
+    num_classes: int = 10
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for features in (32, 64):
+            x = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(x))
+            x = max_pool_2x2(x)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(128)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+MODELS = {"linear_regression": LinearRegression, "mlp": MLP, "cnn": ConvNet}
+
+
+def create_model(config) -> nn.Module:
+    """Builds the model named by `config.model` with the config's model fields."""
+    if config.model == "linear_regression":
+        return LinearRegression()
+    if config.model == "mlp":
+        return MLP(
+            hidden_size=config.hidden_size,
+            num_classes=config.num_classes,
+            dropout_rate=config.dropout_rate,
+            activation=config.activation,
+        )
+    if config.model == "cnn":
+        return ConvNet(num_classes=config.num_classes, dropout_rate=config.dropout_rate)
+    raise ValueError(f"unknown model {config.model!r}; choose one of {sorted(MODELS)}")

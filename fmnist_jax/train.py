@@ -1,0 +1,451 @@
+"""The one train loop every experiment shares; experiments differ only in their config.
+
+`train_and_evaluate(config, workdir)` trains data-parallel over all local devices (a 1-D `data`
+mesh: batch sharded, parameters replicated), evaluates every `eval_every_steps` steps on the
+whole test split, writes TensorBoard events to `workdir/train` and `workdir/test` (same tags, so
+TensorBoard overlays them), `metrics.jsonl`, orbax checkpoints in `workdir/checkpoints`,
+`config.json` and at the end `summary.json`. Rerunning on the same workdir resumes.
+"""
+
+import importlib.metadata
+import json
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers, metrics, periodic_actions
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from fmnist_jax import config as config_lib
+from fmnist_jax import data as data_lib
+from fmnist_jax import models
+
+# Fields whose change makes an existing workdir's checkpoints unusable or its curves meaningless.
+ARCHITECTURE_FIELDS = ("model", "num_classes", "hidden_size", "dataset")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, a workdir from another experiment, ...)."""
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@flax.struct.dataclass
+class ClassificationMetrics(metrics.Collection):
+    loss: metrics.Average.from_output("loss")
+    accuracy: metrics.Accuracy
+
+
+@flax.struct.dataclass
+class RegressionMetrics(metrics.Collection):
+    loss: metrics.Average.from_output("loss")
+
+
+def is_regression(config) -> bool:
+    return config.model == "linear_regression"
+
+
+def per_example_loss(outputs: jax.Array, targets: jax.Array, regression: bool) -> jax.Array:
+    """Squared error for regression, softmax cross-entropy for classification."""
+    if regression:
+        return jnp.square(outputs - targets)
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
+
+
+def batch_metrics(outputs, targets, losses, regression: bool, mask=None) -> metrics.Collection:
+    if regression:
+        return RegressionMetrics.single_from_model_output(loss=losses, mask=mask)
+    return ClassificationMetrics.single_from_model_output(
+        loss=losses, logits=outputs, labels=targets, mask=mask
+    )
+
+
+# --------------------------------------------------------------------------- state and steps
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+    if config.optimizer == "adam":
+        return optax.adam(config.learning_rate)
+    if config.optimizer == "momentum":
+        return optax.sgd(config.learning_rate, momentum=config.momentum)
+    return optax.sgd(config.learning_rate)
+
+
+def create_train_state(config, model, input_shape, rng: jax.Array) -> train_state.TrainState:
+    """Initializes parameters from `rng` for inputs shaped [batch, *input_shape]."""
+    params = model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)["params"]
+    return train_state.TrainState.create(
+        apply_fn=model.apply, params=params, tx=create_optimizer(config)
+    )
+
+
+def train_step(state, batch, dropout_rng, *, regression: bool):
+    """One optimizer step on `batch`; the dropout key is `fold_in(dropout_rng, step)`."""
+    rng = jax.random.fold_in(dropout_rng, state.step)
+
+    def loss_fn(params):
+        outputs = state.apply_fn(
+            {"params": params}, batch["inputs"], train=True, rngs={"dropout": rng}
+        )
+        losses = per_example_loss(outputs, batch["targets"], regression)
+        return losses.mean(), (outputs, losses)
+
+    grads, (outputs, losses) = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    return state, batch_metrics(outputs, batch["targets"], losses, regression)
+
+
+def eval_step(state, batch, *, regression: bool):
+    """Metrics of one padded batch; padding (mask False) does not count."""
+    outputs = state.apply_fn({"params": state.params}, batch["inputs"], train=False)
+    losses = per_example_loss(outputs, batch["targets"], regression)
+    return batch_metrics(outputs, batch["targets"], losses, regression, mask=batch["mask"])
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh named `data` over all local devices."""
+    return Mesh(np.array(jax.local_devices()), ("data",))
+
+
+def check_divisible(config, mesh: Mesh) -> None:
+    n = mesh.size
+    for field in ("batch_size", "eval_batch_size"):
+        if config[field] % n:
+            raise config_lib.ConfigError(
+                f"config.{field}={config[field]} is not divisible by the {n} devices; choose a"
+                f" multiple of {n} (batches are split evenly across devices, never padded)"
+            )
+
+
+class Steps:
+    """The jitted train and eval steps for one config and mesh."""
+
+    def __init__(self, config, mesh: Mesh):
+        regression = is_regression(config)
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.sharded = NamedSharding(mesh, PartitionSpec("data"))
+        self.train = jax.jit(
+            partial(train_step, regression=regression),
+            in_shardings=(self.replicated, self.sharded, self.replicated),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=0,
+        )
+        self.eval = jax.jit(
+            partial(eval_step, regression=regression),
+            in_shardings=(self.replicated, self.sharded),
+            out_shardings=self.replicated,
+        )
+
+    def put_batch(self, batch):
+        return jax.device_put(batch, self.sharded)
+
+
+def evaluate(steps: Steps, state, split, batch_size: int) -> dict[str, float]:
+    """Loss (and accuracy) over a whole split, every example counted once."""
+    total = None
+    for batch in data_lib.epoch_batches(split, batch_size, remainder="pad"):
+        m = steps.eval(state, steps.put_batch(batch))
+        total = m if total is None else total.merge(m)
+    return {k: float(v) for k, v in total.compute().items()}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(workdir: Path, max_to_keep: int) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        (workdir / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
+
+
+def restore_latest(manager: ocp.CheckpointManager, state):
+    """The newest checkpoint that restores into `state`'s structure, or None if none does.
+
+    A directory that fails to restore (emptied, foreign, or half written by a killed process)
+    is skipped with a warning and the next older one is tried.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
+            logging.warning("checkpoint %d in %s cannot be restored (%s); trying an older one",
+                            step, manager.directory, str(e).splitlines()[0][:200])
+    return None
+
+
+# --------------------------------------------------------------------------- run files
+
+
+def check_workdir(workdir: Path, config) -> None:
+    """Refuses a workdir whose saved config belongs to a different experiment architecture."""
+    saved_path = workdir / "config.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    for field in ARCHITECTURE_FIELDS:
+        if field in saved and saved[field] != config[field]:
+            raise TrainingError(
+                f"{workdir} holds a run with {field}={saved[field]!r}, but this config has"
+                f" {field}={config[field]!r}; use another --workdir or delete that one"
+            )
+
+
+def read_history(workdir: Path, up_to_step: int) -> list[dict]:
+    """Evaluation records logged so far, dropping those after `up_to_step` (a resumed run
+    repeats the steps after its checkpoint)."""
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["step"] <= up_to_step]
+
+
+def write_history(workdir: Path, history: list[dict]) -> None:
+    tmp = workdir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    tmp.replace(workdir / "metrics.jsonl")
+
+
+def append_history(workdir: Path, record: dict) -> None:
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the stack, for summaries and reports."""
+    names = ("jax", "jaxlib", "flax", "optax", "clu", "orbax-checkpoint", "numpy")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def summarize(config, history: list[dict], dataset, timing: dict) -> dict:
+    """The numbers a reader wants from a finished run, computed from its evaluation history."""
+    last = history[-1]
+    min_loss = min(history, key=lambda r: r["test_loss"])
+    summary = {
+        "name": config.name,
+        "model": config.model,
+        "dropout_rate": config.dropout_rate,
+        "steps": last["step"],
+        "steps_per_epoch": data_lib.steps_per_epoch(dataset.train, config.batch_size),
+        "final_test_loss": last["test_loss"],
+        "min_test_loss": min_loss["test_loss"],
+        "min_test_loss_step": min_loss["step"],
+        "final_train_loss": last["train_loss"],
+        "final_test_accuracy": last.get("test_accuracy"),
+        "best_test_accuracy": None,
+        "best_test_accuracy_step": None,
+        "final_train_accuracy": last.get("train_accuracy"),
+    }
+    if not is_regression(config):
+        best = max(history, key=lambda r: r["test_accuracy"])
+        summary["best_test_accuracy"] = best["test_accuracy"]
+        summary["best_test_accuracy_step"] = best["step"]
+    device = jax.local_devices()[0]
+    summary.update(timing)
+    summary.update(
+        backend=jax.default_backend(),
+        device_kind=device.device_kind,
+        device_count=jax.local_device_count(),
+        data=dataset.describe(),
+        versions=versions(),
+    )
+    return summary
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _eval_record(step, epoch, train_metrics, steps, state, dataset, config) -> dict:
+    train = {f"train_{k}": float(v) for k, v in train_metrics.compute().items()}
+    test = evaluate(steps, state, dataset.test, config.eval_batch_size)
+    return {"step": step, "epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()}}
+
+
+def _write_record(writers, record: dict) -> None:
+    for prefix, writer in writers.items():
+        scalars = {k[len(prefix) + 1 :]: v for k, v in record.items() if k.startswith(prefix)}
+        writer.write_scalars(record["step"], scalars)
+
+
+def _check_finite(step_metrics, step: int) -> None:
+    loss = float(step_metrics.loss.total)
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"the training loss became {loss} at step {step}; stopped without saving this state"
+            " (lower the learning rate; the last good checkpoint is kept)"
+        )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    dataset: data_lib.Dataset | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+) -> train_state.TrainState:
+    """Trains and evaluates the model `config` describes; resumes from `workdir` if it can.
+
+    `dataset` overrides `data.load(config)` (for callers holding their own arrays). `on_eval`
+    is called with each evaluation record. Returns the final train state.
+    """
+    config_lib.validate(config)
+    workdir = Path(workdir)
+    check_workdir(workdir, config)
+    dataset = dataset or data_lib.load(config)
+    mesh = make_mesh()
+    check_divisible(config, mesh)
+    steps = Steps(config, mesh)
+    model = models.create_model(config)
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, dropout_rng = jax.random.split(rng)
+    input_shape = dataset.train["inputs"].shape[1:]
+    state = jax.device_put(create_train_state(config, model, input_shape, init_rng), steps.replicated)
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    with checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
+        restored = restore_latest(manager, state)
+        state = restored if restored is not None else state
+        initial_step = int(state.step)
+        if initial_step:
+            logging.info("resuming %s from step %d", workdir, initial_step)
+        history = read_history(workdir, initial_step)
+        write_history(workdir, history)
+        write_json(workdir / "config.json", config.to_dict())
+        writers = {
+            name: metric_writers.create_default_writer(workdir, collection=name)
+            for name in ("train", "test")
+        }
+        if not initial_step:
+            writers["train"].write_hparams(_flat(config.to_dict()))
+        timing = _loop(config, state, steps, dataset, manager, writers, history, dropout_rng,
+                       initial_step, workdir, on_eval)
+        state = timing.pop("state")
+        for writer in writers.values():
+            writer.close()
+    summary = summarize(config, history, dataset, timing)
+    write_json(workdir / "summary.json", summary)
+    return state
+
+
+def _loop(config, state, steps, dataset, manager, writers, history, dropout_rng, initial_step,
+          workdir, on_eval) -> dict:
+    num_steps = config.num_train_steps
+    per_epoch = data_lib.steps_per_epoch(dataset.train, config.batch_size)
+    batches = data_lib.train_batches(dataset.train, config.batch_size, config.seed, initial_step)
+    report = periodic_actions.ReportProgress(
+        num_train_steps=num_steps, writer=writers["train"], every_secs=30
+    )
+    train_metrics, start, eval_time, first_step_time = None, time.time(), 0.0, None
+    for step in range(initial_step + 1, num_steps + 1):
+        state, step_metrics = steps.train(state, steps.put_batch(next(batches)), dropout_rng)
+        _check_finite(step_metrics, step)
+        if first_step_time is None:
+            first_step_time = time.time() - start
+        train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+        report(step)
+        if step % config.eval_every_steps == 0 or step == num_steps:
+            t = time.time()
+            with report.timed("eval"):
+                record = _eval_record(step, step / per_epoch, train_metrics, steps, state,
+                                      dataset, config)
+            eval_time += time.time() - t
+            history.append(record)
+            append_history(workdir, record)
+            _write_record(writers, record)
+            logging.info("step %d/%d: %s", step, num_steps, _format_record(record))
+            if on_eval:
+                on_eval(record)
+            train_metrics = None
+        if step % config.checkpoint_every_steps == 0 or step == num_steps:
+            manager.save(step, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+    wall = time.time() - start
+    done = num_steps - initial_step
+    steady = wall - eval_time - (first_step_time or 0.0)
+    return {
+        "state": state,
+        "resumed_from_step": initial_step,
+        "wall_time_s": round(wall, 2),
+        "first_step_s": round(first_step_time or 0.0, 3),
+        "eval_time_s": round(eval_time, 2),
+        "images_per_sec": round((done - 1) * config.batch_size / steady, 1)
+        if done > 1 and steady > 0
+        else None,
+    }
+
+
+def _format_record(record: dict) -> str:
+    return ", ".join(
+        f"{k}={v:.4f}" for k, v in record.items() if k not in ("step", "epoch") and v is not None
+    )
+
+
+# --------------------------------------------------------------------------- trained models
+
+
+def load_trained(workdir: str | Path, step: int | None = None):
+    """(config, model, params) of the run in `workdir`, from its latest (or given) checkpoint."""
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise TrainingError(f"{workdir}: no config.json here; is it a training run's workdir?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    model = models.create_model(config)
+    if not (workdir / "checkpoints").is_dir():
+        raise TrainingError(f"{workdir}: no checkpoints/ here; train first")
+    input_shape = (28, 28, 1) if config.model != "linear_regression" else (
+        config.regression.num_features,
+    )
+    state = create_train_state(config, model, input_shape, jax.random.PRNGKey(0))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    with checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
+        steps_saved = manager.all_steps()
+        if not steps_saved:
+            raise TrainingError(f"{workdir}/checkpoints: no checkpoint saved yet; train first")
+        step = max(steps_saved) if step is None else step
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # noqa: BLE001 - surfaced as one clear line
+            raise TrainingError(
+                f"{workdir}/checkpoints/{step} does not fit a {config.model} as config.json"
+                f" describes it: {str(e).splitlines()[0][:200]}"
+            ) from None
+    return config, model, restored.params
