@@ -18,7 +18,7 @@ else
 ENV =
 endif
 
-.PHONY: help env reproduce test lint format $(EXPERIMENTS) clean-runs
+.PHONY: help env reproduce test lint format figures report $(EXPERIMENTS) clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,6 +32,7 @@ $(VENV)/.installed: requirements.txt
 env: $(ENV)  ## create the virtual environment and install requirements.txt
 
 reproduce: $(EXPERIMENTS)  ## set up, then run every experiment, the figures and the report
+	$(MAKE) figures report
 
 test: $(ENV)  ## set up, then lint and run the whole test suite
 	$(PYTHON) -m ruff check $(RUFF_ARGS) fmnist_jax experiments tests
@@ -58,6 +59,12 @@ cnn: $(ENV)  ## exercise 2.3: ConvNet without dropout -> runs/cnn
 
 cnn-dropout: $(ENV)  ## exercise 2.4.2: ConvNet with dropout 0.25 -> runs/cnn_dropout
 	$(PYTHON) -m fmnist_jax.main --config experiments/cnn_dropout.py --workdir $(RUNS)/cnn_dropout
+
+figures: $(ENV)  ## figures 2-6 from the runs' event files -> figures/
+	$(PYTHON) -m fmnist_jax.plotting --runs $(RUNS) --out figures
+
+report: $(ENV)  ## REPORT.md: figures, numbers, the exercise's claims checked
+	$(PYTHON) -m fmnist_jax.report --runs $(RUNS) --figures figures --out REPORT.md
 
 clean-runs:  ## delete runs/ and figures/ (all checkpoints and logs!)
 	rm -rf $(RUNS) figures

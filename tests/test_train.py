@@ -1,0 +1,150 @@
+"""The one train loop: every experiment end to end on tiny configs, resume, accuracy on the
+offline copy, linear regression against least squares, 8 devices against 1."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from fmnist_jax import config as config_lib
+from fmnist_jax import data, train
+from tests.conftest import REPO
+
+EXPERIMENTS = ["linreg", "mlp", "mlp_dropout", "cnn", "cnn_dropout"]
+
+
+def _history(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Each experiment's `test` variant, trained once for this module."""
+    root = tmp_path_factory.mktemp("runs")
+    for name in EXPERIMENTS:
+        train.train_and_evaluate(config_lib.load_experiment(name, "test"), root / name)
+    return root
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_trains_and_writes_its_files(tiny_runs, name):
+    workdir = tiny_runs / name
+    history = _history(workdir)
+    assert [r["step"] for r in history] == [8, 16, 24]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    for sub in ("train", "test"):
+        assert list((workdir / sub).glob("events.out.tfevents.*")), f"no events in {sub}/"
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["name"] == name and saved["num_train_steps"] == 24
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"] == 24 and summary["name"] == name
+    assert summary["final_test_loss"] == history[-1]["test_loss"]
+    assert summary["min_test_loss"] == min(r["test_loss"] for r in history)
+    assert summary["backend"] == jax.default_backend() and summary["device_count"] >= 1
+    assert summary["data"]["source"] in ("synthetic", "linear_regression")
+    if name != "linreg":
+        assert summary["best_test_accuracy"] == max(r["test_accuracy"] for r in history)
+
+
+def test_event_files_hold_the_logged_scalars(tiny_runs):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    acc = event_accumulator.EventAccumulator(str(tiny_runs / "cnn" / "test"),
+                                             size_guidance={"tensors": 0})
+    acc.Reload()
+    losses = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors("loss")]
+    expected = [r["test_loss"] for r in _history(tiny_runs / "cnn")]
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
+    assert [e.step for e in acc.Tensors("accuracy")] == [8, 16, 24]
+
+
+def test_checkpoints_and_load_trained(tiny_runs):
+    workdir = tiny_runs / "cnn_dropout"
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [8, 16, 24]
+    cfg, model, params = train.load_trained(workdir)
+    assert cfg.dropout_rate == 0.25
+    logits = model.apply({"params": params}, np.zeros((2, 28, 28, 1), np.float32))
+    assert logits.shape == (2, 10) and np.isfinite(logits).all()
+
+
+def test_resume_continues_the_same_curves(tmp_path):
+    cfg = config_lib.load_experiment("mlp_dropout", "test")
+    straight = tmp_path / "straight"
+    train.train_and_evaluate(cfg, straight)
+    resumed = tmp_path / "resumed"
+    cfg.num_train_steps = 16
+    train.train_and_evaluate(cfg, resumed)
+    cfg.num_train_steps = 24
+    train.train_and_evaluate(cfg, resumed)
+    assert json.loads((resumed / "summary.json").read_text())["resumed_from_step"] == 16
+    assert _history(resumed) == _history(straight)
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    cfg = config_lib.load_experiment("cnn_dropout", "test")
+    cfg.num_train_steps = 16
+    for name in ("a", "b"):
+        train.train_and_evaluate(cfg, tmp_path / name)
+    assert _history(tmp_path / "a") == _history(tmp_path / "b")
+    cfg.seed = 1
+    train.train_and_evaluate(cfg, tmp_path / "c")
+    assert _history(tmp_path / "a") != _history(tmp_path / "c")
+
+
+def test_linear_regression_reaches_least_squares(tmp_path):
+    cfg = config_lib.load_experiment("linreg", "test")
+    cfg.learning_rate = 0.02  # the experiment's 1e-4 needs ~20k steps; same loop, faster here
+    cfg.num_train_steps = 800
+    cfg.eval_every_steps = cfg.checkpoint_every_steps = 400
+    state = train.train_and_evaluate(cfg, tmp_path / "lr")
+    ds = data.load(cfg)
+    x = np.c_[ds.train["inputs"], np.ones(len(ds.train["inputs"]))]
+    solution, *_ = np.linalg.lstsq(x, ds.train["targets"], rcond=None)
+    learned = np.r_[np.asarray(state.params["Dense_0"]["kernel"])[:, 0],
+                    np.asarray(state.params["Dense_0"]["bias"])]
+    np.testing.assert_allclose(learned, solution, atol=0.03)
+
+
+def test_convnet_on_the_offline_copy_passes_80_percent(offline_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(data.ENV_DATA_DIR, str(offline_dir))
+    cfg = config_lib.load_experiment("cnn")
+    cfg.num_train_steps = cfg.eval_every_steps = cfg.checkpoint_every_steps = 300
+    train.train_and_evaluate(cfg, tmp_path / "cnn")
+    summary = json.loads((tmp_path / "cnn" / "summary.json").read_text())
+    assert summary["data"]["source"] == "idx"
+    assert summary["final_test_accuracy"] > 0.80, summary
+
+
+EIGHT_DEVICES = textwrap.dedent(
+    """
+    import json, sys
+    from fmnist_jax import config, train
+    import jax
+    assert jax.local_device_count() == int(sys.argv[2]), jax.devices()
+    cfg = config.load_experiment("mlp_dropout", "test")  # dropout: the RNG must shard too
+    cfg.num_train_steps = 16
+    train.train_and_evaluate(cfg, sys.argv[1])
+    """
+)
+
+
+def test_eight_devices_match_one(tmp_path):
+    histories = []
+    for n in (1, 8):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+        subprocess.run(
+            [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / str(n)), str(n)],
+            cwd=REPO, env=env, check=True, capture_output=True,
+        )
+        histories.append(_history(tmp_path / str(n)))
+    one, eight = histories
+    for a, b in zip(one, eight, strict=True):
+        for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
