@@ -18,6 +18,6 @@ def get_config(variant: str = ""):
     c.model = "cnn"
     c.dropout_rate = 0.0
     c.num_train_steps = 15_000
-    c.eval_every_steps = 250
+    c.eval_every_steps = 500
     c.checkpoint_every_steps = 1_000
     return shrink_for_test(c) if variant == "test" else c

@@ -7,8 +7,7 @@ slightly better. Its checkpoint is the model the adversarial search attacks (exe
     make cnn-dropout    # -> runs/cnn_dropout
 """
 
-from fmnist_jax.config import load_experiment
-from fmnist_jax.config import shrink_for_test
+from fmnist_jax.config import load_experiment, shrink_for_test
 
 
 def get_config(variant: str = ""):

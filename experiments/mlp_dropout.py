@@ -6,8 +6,7 @@ gap and a lower final test loss than mlp, test accuracy about the same.
     make mlp-dropout    # -> runs/mlp_dropout
 """
 
-from fmnist_jax.config import load_experiment
-from fmnist_jax.config import shrink_for_test
+from fmnist_jax.config import load_experiment, shrink_for_test
 
 
 def get_config(variant: str = ""):

@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Linear regression's synthetic problem (dataset "linear_regression" only).
     c.regression = ml_collections.ConfigDict(
-        dict(num_train=10_000, num_test=2_000, num_features=20, noise=0.5)
+        {"num_train": 10_000, "num_test": 2_000, "num_features": 20, "noise": 0.5}
     )
     return c
 
@@ -65,7 +65,8 @@ def _require(ok: bool, message: str) -> None:
 def _positive_int(config, field: str) -> None:
     value = config[field]
     _require(
-        isinstance(value, int) and value > 0, f"config.{field} must be a positive integer, got {value!r}"
+        isinstance(value, int) and value > 0,
+        f"config.{field} must be a positive integer, got {value!r}",
     )
 
 

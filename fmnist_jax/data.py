@@ -61,8 +61,8 @@ class Dataset:
         return {
             "source": self.source,
             "location": self.location,
-            "num_train": int(len(self.train["targets"])),
-            "num_test": int(len(self.test["targets"])),
+            "num_train": len(self.train["targets"]),
+            "num_test": len(self.test["targets"]),
         }
 
 
@@ -250,8 +250,7 @@ def load(config) -> Dataset:
         folder = config.get("data_dir") or os.environ.get(ENV_DATA_DIR)
         return load_idx(folder) if folder else load_tfds()
     raise DataError(
-        f"unknown dataset {config.dataset!r}; choose fashion_mnist, synthetic or"
-        " linear_regression"
+        f"unknown dataset {config.dataset!r}; choose fashion_mnist, synthetic or linear_regression"
     )
 
 

@@ -41,7 +41,7 @@ def reported(verbose: bool = False, flag_errors: bool = False):
         yield
     except (KeyboardInterrupt, SystemExit):
         raise
-    except Exception as e:  # noqa: BLE001 - every failure gets the same one-line treatment
+    except Exception as e:
         if verbose:
             raise
         user = isinstance(e, _user_errors()) or flag_errors

@@ -185,8 +185,12 @@ def restore_latest(manager: ocp.CheckpointManager, state):
         try:
             return manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
-            logging.warning("checkpoint %d in %s cannot be restored (%s); trying an older one",
-                            step, manager.directory, str(e).splitlines()[0][:200])
+            logging.warning(
+                "checkpoint %d in %s cannot be restored (%s); trying an older one",
+                step,
+                manager.directory,
+                str(e).splitlines()[0][:200],
+            )
     return None
 
 
@@ -213,7 +217,12 @@ def read_history(workdir: Path, up_to_step: int) -> list[dict]:
     path = workdir / "metrics.jsonl"
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed process
+            logging.warning("%s: skipping an unreadable line: %.80s", path, line)
     return [r for r in records if r["step"] <= up_to_step]
 
 
@@ -306,6 +315,26 @@ def _write_record(writers, record: dict) -> None:
         writer.write_scalars(record["step"], scalars)
 
 
+def open_writers(workdir: Path, config, history: list[dict]) -> dict:
+    """TensorBoard writers for `train/` and `test/`, holding exactly `history`.
+
+    Event files cannot be truncated, so those of an interrupted run (which may hold steps past
+    its last checkpoint) are replaced by a replay of the kept history: a resumed run's curves
+    have each step once.
+    """
+    for name in ("train", "test"):
+        for old in (workdir / name).glob("events.out.tfevents.*"):
+            old.unlink()
+    writers = {
+        name: metric_writers.create_default_writer(workdir, collection=name)
+        for name in ("train", "test")
+    }
+    writers["train"].write_hparams(_flat(config.to_dict()))
+    for record in history:
+        _write_record(writers, record)
+    return writers
+
+
 def _check_finite(step_metrics, step: int) -> None:
     loss = float(step_metrics.loss.total)
     if not math.isfinite(loss):
@@ -337,7 +366,9 @@ def train_and_evaluate(
     rng = jax.random.PRNGKey(config.seed)
     init_rng, dropout_rng = jax.random.split(rng)
     input_shape = dataset.train["inputs"].shape[1:]
-    state = jax.device_put(create_train_state(config, model, input_shape, init_rng), steps.replicated)
+    state = jax.device_put(
+        create_train_state(config, model, input_shape, init_rng), steps.replicated
+    )
 
     workdir.mkdir(parents=True, exist_ok=True)
     with checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
@@ -349,14 +380,20 @@ def train_and_evaluate(
         history = read_history(workdir, initial_step)
         write_history(workdir, history)
         write_json(workdir / "config.json", config.to_dict())
-        writers = {
-            name: metric_writers.create_default_writer(workdir, collection=name)
-            for name in ("train", "test")
-        }
-        if not initial_step:
-            writers["train"].write_hparams(_flat(config.to_dict()))
-        timing = _loop(config, state, steps, dataset, manager, writers, history, dropout_rng,
-                       initial_step, workdir, on_eval)
+        writers = open_writers(workdir, config, history)
+        timing = _loop(
+            config,
+            state,
+            steps,
+            dataset,
+            manager,
+            writers,
+            history,
+            dropout_rng,
+            initial_step,
+            workdir,
+            on_eval,
+        )
         state = timing.pop("state")
         for writer in writers.values():
             writer.close()
@@ -365,8 +402,19 @@ def train_and_evaluate(
     return state
 
 
-def _loop(config, state, steps, dataset, manager, writers, history, dropout_rng, initial_step,
-          workdir, on_eval) -> dict:
+def _loop(
+    config,
+    state,
+    steps,
+    dataset,
+    manager,
+    writers,
+    history,
+    dropout_rng,
+    initial_step,
+    workdir,
+    on_eval,
+) -> dict:
     num_steps = config.num_train_steps
     per_epoch = data_lib.steps_per_epoch(dataset.train, config.batch_size)
     batches = data_lib.train_batches(dataset.train, config.batch_size, config.seed, initial_step)
@@ -384,8 +432,9 @@ def _loop(config, state, steps, dataset, manager, writers, history, dropout_rng,
         if step % config.eval_every_steps == 0 or step == num_steps:
             t = time.time()
             with report.timed("eval"):
-                record = _eval_record(step, step / per_epoch, train_metrics, steps, state,
-                                      dataset, config)
+                record = _eval_record(
+                    step, step / per_epoch, train_metrics, steps, state, dataset, config
+                )
             eval_time += time.time() - t
             history.append(record)
             append_history(workdir, record)
@@ -431,8 +480,8 @@ def load_trained(workdir: str | Path, step: int | None = None):
     model = models.create_model(config)
     if not (workdir / "checkpoints").is_dir():
         raise TrainingError(f"{workdir}: no checkpoints/ here; train first")
-    input_shape = (28, 28, 1) if config.model != "linear_regression" else (
-        config.regression.num_features,
+    input_shape = (
+        (28, 28, 1) if config.model != "linear_regression" else (config.regression.num_features,)
     )
     state = create_train_state(config, model, input_shape, jax.random.PRNGKey(0))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

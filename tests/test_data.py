@@ -8,7 +8,6 @@ import pytest
 
 from fmnist_jax import data
 
-
 # --------------------------------------------------------------------------- offline copy
 
 
@@ -161,8 +160,10 @@ def test_tfds_offline_fails_fast_with_a_hint(monkeypatch, tmp_path):
 
 
 def _split(n=10):
-    return {"inputs": np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * 25,
-            "targets": np.arange(n, dtype=np.int32)}
+    return {
+        "inputs": np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * 25,
+        "targets": np.arange(n, dtype=np.int32),
+    }
 
 
 def test_epoch_sees_every_example_once_when_padded():

@@ -85,7 +85,13 @@ def test_sigmoid_activation_in_mlp():
 
 def test_create_model_by_name():
     cfg = ml_collections.ConfigDict(
-        dict(model="mlp", hidden_size=16, num_classes=10, dropout_rate=0.1, activation="relu")
+        {
+            "model": "mlp",
+            "hidden_size": 16,
+            "num_classes": 10,
+            "dropout_rate": 0.1,
+            "activation": "relu",
+        }
     )
     assert models.create_model(cfg) == models.MLP(16, 10, 0.1, "relu")
     cfg.model = "resnet"

@@ -55,8 +55,9 @@ def test_event_files_hold_the_logged_scalars(tiny_runs):
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
 
-    acc = event_accumulator.EventAccumulator(str(tiny_runs / "cnn" / "test"),
-                                             size_guidance={"tensors": 0})
+    acc = event_accumulator.EventAccumulator(
+        str(tiny_runs / "cnn" / "test"), size_guidance={"tensors": 0}
+    )
     acc.Reload()
     losses = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors("loss")]
     expected = [r["test_loss"] for r in _history(tiny_runs / "cnn")]
@@ -107,8 +108,10 @@ def test_linear_regression_reaches_least_squares(tmp_path):
     ds = data.load(cfg)
     x = np.c_[ds.train["inputs"], np.ones(len(ds.train["inputs"]))]
     solution, *_ = np.linalg.lstsq(x, ds.train["targets"], rcond=None)
-    learned = np.r_[np.asarray(state.params["Dense_0"]["kernel"])[:, 0],
-                    np.asarray(state.params["Dense_0"]["bias"])]
+    learned = np.r_[
+        np.asarray(state.params["Dense_0"]["kernel"])[:, 0],
+        np.asarray(state.params["Dense_0"]["bias"]),
+    ]
     np.testing.assert_allclose(learned, solution, atol=0.03)
 
 
@@ -141,7 +144,10 @@ def test_eight_devices_match_one(tmp_path):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
         subprocess.run(
             [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / str(n)), str(n)],
-            cwd=REPO, env=env, check=True, capture_output=True,
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
         )
         histories.append(_history(tmp_path / str(n)))
     one, eight = histories
