@@ -8,6 +8,8 @@ for the traceback.
 import contextlib
 import sys
 
+from absl import flags
+
 from fmnist_jax.config import ConfigError
 from fmnist_jax.data import DataError
 
@@ -19,19 +21,22 @@ class UsageError(ValueError):
     """Wrong command-line use."""
 
 
-def _user_errors():
-    from fmnist_jax.train import TrainingError
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, a workdir from another experiment, ...)."""
 
-    return (ConfigError, DataError, TrainingError, UsageError)
+
+USER_ERRORS = (ConfigError, DataError, TrainingError, UsageError)
 
 
 def describe(e: BaseException) -> str:
     """One line saying what went wrong."""
-    if isinstance(e, KeyError):  # ml_collections: unknown config field
-        return f"unknown config field {e.args[0]!s}"
+    if isinstance(e, (KeyError, AttributeError)) and e.args:  # ml_collections' unknown field
+        return " ".join(str(e.args[0]).split())
     text = str(e).strip().splitlines()
     message = text[0] if text else type(e).__name__
-    return message if isinstance(e, _user_errors()) else f"{type(e).__name__}: {message}"
+    if isinstance(e, (USER_ERRORS, flags.Error)):
+        return message
+    return f"{type(e).__name__}: {message}"
 
 
 @contextlib.contextmanager
@@ -44,7 +49,7 @@ def reported(verbose: bool = False, flag_errors: bool = False):
     except Exception as e:
         if verbose:
             raise
-        user = isinstance(e, _user_errors()) or flag_errors
+        user = isinstance(e, USER_ERRORS) or flag_errors
         print(f"error: {describe(e)}", file=sys.stderr)
         if not user:
             print("(rerun with --verbose for the traceback)", file=sys.stderr)

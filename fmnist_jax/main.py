@@ -9,6 +9,7 @@ traceback as well.
 
 import logging as pylogging
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -43,12 +44,41 @@ def _quiet_libraries(record) -> bool:
     return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in noisy)
 
 
+def _config_path(argv) -> str | None:
+    """The file named by --config (without its `:variant`), as absl would read it."""
+    path = None  # absl keeps the last occurrence
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    return None if path is None else path.split(":")[0]
+
+
+def _unknown_field(e: Exception) -> str:
+    """ml_collections' KeyError/AttributeError for a typo, as one line with its suggestion."""
+    names = re.findall(r"[A-Za-z_][\w.]*", str(e))
+    message = f"unknown config field {names[0]!r}" if names else "unknown config field"
+    suggestion = re.search(r'Did you mean "([\w.]+)"', str(e))
+    return message + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
+
+
 def parse_flags(argv):
     """absl's parsing, with config mistakes (unknown field, missing file) as one clear line."""
     with errors.reported(verbose="--verbose" in argv, flag_errors=True):
-        rest = FLAGS(argv)
-        if FLAGS.config is None or not FLAGS.workdir:
-            raise errors.UsageError("--config and --workdir are required")
+        path = _config_path(argv)
+        if path is None or not any(a.startswith("--workdir") for a in argv):
+            raise errors.UsageError(
+                "--config and --workdir are required, e.g. --config experiments/cnn.py"
+                " --workdir runs/cnn"
+            )
+        if not os.path.isfile(path):
+            raise errors.UsageError(f"config file {path} not found")
+        try:
+            rest = FLAGS(argv)
+            _ = FLAGS.config  # the config file is loaded lazily: fail here, not in main
+        except (AttributeError, KeyError) as e:
+            raise errors.UsageError(_unknown_field(e)) from None
         return rest
 
 

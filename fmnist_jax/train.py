@@ -30,13 +30,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from fmnist_jax import config as config_lib
 from fmnist_jax import data as data_lib
 from fmnist_jax import models
+from fmnist_jax.errors import TrainingError
 
 # Fields whose change makes an existing workdir's checkpoints unusable or its curves meaningless.
-ARCHITECTURE_FIELDS = ("model", "num_classes", "hidden_size", "dataset")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, a workdir from another experiment, ...)."""
+ARCHITECTURE_FIELDS = ("model", "num_classes", "hidden_size", "dataset", "optimizer")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -174,24 +171,36 @@ def checkpoint_manager(workdir: Path, max_to_keep: int) -> ocp.CheckpointManager
     )
 
 
-def restore_latest(manager: ocp.CheckpointManager, state):
-    """The newest checkpoint that restores into `state`'s structure, or None if none does.
+def set_aside_incomplete_checkpoints(checkpoint_dir: Path) -> None:
+    """Renames step directories that orbax never finalized (no `_CHECKPOINT_METADATA`, say
+    emptied or copied by hand) to `<step>.incomplete`, so they are neither picked as the latest
+    step nor block saving that step anew. Saves cut short by a kill are never listed anyway:
+    orbax writes them under a temporary name."""
+    if not checkpoint_dir.is_dir():
+        return
+    for path in checkpoint_dir.iterdir():
+        if path.name.isdigit() and not (path / "_CHECKPOINT_METADATA").is_file():
+            aside = path.with_name(f"{path.name}.incomplete")
+            logging.warning("checkpoint %s is incomplete; moved to %s", path, aside.name)
+            path.rename(aside)
 
-    A directory that fails to restore (emptied, foreign, or half written by a killed process)
-    is skipped with a warning and the next older one is tried.
-    """
+
+def restore_step(manager: ocp.CheckpointManager, step: int, state):
+    """Checkpoint `step` restored into `state`'s structure (shapes, dtypes, shardings)."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
-            logging.warning(
-                "checkpoint %d in %s cannot be restored (%s); trying an older one",
-                step,
-                manager.directory,
-                str(e).splitlines()[0][:200],
-            )
-    return None
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # noqa: BLE001 - any failure becomes one clear line
+        raise TrainingError(
+            f"{manager.directory}/{step} cannot be restored into this config's model and"
+            f" optimizer ({str(e).splitlines()[0][:160]}); use another --workdir"
+        ) from None
+
+
+def restore_latest(manager: ocp.CheckpointManager, state):
+    """The latest checkpoint restored into `state`'s structure, or None if there is none."""
+    step = manager.latest_step()
+    return None if step is None else restore_step(manager, step, state)
 
 
 # --------------------------------------------------------------------------- run files
@@ -371,6 +380,7 @@ def train_and_evaluate(
     )
 
     workdir.mkdir(parents=True, exist_ok=True)
+    set_aside_incomplete_checkpoints(workdir / "checkpoints")
     with checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
         restored = restore_latest(manager, state)
         state = restored if restored is not None else state
@@ -470,6 +480,17 @@ def _format_record(record: dict) -> str:
 # --------------------------------------------------------------------------- trained models
 
 
+def complete_steps(checkpoint_dir: Path) -> list[int]:
+    """Steps with a finalized checkpoint in `checkpoint_dir`, oldest first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(
+        int(p.name)
+        for p in checkpoint_dir.iterdir()
+        if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").is_file()
+    )
+
+
 def load_trained(workdir: str | Path, step: int | None = None):
     """(config, model, params) of the run in `workdir`, from its latest (or given) checkpoint."""
     workdir = Path(workdir)
@@ -477,24 +498,16 @@ def load_trained(workdir: str | Path, step: int | None = None):
     if not config_path.exists():
         raise TrainingError(f"{workdir}: no config.json here; is it a training run's workdir?")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    steps = complete_steps(workdir / "checkpoints")
+    if not steps:
+        raise TrainingError(f"{workdir}/checkpoints: no finished checkpoint here; train first")
+    step = steps[-1] if step is None else step
     model = models.create_model(config)
-    if not (workdir / "checkpoints").is_dir():
-        raise TrainingError(f"{workdir}: no checkpoints/ here; train first")
-    input_shape = (
-        (28, 28, 1) if config.model != "linear_regression" else (config.regression.num_features,)
-    )
+    if config.model == "linear_regression":
+        input_shape = (config.regression.num_features,)
+    else:
+        input_shape = (*data_lib.IMAGE_SHAPE, 1)
     state = create_train_state(config, model, input_shape, jax.random.PRNGKey(0))
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     with checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
-        steps_saved = manager.all_steps()
-        if not steps_saved:
-            raise TrainingError(f"{workdir}/checkpoints: no checkpoint saved yet; train first")
-        step = max(steps_saved) if step is None else step
-        try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except Exception as e:  # noqa: BLE001 - surfaced as one clear line
-            raise TrainingError(
-                f"{workdir}/checkpoints/{step} does not fit a {config.model} as config.json"
-                f" describes it: {str(e).splitlines()[0][:200]}"
-            ) from None
+        restored = restore_step(manager, step, state)
     return config, model, restored.params
