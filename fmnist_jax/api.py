@@ -1,0 +1,126 @@
+"""The interactive API: a few calls for a REPL, a notebook or a script.
+
+    import fmnist_jax as fj
+    config = fj.get_config("cnn_dropout", num_train_steps=500)
+    state, history = fj.fit(config, workdir="/tmp/cnn")        # history: dict of numpy arrays
+    trained = fj.restore("/tmp/cnn")                             # config, model, params
+    probs = fj.predict(trained, images)                          # [N, 10] class probabilities
+    result = fj.attack(trained, images, targets=[1, 7])          # adversarial images and norms
+
+Everything here calls the same code as the command lines (`train.train_and_evaluate`,
+`train.load_trained`, `adversarial.attack`); nothing is trained or attacked differently.
+"""
+
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from fmnist_jax import config as config_lib
+from fmnist_jax import data as data_lib
+
+
+class Trained(NamedTuple):
+    """A trained model: its config, the Flax module and its parameters."""
+
+    config: ml_collections.ConfigDict
+    model: object
+    params: dict
+
+    def logits_fn(self):
+        """x [N, 28, 28, 1] float in [0, 1] -> logits [N, 10], in inference mode."""
+        return lambda x: self.model.apply({"params": self.params}, x, train=False)
+
+
+def get_config(experiment: str = "cnn", variant: str = "", **overrides):
+    """An experiment's config (by name, e.g. "cnn_dropout", or file path) with fields overridden.
+
+    `variant="test"` gives its seconds-long CPU version. An unknown field or a value the code
+    cannot run with raises ConfigError.
+    """
+    config = config_lib.load_experiment(experiment, variant)
+    for field, value in overrides.items():
+        if field not in config:
+            raise config_lib.ConfigError(f"unknown config field {field!r}")
+        config[field] = value
+    config_lib.validate(config)
+    return config
+
+
+def load_data(config=None) -> data_lib.Dataset:
+    """The data set a config trains on (default: Fashion-MNIST from $FMNIST_DATA_DIR or TFDS)."""
+    return data_lib.load(config or get_config("cnn"))
+
+
+def fit(config, workdir: str | Path | None = None, dataset: data_lib.Dataset | None = None):
+    """Trains `config` for `config.num_train_steps` steps; returns (state, history).
+
+    `workdir` (default: a new temporary folder) receives checkpoints and logs as from the
+    command line, and an existing one is resumed. `history` maps "step", "train_loss",
+    "test_loss" (and the accuracies) to numpy arrays, one entry per evaluation.
+    """
+    from fmnist_jax import train as train_lib
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"fmnist_{config.name}_"))
+    state = train_lib.train_and_evaluate(config, workdir, dataset=dataset)
+    records = train_lib.read_history(workdir, int(state.step))
+    keys = [k for k in records[0] if all(r.get(k) is not None for r in records)]
+    history = {k: np.array([r[k] for r in records]) for k in keys}
+    history["workdir"] = str(workdir)
+    return state, history
+
+
+def restore(workdir: str | Path, step: int | None = None) -> Trained:
+    """The model of a training run's workdir, from its latest (or the given) checkpoint."""
+    from fmnist_jax import train as train_lib
+
+    return Trained(*train_lib.load_trained(workdir, step))
+
+
+def as_images(images) -> np.ndarray:
+    """uint8 or float images, [N, 28, 28] or [N, 28, 28, 1], as float32 [N, 28, 28, 1] in [0, 1]."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[1:] != (*data_lib.IMAGE_SHAPE, 1):
+        raise ValueError(f"images must be [N, 28, 28] or [N, 28, 28, 1], got {images.shape}")
+    return data_lib.to_model_inputs(images)
+
+
+def predict(trained: Trained, images, batch_size: int = 1000) -> np.ndarray:
+    """Class probabilities [N, 10] for images (see `as_images` for the accepted forms)."""
+    images = as_images(images)
+    logits = jax.jit(trained.logits_fn())
+    chunks = [
+        np.asarray(jax.nn.softmax(logits(images[i : i + batch_size])))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(chunks)
+
+
+def attack(trained: Trained, images, targets=None, labels=None, method: str = "", seed: int = 0):
+    """Targeted adversarial search on `images` against a trained model.
+
+    `targets` (one class per image) default to random wrong classes drawn from `seed`; `labels`
+    (the true classes, to draw targets different from them) default to the model's own
+    predictions. `method` names a preset of `adversarial.METHODS` (default: its default).
+    Returns an `adversarial.AttackResult`: adversarial images, steps, success, p(target),
+    predicted classes and probabilities, and the noise's L0/L1/L2/L-inf per image.
+    """
+    from fmnist_jax import adversarial
+
+    images = as_images(images)
+    if labels is None:
+        labels = predict(trained, images).argmax(axis=1)
+    config = adversarial.method_config(method or adversarial.DEFAULT_METHOD)
+    return adversarial.attack(
+        trained.logits_fn(),
+        images,
+        np.asarray(labels),
+        key=jax.random.key(seed),
+        targets=None if targets is None else np.asarray(targets),
+        config=config,
+    )
