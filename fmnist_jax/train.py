@@ -7,6 +7,7 @@ TensorBoard overlays them), `metrics.jsonl`, orbax checkpoints in `workdir/check
 `config.json` and at the end `summary.json`. Rerunning on the same workdir resumes.
 """
 
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -312,12 +313,6 @@ def summarize(config, history: list[dict], dataset, timing: dict) -> dict:
 # --------------------------------------------------------------------------- the loop
 
 
-def _eval_record(step, epoch, train_metrics, steps, state, dataset, config) -> dict:
-    train = {f"train_{k}": float(v) for k, v in train_metrics.compute().items()}
-    test = evaluate(steps, state, dataset.test, config.eval_batch_size)
-    return {"step": step, "epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()}}
-
-
 def _write_record(writers, record: dict) -> None:
     for prefix, writer in writers.items():
         scalars = {k[len(prefix) + 1 :]: v for k, v in record.items() if k.startswith(prefix)}
@@ -353,6 +348,20 @@ def _check_finite(step_metrics, step: int) -> None:
         )
 
 
+@dataclasses.dataclass
+class Run:
+    """What the loop of one invocation works with."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    dataset: data_lib.Dataset
+    steps: Steps
+    manager: ocp.CheckpointManager
+    writers: dict
+    history: list[dict]
+    on_eval: Callable[[dict], None] | None = None
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -371,19 +380,16 @@ def train_and_evaluate(
     mesh = make_mesh()
     check_divisible(config, mesh)
     steps = Steps(config, mesh)
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     model = models.create_model(config)
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, dropout_rng = jax.random.split(rng)
-    input_shape = dataset.train["inputs"].shape[1:]
-    state = jax.device_put(
-        create_train_state(config, model, input_shape, init_rng), steps.replicated
-    )
+    state = create_train_state(config, model, dataset.train["inputs"].shape[1:], init_rng)
+    state = jax.device_put(state, steps.replicated)
 
     workdir.mkdir(parents=True, exist_ok=True)
     set_aside_incomplete_checkpoints(workdir / "checkpoints")
     with checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
         restored = restore_latest(manager, state)
-        state = restored if restored is not None else state
+        state = state if restored is None else restored
         initial_step = int(state.step)
         if initial_step:
             logging.info("resuming %s from step %d", workdir, initial_step)
@@ -391,84 +397,72 @@ def train_and_evaluate(
         write_history(workdir, history)
         write_json(workdir / "config.json", config.to_dict())
         writers = open_writers(workdir, config, history)
-        timing = _loop(
-            config,
-            state,
-            steps,
-            dataset,
-            manager,
-            writers,
-            history,
-            dropout_rng,
-            initial_step,
-            workdir,
-            on_eval,
-        )
-        state = timing.pop("state")
-        for writer in writers.values():
-            writer.close()
-    summary = summarize(config, history, dataset, timing)
-    write_json(workdir / "summary.json", summary)
+        run = Run(config, workdir, dataset, steps, manager, writers, history, on_eval)
+        try:
+            state, timing = _loop(run, state, dropout_rng)
+        finally:
+            for writer in writers.values():
+                writer.close()
+    write_json(workdir / "summary.json", summarize(config, history, dataset, timing))
     return state
 
 
-def _loop(
-    config,
-    state,
-    steps,
-    dataset,
-    manager,
-    writers,
-    history,
-    dropout_rng,
-    initial_step,
-    workdir,
-    on_eval,
-) -> dict:
+def _loop(run: Run, state, dropout_rng):
+    """Steps from the state's step to `num_train_steps`; returns (state, timing numbers)."""
+    config, initial_step = run.config, int(state.step)
     num_steps = config.num_train_steps
-    per_epoch = data_lib.steps_per_epoch(dataset.train, config.batch_size)
-    batches = data_lib.train_batches(dataset.train, config.batch_size, config.seed, initial_step)
-    report = periodic_actions.ReportProgress(
-        num_train_steps=num_steps, writer=writers["train"], every_secs=30
+    batches = data_lib.train_batches(
+        run.dataset.train, config.batch_size, config.seed, initial_step
     )
-    train_metrics, start, eval_time, first_step_time = None, time.time(), 0.0, None
+    report = periodic_actions.ReportProgress(
+        num_train_steps=num_steps, writer=run.writers["train"], every_secs=30
+    )
+    train_metrics, start, eval_time, first_step_time = None, time.time(), 0.0, 0.0
     for step in range(initial_step + 1, num_steps + 1):
-        state, step_metrics = steps.train(state, steps.put_batch(next(batches)), dropout_rng)
+        state, step_metrics = run.steps.train(
+            state, run.steps.put_batch(next(batches)), dropout_rng
+        )
         _check_finite(step_metrics, step)
-        if first_step_time is None:
+        if step == initial_step + 1:
             first_step_time = time.time() - start
         train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
         report(step)
         if step % config.eval_every_steps == 0 or step == num_steps:
             t = time.time()
             with report.timed("eval"):
-                record = _eval_record(
-                    step, step / per_epoch, train_metrics, steps, state, dataset, config
-                )
+                _evaluate_and_log(run, step, train_metrics, state)
             eval_time += time.time() - t
-            history.append(record)
-            append_history(workdir, record)
-            _write_record(writers, record)
-            logging.info("step %d/%d: %s", step, num_steps, _format_record(record))
-            if on_eval:
-                on_eval(record)
             train_metrics = None
         if step % config.checkpoint_every_steps == 0 or step == num_steps:
-            manager.save(step, args=ocp.args.StandardSave(state))
-    manager.wait_until_finished()
+            run.manager.save(step, args=ocp.args.StandardSave(state))
+    run.manager.wait_until_finished()
     wall = time.time() - start
-    done = num_steps - initial_step
-    steady = wall - eval_time - (first_step_time or 0.0)
-    return {
-        "state": state,
+    timed_steps = num_steps - initial_step - 1  # the first step includes compilation
+    steady = wall - eval_time - first_step_time
+    return state, {
         "resumed_from_step": initial_step,
         "wall_time_s": round(wall, 2),
-        "first_step_s": round(first_step_time or 0.0, 3),
+        "first_step_s": round(first_step_time, 3),
         "eval_time_s": round(eval_time, 2),
-        "images_per_sec": round((done - 1) * config.batch_size / steady, 1)
-        if done > 1 and steady > 0
+        "images_per_sec": round(timed_steps * config.batch_size / steady, 1)
+        if timed_steps > 0 and steady > 0
         else None,
     }
+
+
+def _evaluate_and_log(run: Run, step: int, train_metrics, state) -> None:
+    """Test-split evaluation at `step`, logged everywhere a reader looks."""
+    config = run.config
+    train = {f"train_{k}": float(v) for k, v in train_metrics.compute().items()}
+    test = evaluate(run.steps, state, run.dataset.test, config.eval_batch_size)
+    epoch = step / data_lib.steps_per_epoch(run.dataset.train, config.batch_size)
+    record = {"step": step, "epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()}}
+    run.history.append(record)
+    append_history(run.workdir, record)
+    _write_record(run.writers, record)
+    logging.info("step %d/%d: %s", step, config.num_train_steps, _format_record(record))
+    if run.on_eval:
+        run.on_eval(record)
 
 
 def _format_record(record: dict) -> str:
