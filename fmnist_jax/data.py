@@ -16,6 +16,7 @@ import gzip
 import os
 import socket
 import struct
+import urllib.parse
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,12 +154,14 @@ def load_idx(folder: str | os.PathLike) -> Dataset:
 # --------------------------------------------------------------------------- TFDS
 
 TFDS_NAME = "fashion_mnist"
-TFDS_PROBE = ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80)
 
 
-def _online(address=TFDS_PROBE, timeout: float = 3.0) -> bool:
+def _online(url: str, timeout: float = 3.0) -> bool:
+    """Whether the host serving `url` accepts a connection within `timeout` seconds."""
+    parsed = urllib.parse.urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        with socket.create_connection(address, timeout=timeout):
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -174,7 +177,7 @@ def load_tfds(data_dir: str | None = None) -> Dataset:
 
     builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
     if not builder.is_prepared():
-        if not _online():
+        if not _online(builder.URL):
             raise DataError(
                 f"tfds: {TFDS_NAME} is not prepared in {builder.data_dir} and its download"
                 f" server is unreachable; point ${ENV_DATA_DIR} (or --config.data_dir) at a"
