@@ -11,7 +11,9 @@ Everything here calls the same code as the command lines (`train.train_and_evalu
 `train.load_trained`, `adversarial.attack`); nothing is trained or attacked differently.
 """
 
+import difflib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,8 +46,15 @@ def get_config(experiment: str = "cnn", variant: str = "", **overrides):
     config = config_lib.load_experiment(experiment, variant)
     for field, value in overrides.items():
         if field not in config:
-            raise config_lib.ConfigError(f"unknown config field {field!r}")
-        config[field] = value
+            close = difflib.get_close_matches(field, list(config.keys()), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise config_lib.ConfigError(f"unknown config field {field!r}{hint}")
+        try:
+            config[field] = value
+        except (TypeError, ValueError) as e:
+            raise config_lib.ConfigError(
+                f"config.{field}={value!r}: {' '.join(str(e).split())}"
+            ) from None
     config_lib.validate(config)
     return config
 
@@ -55,17 +64,31 @@ def load_data(config=None) -> data_lib.Dataset:
     return data_lib.load(config or get_config("cnn"))
 
 
-def fit(config, workdir: str | Path | None = None, dataset: data_lib.Dataset | None = None):
+def print_progress(record: dict) -> None:
+    """One line per evaluation, for notebooks and REPLs (absl's log lines are hidden there)."""
+    values = ", ".join(
+        f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "epoch") and v is not None
+    )
+    print(f"step {record['step']} (epoch {record['epoch']:.2f}): {values}", flush=True)
+
+
+def fit(
+    config,
+    workdir: str | Path | None = None,
+    dataset: data_lib.Dataset | None = None,
+    on_eval: Callable[[dict], None] | None = print_progress,
+):
     """Trains `config` for `config.num_train_steps` steps; returns (state, history).
 
     `workdir` (default: a new temporary folder) receives checkpoints and logs as from the
     command line, and an existing one is resumed. `history` maps "step", "train_loss",
-    "test_loss" (and the accuracies) to numpy arrays, one entry per evaluation.
+    "test_loss" (and the accuracies) to numpy arrays, one entry per evaluation. `on_eval` is
+    called with each evaluation's record as it happens (default: print a line; None: silent).
     """
     from fmnist_jax import train as train_lib
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"fmnist_{config.name}_"))
-    state = train_lib.train_and_evaluate(config, workdir, dataset=dataset)
+    state = train_lib.train_and_evaluate(config, workdir, dataset=dataset, on_eval=on_eval)
     records = train_lib.read_history(workdir, int(state.step))
     keys = [k for k in records[0] if all(r.get(k) is not None for r in records)]
     history = {k: np.array([r[k] for r in records]) for k in keys}
@@ -83,10 +106,11 @@ def restore(workdir: str | Path, step: int | None = None) -> Trained:
 def as_images(images) -> np.ndarray:
     """uint8 or float images, [N, 28, 28] or [N, 28, 28, 1], as float32 [N, 28, 28, 1] in [0, 1]."""
     images = np.asarray(images)
+    shape = images.shape
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[1:] != (*data_lib.IMAGE_SHAPE, 1):
-        raise ValueError(f"images must be [N, 28, 28] or [N, 28, 28, 1], got {images.shape}")
+        raise ValueError(f"images must be [N, 28, 28] or [N, 28, 28, 1], got {shape}")
     return data_lib.to_model_inputs(images)
 
 
@@ -101,12 +125,22 @@ def predict(trained: Trained, images, batch_size: int = 1000) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def attack(trained: Trained, images, targets=None, labels=None, method: str = "", seed: int = 0):
+def attack(
+    trained: Trained,
+    images,
+    targets=None,
+    labels=None,
+    method: str = "",
+    seed: int = 0,
+    threshold: float | None = None,
+    max_steps: int | None = None,
+):
     """Targeted adversarial search on `images` against a trained model.
 
     `targets` (one class per image) default to random wrong classes drawn from `seed`; `labels`
     (the true classes, to draw targets different from them) default to the model's own
-    predictions. `method` names a preset of `adversarial.METHODS` (default: its default).
+    predictions. `method` names a preset of `adversarial.METHODS` (default: its default);
+    `threshold` (p(target) at which a search stops) and `max_steps` override the preset's.
     Returns an `adversarial.AttackResult`: adversarial images, steps, success, p(target),
     predicted classes and probabilities, and the noise's L0/L1/L2/L-inf per image.
     """
@@ -115,7 +149,9 @@ def attack(trained: Trained, images, targets=None, labels=None, method: str = ""
     images = as_images(images)
     if labels is None:
         labels = predict(trained, images).argmax(axis=1)
-    config = adversarial.method_config(method or adversarial.DEFAULT_METHOD)
+    config = adversarial.method_config(
+        method or adversarial.DEFAULT_METHOD, threshold=threshold, max_steps=max_steps
+    )
     return adversarial.attack(
         trained.logits_fn(),
         images,

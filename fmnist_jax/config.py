@@ -65,7 +65,7 @@ def _require(ok: bool, message: str) -> None:
 def _positive_int(config, field: str) -> None:
     value = config[field]
     _require(
-        isinstance(value, int) and value > 0,
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
         f"config.{field} must be a positive integer, got {value!r}",
     )
 
@@ -87,8 +87,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
         f"config.learning_rate must be a finite number > 0, got {lr!r}",
     )
+    dropout = config.dropout_rate
     _require(
-        0.0 <= config.dropout_rate < 1.0,
+        isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0,
         f"config.dropout_rate must lie in [0, 1), got {config.dropout_rate!r}",
     )
     for field in (

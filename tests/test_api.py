@@ -1,0 +1,218 @@
+"""The interactive API (fmnist_jax.api): the README's snippet run as written, get_config's
+overrides and errors, fit's history and state, restore + predict, attack with explicit targets,
+and fit on 8 fake devices."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+import pytest
+
+import fmnist_jax as fj
+from fmnist_jax.api import as_images
+from fmnist_jax.config import ConfigError
+from tests.conftest import REPO
+
+README_SECTION = "## Interactive use and Colab"
+SNIPPET_WORKDIR = "runs/cnn_dropout_api"  # where the README snippet trains, relative to its cwd
+
+
+def readme_snippet() -> str:
+    """The first ```python block of the README's interactive section."""
+    text = (REPO / "README.md").read_text()
+    assert README_SECTION in text, f"README.md has no {README_SECTION!r} section"
+    section = text.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert blocks, f"no ```python block in README's {README_SECTION!r}"
+    return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def snippet(tmp_path_factory):
+    """The README snippet, executed once in an empty folder; returns its variables.
+
+    It is the tiny "test" variant (synthetic data, 24 steps), so its run doubles as the trained
+    model for the other tests of this module.
+    """
+    folder = tmp_path_factory.mktemp("readme")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        namespace = {"__name__": "readme_snippet"}
+        code = compile(readme_snippet(), "README.md", "exec")
+        exec(code, namespace)  # noqa: S102 - the README's own code, run as a reader runs it
+    finally:
+        os.chdir(cwd)
+    namespace["workdir"] = folder / SNIPPET_WORKDIR
+    return namespace
+
+
+# --------------------------------------------------------------------------- get_config
+
+
+def test_get_config_overrides_fields_of_the_experiment():
+    config = fj.get_config("cnn_dropout", num_train_steps=7, learning_rate=0.01, seed=3)
+    assert (config.name, config.dropout_rate) == ("cnn_dropout", 0.25)
+    assert (config.num_train_steps, config.learning_rate, config.seed) == (7, 0.01, 3)
+    assert config.dataset == "fashion_mnist"
+    assert fj.get_config("cnn_dropout").num_train_steps == 15_000  # a fresh config each call
+
+
+def test_get_config_test_variant_is_the_tiny_cpu_version():
+    config = fj.get_config("cnn_dropout", "test", batch_size=16)
+    assert config.dataset == "synthetic" and config.num_train_steps == 24
+    assert config.batch_size == 16 and config.dropout_rate == 0.25
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"lerning_rate": 0.1}, "unknown config field 'lerning_rate'"),
+        ({"learning_rate": 0.0}, "learning_rate must be a finite number > 0"),
+        ({"dropout_rate": 1.0}, "dropout_rate must lie in"),
+        ({"model": "resnet"}, "config.model='resnet' is unknown"),
+        ({"num_train_steps": 0}, "num_train_steps must be a positive integer"),
+        ({"checkpoint_every_steps": 7}, "must be a multiple of config.eval_every_steps"),
+    ],
+)
+def test_get_config_rejects_unknown_fields_and_unusable_values(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        fj.get_config("cnn", **overrides)
+
+
+def test_get_config_rejects_an_unknown_experiment():
+    with pytest.raises(ConfigError, match="no experiment 'cnnn'"):
+        fj.get_config("cnnn")
+
+
+def test_get_config_wrong_type_is_a_config_error():
+    with pytest.raises(ConfigError, match="num_train_steps='many'"):
+        fj.get_config("cnn", num_train_steps="many")
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+        fj.get_config("cnn", lerning_rate=0.1)
+
+
+# --------------------------------------------------------------------------- README, fit
+
+
+def test_readme_snippet_runs(snippet):
+    assert snippet["config"].name == "cnn_dropout"
+    assert (snippet["workdir"] / "summary.json").is_file()
+    assert snippet["probs"].shape == (4, 10)
+    assert len(snippet["result"].adversarial) == 4
+
+
+def test_fit_returns_the_history_and_the_final_state(snippet):
+    config, state, history = snippet["config"], snippet["state"], snippet["history"]
+    assert int(state.step) == config.num_train_steps
+    assert history["workdir"] == SNIPPET_WORKDIR
+    arrays = {k: v for k, v in history.items() if k != "workdir"}
+    for key in ("step", "train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+        assert isinstance(arrays[key], np.ndarray), key
+    assert {len(v) for v in arrays.values()} == {3}
+    np.testing.assert_array_equal(arrays["step"], [8, 16, 24])
+    assert np.all(np.isfinite(arrays["test_loss"]))
+    logged = [json.loads(line) for line in (snippet["workdir"] / "metrics.jsonl").open()]
+    np.testing.assert_allclose(arrays["test_loss"], [r["test_loss"] for r in logged])
+
+
+def test_fit_on_a_finished_workdir_resumes_without_training_again(snippet):
+    state, history = fj.fit(snippet["config"], snippet["workdir"], dataset=snippet["data"])
+    assert int(state.step) == snippet["config"].num_train_steps
+    for key in ("step", "test_loss", "test_accuracy"):
+        np.testing.assert_array_equal(history[key], snippet["history"][key])
+
+
+# --------------------------------------------------------------------------- restore, predict
+
+
+@pytest.fixture(scope="module")
+def trained(snippet):
+    return fj.restore(snippet["workdir"])
+
+
+def test_restore_gives_the_run_config_and_model(trained, snippet):
+    assert isinstance(trained, fj.Trained)
+    assert trained.config.name == "cnn_dropout"
+    assert trained.config.num_train_steps == snippet["config"].num_train_steps
+
+
+def test_predict_gives_probabilities_for_uint8_and_float_images(trained, snippet):
+    images = snippet["data"].test["inputs"][:5]  # uint8 [5, 28, 28, 1]
+    from_uint8 = fj.predict(trained, images[..., 0])  # uint8 [N, 28, 28]
+    from_float = fj.predict(trained, images.astype(np.float32) / 255.0)  # float [N, 28, 28, 1]
+    for probs in (from_uint8, from_float):
+        assert probs.shape == (5, 10)
+        assert np.all(probs >= 0)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(from_uint8, from_float, atol=1e-6)
+    np.testing.assert_allclose(fj.predict(trained, images, batch_size=2), from_uint8, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 28, 28, 3), (28, 28), (5, 32, 32), (5, 784)])
+def test_predict_rejects_a_wrong_shape(trained, shape):
+    with pytest.raises(ValueError, match=re.escape("images must be [N, 28, 28] or [N, 28, 28, 1]")):
+        fj.predict(trained, np.zeros(shape, np.uint8))
+
+
+# --------------------------------------------------------------------------- attack
+
+
+def test_attack_with_explicit_targets(snippet):
+    images, result = snippet["images"], snippet["result"]
+    adversarial = np.asarray(result.adversarial)
+    assert adversarial.shape == images.shape == (4, 28, 28, 1)
+    assert adversarial.dtype == np.float32
+    assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
+    np.testing.assert_array_equal(np.asarray(result.targets), [1, 8, 9, 5])
+    noise = np.abs(adversarial - as_images(images)).reshape(4, -1).sum(axis=1)
+    np.testing.assert_allclose(np.asarray(result.l1), noise, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(result.success), np.asarray(result.p_target) >= 0.95)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_fit_on_eight_fake_devices(tmp_path):
+    """The same call on 8 (fake CPU) devices: the batch is sharded over all of them."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import fmnist_jax as fj
+        config = fj.get_config(
+            "cnn_dropout", "test", num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2
+        )
+        state, history = fj.fit(config, workdir=sys.argv[1])
+        print("step", int(state.step), "entries", len(history["step"]))
+        """
+    )
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TF_ENABLE_ONEDNN_OPTS": "0",
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get(
+            "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "fmnist-xla")
+        ),
+    }
+    workdir = tmp_path / "run8"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(workdir)],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 2 entries 1" in proc.stdout
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["device_count"] == 8 and summary["steps"] == 2

@@ -1,0 +1,85 @@
+"""notebooks/colab.ipynb: stored clean, and runs headless from the first cell to the last on a
+CPU with a tiny step count and synthetic data (the same code path as on a Colab TPU)."""
+
+import os
+import sys
+import tempfile
+import time
+
+import nbformat
+import pytest
+
+from tests.conftest import REPO
+
+NOTEBOOK = REPO / "notebooks" / "colab.ipynb"
+# Prepended to the executed copy: which interpreter the kernel runs.
+PROBE = "import sys\nprint(sys.prefix)"
+
+
+def _read():
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+def test_notebook_is_valid_and_stored_without_outputs():
+    nb = _read()
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    assert nb.metadata.kernelspec.name == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, "no code cells"
+    for cell in code:
+        assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+    sources = "\n".join(c.source for c in code)
+    for needed in ("REPO_URL", "FMNIST_NOTEBOOK_STEPS", "fj.fit(", "fj.attack(", "jax.devices()"):
+        assert needed in sources
+
+
+@pytest.fixture
+def venv_kernel(tmp_path, monkeypatch):
+    """A "python3" kernelspec that runs this interpreter, found before any other."""
+    from ipykernel import kernelspec
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    kernelspec.install(kernel_name="python3", prefix=str(tmp_path / "jupyter"))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter" / "share" / "jupyter"))
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert spec.argv[0] == sys.executable, spec.argv
+    return "python3"
+
+
+def test_notebook_runs_headless(venv_kernel, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("FMNIST_NOTEBOOK_STEPS", "20")
+    monkeypatch.setenv("FMNIST_NOTEBOOK_DATASET", "synthetic")
+    monkeypatch.setenv("FMNIST_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    monkeypatch.setenv(  # the kernel shares the tests' persistent XLA cache
+        "JAX_COMPILATION_CACHE_DIR",
+        os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        or os.path.join(tempfile.gettempdir(), "fmnist-xla"),
+    )
+    nb = _read()
+    nb.cells.insert(0, nbformat.v4.new_code_cell(PROBE))
+    client = NotebookClient(
+        nb,
+        kernel_name=venv_kernel,
+        timeout=600,
+        resources={"metadata": {"path": str(REPO / "notebooks")}},
+    )
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError naming the cell if any cell fails
+    print(f"notebook executed in {time.perf_counter() - start:.1f} s")
+
+    probe = nb.cells[0].outputs[0]["text"].strip()
+    assert probe == sys.prefix, f"the kernel ran {probe}, not this environment {sys.prefix}"
+    text = "\n".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert "trained 20 steps" in text and "success rate" in text
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2, "expected the learning curves and Figure 7"
+    run = tmp_path / "run"
+    assert (run / "summary.json").is_file() and (run / "figure7.png").is_file()
