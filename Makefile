@@ -18,7 +18,7 @@ else
 ENV =
 endif
 
-.PHONY: help env reproduce test lint format figures report $(EXPERIMENTS) clean-runs
+.PHONY: help env reproduce test lint format figures report adversarial bench theory $(EXPERIMENTS) clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,8 +31,8 @@ $(VENV)/.installed: requirements.txt
 
 env: $(ENV)  ## create the virtual environment and install requirements.txt
 
-reproduce: $(EXPERIMENTS)  ## set up, then run every experiment, the figures and the report
-	$(MAKE) figures report
+reproduce: $(EXPERIMENTS)  ## set up, then run every experiment, the attack, the figures and the report
+	$(MAKE) adversarial figures report
 
 test: $(ENV)  ## set up, then lint and run the whole test suite
 	$(PYTHON) -m ruff check $(RUFF_ARGS) fmnist_jax experiments tests
@@ -59,6 +59,16 @@ cnn: $(ENV)  ## exercise 2.3: ConvNet without dropout -> runs/cnn
 
 cnn-dropout: $(ENV)  ## exercise 2.4.2: ConvNet with dropout 0.25 -> runs/cnn_dropout
 	$(PYTHON) -m fmnist_jax.main --config experiments/cnn_dropout.py --workdir $(RUNS)/cnn_dropout
+
+adversarial: $(ENV)  ## exercise 2.5: targeted attacks on runs/cnn_dropout (run make cnn-dropout first)
+	$(PYTHON) -m fmnist_jax.adversarial --workdir $(RUNS)/cnn_dropout --output $(RUNS)/adversarial
+
+bench: $(ENV)  ## speed: JAX vs PyTorch twins on this machine (installs torch for benchmarks only)
+	$(PYTHON) -m pip install --quiet -r benchmarks/requirements.txt
+	$(PYTHON) benchmarks/bench.py
+
+theory: $(ENV)  ## exercise 1: print the folding and sigmoid-gradient numbers
+	$(PYTHON) -m fmnist_jax.theory
 
 figures: $(ENV)  ## figures 2-6 from the runs' event files -> figures/
 	$(PYTHON) -m fmnist_jax.plotting --runs $(RUNS) --out figures
