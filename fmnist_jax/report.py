@@ -405,7 +405,7 @@ def data_section(runs: dict[str, RunData | None]) -> str:
     for (source, location, num_train, num_test), names in groups.items():
         lines.append(
             f"- **{source}** ({', '.join(names)}): {provenance({'source': source})}; "
-            f"{_fmt(num_train, 'step')} train / {_fmt(num_test, 'step')} test images"
+            f"{_fmt(num_train, 'step')} train / {_fmt(num_test, 'step')} test examples"
             f" from `{location}`."
         )
     return "\n".join(lines)
