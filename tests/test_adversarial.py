@@ -185,8 +185,9 @@ def test_pool_size_does_not_change_results(problem, default_fn, pool_size):
     logits_fn, images, labels, targets = problem
     config = adv.METHODS[adv.DEFAULT_METHOD]
     everything = default_fn(images, labels, jax.random.key(0), targets)
-    pooled = adv.attack(logits_fn, images, labels, targets=targets, config=config,
-                        pool_size=pool_size)  # fmt: skip
+    pooled = adv.attack(
+        logits_fn, images, labels, targets=targets, config=config, pool_size=pool_size
+    )
     np.testing.assert_array_equal(pooled.steps, everything.steps)
     np.testing.assert_allclose(pooled.adversarial, everything.adversarial, atol=1e-6)
     np.testing.assert_allclose(pooled.p_target, everything.p_target, rtol=1e-5)
@@ -266,6 +267,31 @@ def test_l1_term_makes_the_noise_smaller_and_sparser(problem):
     assert np.all(norms[0.05][0] < norms[0.0][0]), norms
     assert np.mean(norms[0.05][0]) < 0.85 * np.mean(norms[0.0][0]), norms
     assert np.mean(norms[0.05][1]) < 0.5 * np.mean(norms[0.0][1]), norms
+
+
+def test_summary_counts_successful_samples_only():
+    def record(success, steps, l1, clean=1):
+        p = 0.96 if success else 0.5
+        norms = {"l1": l1, "l2": l1 / 10, "linf": 0.1}
+        return {
+            "success": success,
+            "steps": steps,
+            "p_target": p,
+            "label": 1,
+            "clean_predicted": clean,
+            **norms,
+        }
+
+    records = [record(True, 10, 4.0), record(True, 30, 8.0), record(False, 300, 50.0, clean=2)]
+    s = adv.summarize(records, wall_time_s=2.0, compile_time_s=1.0)
+    assert s["success_rate"] == pytest.approx(2 / 3)
+    assert s["median_steps"] == 20 and s["mean_steps"] == 20
+    assert s["median_l1"] == 6.0 and s["mean_l2"] == pytest.approx(0.6)
+    assert s["mean_p_target"] == pytest.approx((0.96 * 2 + 0.5) / 3)
+    assert s["clean_accuracy"] == pytest.approx(2 / 3)
+    assert s["attacks_per_sec"] == 1.5
+    none = adv.summarize([record(False, 5, 1.0)], 1.0, 0.0)
+    assert none["success_rate"] == 0 and none["median_l1"] is None
 
 
 # --------------------------------------------------------------------------- one program
@@ -385,8 +411,13 @@ def run_cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
     return subprocess.run(
         [sys.executable, "-m", "fmnist_jax.adversarial", *map(str, args)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_without_checkpoint_exits_with_one_line(tmp_path):
@@ -409,15 +440,20 @@ SUMMARY_KEYS = {
 
 
 def test_cli_end_to_end(tmp_path):
-    """A tiny ConvNet run (24 steps on synthetic data, so p(target) stays low: the threshold
+    """A tiny ConvNet run (8 steps on synthetic data, so p(target) stays low: the threshold
     is lowered to 0.12 for some searches to succeed), then the command line on 16 images."""
     workdir, output = tmp_path / "cnn_dropout", tmp_path / "adversarial"
-    train.train_and_evaluate(load_experiment("cnn_dropout", "test"), workdir)
+    config = load_experiment("cnn_dropout", "test")
+    config.num_train_steps = 8
+    train.train_and_evaluate(config, workdir)
     methods = [adv.DEFAULT_METHOD, "pgd"]
-    proc = run_cli(
-        "--workdir", workdir, "--output", output, "--num_images", 16, "--max_steps", 60,
-        "--threshold", 0.12, "--method", ",".join(methods),
-    )  # fmt: skip
+    flags = [
+        "--num_images=16",
+        "--max_steps=60",
+        "--threshold=0.12",
+        "--method=" + ",".join(methods),
+    ]
+    proc = run_cli(f"--workdir={workdir}", f"--output={output}", *flags)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "success" in proc.stderr  # the progress lines (absl logs to stderr)
 
