@@ -24,7 +24,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, metrics, periodic_actions
+from clu import metrics
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -326,6 +326,8 @@ def open_writers(workdir: Path, config, history: list[dict]) -> dict:
     its last checkpoint) are replaced by a replay of the kept history: a resumed run's curves
     have each step once.
     """
+    from clu import metric_writers  # imports TensorFlow: only where a run actually writes
+
     for name in ("train", "test"):
         for old in (workdir / name).glob("events.out.tfevents.*"):
             old.unlink()
@@ -414,6 +416,8 @@ def _loop(run: Run, state, dropout_rng):
     batches = data_lib.train_batches(
         run.dataset.train, config.batch_size, config.seed, initial_step
     )
+    from clu import periodic_actions
+
     report = periodic_actions.ReportProgress(
         num_train_steps=num_steps, writer=run.writers["train"], every_secs=30
     )
