@@ -192,3 +192,19 @@ def test_kill_during_training_then_rerun_resumes_exactly(tmp_path):
     assert history(killed) == history(tmp_path / "straight")
     for sub in ("train", "test"):
         assert _events(killed / sub) == list(range(20, 601, 20))
+
+
+def test_checkpoint_of_another_architecture_is_refused_when_loading(tmp_path):
+    cfg = config_lib.load_experiment("cnn", "test")
+    cfg.num_train_steps = 8
+    train.train_and_evaluate(cfg, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "model": "mlp"}))
+    with pytest.raises(train.TrainingError, match="cannot be restored into this config's model"):
+        train.load_trained(tmp_path)
+
+
+def test_loading_a_workdir_without_checkpoints_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model": "cnn"}))
+    with pytest.raises(train.TrainingError, match="no finished checkpoint here; train first"):
+        train.load_trained(tmp_path)
