@@ -172,6 +172,11 @@ def checkpoint_manager(workdir: Path, max_to_keep: int) -> ocp.CheckpointManager
     )
 
 
+def _is_finalized(path: Path) -> bool:
+    """Whether `path` is a step directory orbax finished writing (it writes this file last)."""
+    return path.name.isdigit() and (path / "_CHECKPOINT_METADATA").is_file()
+
+
 def set_aside_incomplete_checkpoints(checkpoint_dir: Path) -> None:
     """Renames step directories that orbax never finalized (no `_CHECKPOINT_METADATA`, say
     emptied or copied by hand) to `<step>.incomplete`, so they are neither picked as the latest
@@ -180,7 +185,7 @@ def set_aside_incomplete_checkpoints(checkpoint_dir: Path) -> None:
     if not checkpoint_dir.is_dir():
         return
     for path in checkpoint_dir.iterdir():
-        if path.name.isdigit() and not (path / "_CHECKPOINT_METADATA").is_file():
+        if path.name.isdigit() and not _is_finalized(path):
             aside = path.with_name(f"{path.name}.incomplete")
             logging.warning("checkpoint %s is incomplete; moved to %s", path, aside.name)
             path.rename(aside)
@@ -482,11 +487,7 @@ def complete_steps(checkpoint_dir: Path) -> list[int]:
     """Steps with a finalized checkpoint in `checkpoint_dir`, oldest first."""
     if not checkpoint_dir.is_dir():
         return []
-    return sorted(
-        int(p.name)
-        for p in checkpoint_dir.iterdir()
-        if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").is_file()
-    )
+    return sorted(int(p.name) for p in checkpoint_dir.iterdir() if _is_finalized(p))
 
 
 def load_trained(workdir: str | Path, step: int | None = None):
