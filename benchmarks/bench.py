@@ -326,6 +326,7 @@ def framework_versions(framework: str, args) -> dict:
 
     names = ("jax", "jaxlib", "flax", "optax") if framework == "jax" else ("torch",)
     found = {n: md.version(n) for n in names}
+    found["GLIBC_TUNABLES"] = os.environ.get("GLIBC_TUNABLES", "")
     if framework == "jax":
         found["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
         found["loop"] = args.jax_loop
@@ -340,7 +341,14 @@ def framework_versions(framework: str, args) -> dict:
 # --------------------------------------------------------------------------- parent
 
 
-def worker_command(framework: str, model: str, args, prototype: str) -> tuple[list, dict]:
+def worker_command(
+    framework: str, model: str, args, prototype: str, tuned: bool = True
+) -> tuple[list, dict]:
+    """The worker's command line and environment. Tuned (the default): the process settings of
+    `fmnist_jax.runtime`, for both frameworks alike (PyTorch gets the same malloc tunable);
+    untuned: neither the XLA flag nor the tunable, as before they existed."""
+    from fmnist_jax import runtime
+
     cmd = [sys.executable, __file__, "--worker", framework, "--models", model]
     cmd += ["--mode", args.mode, "--steps", str(args.steps), "--repeats", str(args.repeats)]
     cmd += ["--warmup", str(args.warmup), "--jax-loop", args.jax_loop]
@@ -349,28 +357,36 @@ def worker_command(framework: str, model: str, args, prototype: str) -> tuple[li
     env = dict(os.environ)
     if framework == "jax" and args.xla_flags is not None:
         env["XLA_FLAGS"] = args.xla_flags
+    if tuned:
+        env["GLIBC_TUNABLES"] = runtime.tuned_glibc_tunables(env.get("GLIBC_TUNABLES", ""))
+    else:
+        env[runtime.OPT_OUT] = "0"
+        env.pop("GLIBC_TUNABLES", None)
+        env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(runtime.XLA_FLAG, "").strip()
     return cmd, env
 
 
-def contenders(args) -> dict[str, tuple[str, str]]:
-    """name -> (framework, prototype): the project's JAX model, the prototype if asked for,
-    PyTorch."""
+def contenders(args) -> dict[str, tuple[str, str, bool]]:
+    """name -> (framework, prototype, tuned): the project's JAX model, the prototype if asked
+    for, PyTorch; with --with-untuned also both frameworks without the runtime settings."""
     out = {}
     for fw in args.frameworks.split(","):
         if fw == "jax" and args.prototype:
             for proto in args.prototype.split(";"):
-                out[f"jax:{proto}"] = ("jax", proto)
+                out[f"jax:{proto}"] = ("jax", proto, True)
             if args.with_project:
-                out["jax"] = ("jax", "")
+                out["jax"] = ("jax", "", True)
         else:
-            out[fw] = (fw, "")
+            out[fw] = (fw, "", True)
+        if args.with_untuned:
+            out[f"{fw}:untuned"] = (fw, "", False)
     return out
 
 
 def spawn(name: str, model: str, args) -> dict:
     """Time to accuracy: one worker run to the end."""
-    framework, prototype = contenders(args)[name]
-    cmd, env = worker_command(framework, model, args, prototype)
+    framework, prototype, tuned = contenders(args)[name]
+    cmd, env = worker_command(framework, model, args, prototype, tuned)
     out = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         sys.exit(f"{name} {model} worker failed:\n{out.stderr[-3000:]}")
@@ -382,8 +398,8 @@ def throughput(model: str, args) -> dict:
     then runs their timed blocks in turn, rotating the order each round: a busy neighbour on
     the machine slows every contender alike."""
     workers = {}
-    for name, (framework, prototype) in contenders(args).items():
-        cmd, env = worker_command(framework, model, args, prototype)
+    for name, (framework, prototype, tuned) in contenders(args).items():
+        cmd, env = worker_command(framework, model, args, prototype, tuned)
         proc = subprocess.Popen(
             cmd, env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -405,16 +421,16 @@ def throughput(model: str, args) -> dict:
 
 def print_throughput(results: dict) -> None:
     """One row per model and contender; `x PyTorch` is the median over rounds of the ratio of
-    the two blocks timed back to back in that round."""
+    the two blocks timed back to back in that round (`:untuned` rows against PyTorch untuned)."""
     print(
         f"{'model':7} {'run':20} {'batch':>5} {'img/s median':>12} {'img/s best':>10}"
         f" {'x PyTorch':>9} {'1st step s':>10} {'peak MiB':>8}"
     )
     for model, r in results.items():
-        ref = r.get("torch")
         for name, x in r.items():
+            ref = r.get("torch:untuned" if name.endswith(":untuned") else "torch")
             ratio = "-"
-            if ref and name != "torch":
+            if ref and not name.startswith("torch"):
                 pairs = [a / b for a, b in zip(x["rates"], ref["rates"])]
                 ratio = f"{statistics.median(pairs):.2f}"
             print(
@@ -455,13 +471,18 @@ def parse_args(argv=None):
         "--prototype",
         default="",
         help="CONV,POOL[;CONV,POOL...]: the JAX ConvNet with explore.py's convolution"
-        " (lax|im2col|hybrid) and pool (reshape|slices) instead of fmnist_jax.models.ConvNet,"
+        " (lax|im2col|hybrid) and pool (project|reshape|slices|window) instead of fmnist_jax.models.ConvNet,"
         " one row each; empty: the project's model",
     )
     p.add_argument(
         "--with-project",
         action="store_true",
         help="with --prototype: also time the project's own JAX model (row `jax`)",
+    )
+    p.add_argument(
+        "--with-untuned",
+        action="store_true",
+        help="also time each framework without fmnist_jax.runtime's settings (rows `:untuned`)",
     )
     p.add_argument("--target", type=float, default=0.915)
     p.add_argument("--eval-every", type=int, default=100)

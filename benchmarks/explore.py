@@ -42,6 +42,9 @@ FLAG_SETS = {
     ),
     "ynn_fusion=off": "--xla_cpu_experimental_ynn_fusion_type=",
     "ynn_fusion=+conv": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution",
+    "ynn_fusion=-conv (project default)": (
+        "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+    ),
     "ynn_fusion=+conv,+eltwise,+reduce": (
         "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution,+eltwise,+reduce"
     ),
@@ -172,6 +175,15 @@ def conv_fast_kernel_grad(
     return f(lhs, rhs)
 
 
+def max_pool_reshape(x):
+    """The 2x2 max-pool the project had before `fmnist_jax.layers`: a reshape and a max,
+    differentiated by JAX (a broadcast compare over the 6-d view)."""
+    import jax.numpy as jnp
+
+    b, h, w, c = x.shape
+    return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 def max_pool_slices(x):
     """2x2 max-pool, stride 2, as the max of the four strided slices (same values as
     `models.max_pool_2x2`; its backward is selects and pads instead of a reduction's)."""
@@ -182,18 +194,19 @@ def max_pool_slices(x):
     return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
-def make_convnet(conv: str, dropout_rate: float, pool: str = "reshape"):
+def make_convnet(conv: str, dropout_rate: float, pool: str = "project"):
     """The project's ConvNet, or the same network with `conv_im2col` convolutions and/or
     another 2x2 max-pool."""
     import flax.linen as nn
 
     from fmnist_jax import models
 
-    if conv == "lax" and pool == "reshape":
+    if conv == "lax" and pool == "project":
         return models.ConvNet(num_classes=10, dropout_rate=dropout_rate)
     conv_fn = {"lax": None, "im2col": conv_im2col, "hybrid": conv_fast_kernel_grad}[conv]
     pool_fn = {
-        "reshape": models.max_pool_2x2,
+        "project": models.max_pool_2x2,
+        "reshape": max_pool_reshape,
         "slices": max_pool_slices,
         "window": lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)),
     }[pool]
@@ -254,7 +267,7 @@ def fake_batches(batch: int, count: int):
     ]
 
 
-def build_step(conv: str, batch: int, pool: str = "reshape"):
+def build_step(conv: str, batch: int, pool: str = "project"):
     import jax
 
     from fmnist_jax import train
@@ -305,7 +318,7 @@ def cmd_ab(args):
     """The step variants built in one process and timed in rotating blocks of 5 steps."""
     import jax
 
-    variants = [("lax", "reshape"), ("hybrid", "reshape"), ("hybrid", "slices"), ("lax", "slices")]
+    variants = [("lax", "project"), ("lax", "reshape"), ("lax", "slices"), ("hybrid", "project")]
     built = {}
     for conv, pool in variants:
         steps, state, rng = build_step(conv, args.batch, pool)
@@ -332,7 +345,7 @@ def cmd_ab(args):
     del jax
 
 
-def hlo_summary(conv: str, batch: int, pool: str = "reshape") -> str:
+def hlo_summary(conv: str, batch: int, pool: str = "project") -> str:
     """Library calls and fusion kinds in the compiled step, e.g. 'custom-call:__onednn$conv x4'."""
     import jax
 
@@ -358,7 +371,9 @@ def cmd_hlo(args):
 
 def cmd_flags(args):
     for name, flags in FLAG_SETS.items():
-        env = dict(os.environ, XLA_FLAGS=flags)
+        # each set alone: without fmnist_jax.runtime's flag, with the malloc tunable
+        env = dict(os.environ, XLA_FLAGS=flags, FMNIST_CPU_TUNING="0")
+        env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
         cmd = [sys.executable, __file__, "step+hlo", "--conv", args.conv, "--pool", args.pool]
         cmd += ["--batch"]
         cmd += [str(args.batch), "--steps", str(args.steps), "--repeats", str(args.repeats)]
@@ -432,6 +447,7 @@ def cmd_ops(args):
         return state.apply_fn({"params": params}, x, train=True, rngs={"dropout": key})
 
     batch = steps.put_batch(fake_batches(b, 1)[0])
+    pools = {"project": models.max_pool_2x2, "reshape": max_pool_reshape, "slices": max_pool_slices}
     flops = {
         "conv1 fwd": 2 * b * 28 * 28 * 9 * 32,
         "conv1 bwd (kernel grad)": 2 * b * 28 * 28 * 9 * 32,
@@ -444,16 +460,11 @@ def cmd_ops(args):
         "conv1 bwd (kernel grad)": (jax.jit(vjp_w), x1, w1, g1),
         "conv2 fwd": (jax.jit(conv_fn), x2, w2),
         "conv2 bwd (input+kernel grads)": (jax.jit(vjp_xw), x2, w2, g2),
-        "pool1 fwd+bwd": (jax.jit(jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x)))), pool_in1),
-        "pool2 fwd+bwd": (jax.jit(jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x)))), pool_in2),
-        "pool1 fwd+bwd (slices)": (
-            jax.jit(jax.grad(lambda x: jnp.sum(max_pool_slices(x)))),
-            pool_in1,
-        ),
-        "pool2 fwd+bwd (slices)": (
-            jax.jit(jax.grad(lambda x: jnp.sum(max_pool_slices(x)))),
-            pool_in2,
-        ),
+        **{
+            f"pool{i} fwd+bwd ({name})": (jax.jit(jax.grad(lambda x, f=f: jnp.sum(f(x)))), x)
+            for name, f in pools.items()
+            for i, x in ((1, pool_in1), (2, pool_in2))
+        },
         "dense fwd+bwd": (jax.jit(jax.grad(dense, argnums=(0, 1, 2))), h, wd1, wd2),
         f"dropout masks ({jax.config.jax_default_prng_impl})": (jax.jit(masks), key),
         "adam update": (jax.jit(adam), state.params, opt_state, state.params),
@@ -463,7 +474,10 @@ def cmd_ops(args):
     print(f"ops conv={args.conv} batch={b} (ms per call, median)")
     for name, (fn, *fargs) in pieces.items():
         s = timeit(fn, *fargs)
-        total += s if "forward (train)" not in name and "(slices)" not in name else 0.0
+        counted = (
+            "forward (train)" not in name and "(slices)" not in name and "(reshape)" not in name
+        )
+        total += s if counted else 0.0
         gf = f"  {flops[name] / s / 1e9:6.1f} GFLOP/s" if name in flops else ""
         print(f"  {name:34} {s * 1e3:8.2f}{gf}")
     st = {"state": state}
@@ -481,7 +495,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", choices=("ops", "step", "hlo", "flags", "step+hlo", "ab"))
     p.add_argument("--conv", choices=("lax", "im2col", "hybrid"), default="lax")
-    p.add_argument("--pool", choices=("reshape", "slices", "window"), default="reshape")
+    p.add_argument("--pool", choices=("project", "reshape", "slices", "window"), default="project")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--prng", choices=("threefry", "rbg", "unsafe_rbg"), default="threefry")
     p.add_argument("--steps", type=int, default=20)

@@ -4,7 +4,8 @@
         [--config.num_train_steps=200] [--verbose]
 
 Bad input ends in one line on stderr naming the problem and a non-zero exit; --verbose shows the
-traceback as well.
+traceback as well. On Linux the command restarts itself once with glibc's huge-page tunable
+(`fmnist_jax.runtime`; FMNIST_CPU_TUNING=0 turns that off).
 """
 
 import logging as pylogging
@@ -18,7 +19,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fmnist_jax import errors
+from fmnist_jax import errors, runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -83,4 +84,5 @@ def parse_flags(argv):
 
 
 if __name__ == "__main__":
+    runtime.reexec_with_malloc_tunable()  # XLA:CPU's per-step buffers on huge pages
     sys.exit(app.run(main, flags_parser=parse_flags))

@@ -9,27 +9,15 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from fmnist_jax import theory
+from fmnist_jax.layers import max_pool_2x2
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     # sigma' = sigma - sigma^2 computed from the saved forward value (exercise section 1.2).
     "sigmoid": theory.sigmoid,
 }
-
-
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pooling with stride 2 (VALID) on NHWC input, as a reshape and a max.
-
-    Same values as `nn.max_pool(x, (2, 2), strides=(2, 2))`; XLA's CPU backward of the
-    windowed `max_pool` (select-and-scatter) is slow, a reduction over a reshaped axis is not.
-    """
-    b, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2, :]
-    x = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    return jnp.max(x, axis=(2, 4))
 
 
 class LinearRegression(nn.Module):

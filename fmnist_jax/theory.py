@@ -14,7 +14,8 @@ at test time only: see `ThresholdMLP`.
 Its gradient program has 4 equations against the naive 1 / (1 + exp(-x))'s 10, and it stays
 finite where the naive chain rule gives NaN (x < -88.72 in float32); see
 `sigmoid_tail_gradients` for where each form loses accuracy.
-(This module must not import `fmnist_jax.models`, which imports it.)
+(This module must not import `fmnist_jax.models`, which imports it; both take the pool from
+`fmnist_jax.layers`.)
 """
 
 import math
@@ -26,6 +27,8 @@ import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
+
+from fmnist_jax.layers import max_pool_2x2
 
 # ----------------------------------------------------------------------------------------------
 # 1.2 Sigmoid derivative
@@ -164,13 +167,6 @@ def _conv3x3(x: jax.Array, features: int, padding: str, floor: jax.Array) -> jax
         x = jnp.pad(x - floor, ((0, 0), (1, 1), (1, 1), (0, 0))) + floor
         padding = "VALID"
     return nn.Conv(features, (3, 3), padding=padding)(x)
-
-
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pooling, stride 2, on NHWC input (odd edges dropped), as in `models.py`."""
-    b, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
-    return jnp.max(x, axis=(2, 4))
 
 
 class _ConvNetBase(nn.Module):

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import data as data_lib
-from fmnist_jax import models
+from fmnist_jax import models, runtime
 from fmnist_jax.errors import TrainingError
 
 # Fields whose change makes an existing workdir's checkpoints unusable or its curves meaningless.
@@ -311,6 +311,7 @@ def summarize(config, history: list[dict], dataset, timing: dict) -> dict:
         device_count=jax.local_device_count(),
         data=dataset.describe(),
         versions=versions(),
+        runtime=runtime.describe(),
     )
     return summary
 

@@ -1,6 +1,5 @@
-"""Model shapes, parameter counts, dropout switching, the reshape max-pool."""
+"""Model shapes, parameter counts, dropout switching."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -60,17 +59,6 @@ def test_no_dropout_means_train_equals_eval():
     np.testing.assert_array_equal(
         model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)}),
         model.apply({"params": params}, x, train=False),
-    )
-
-
-def test_reshape_max_pool_matches_flax_max_pool():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 14, 14, 3))
-    np.testing.assert_array_equal(
-        models.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-    )
-    odd = jax.random.normal(jax.random.PRNGKey(1), (1, 7, 7, 2))
-    np.testing.assert_array_equal(
-        models.max_pool_2x2(odd), nn.max_pool(odd, (2, 2), strides=(2, 2), padding="VALID")
     )
 
 

@@ -1,0 +1,77 @@
+"""Tests for `fmnist_jax.layers`: the 2x2 max-pool's values and hand-written gradient."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmnist_jax import layers, models, theory
+
+
+def reference_pool(x):
+    """The 2x2 pool as a reshape and a max, differentiated by JAX itself."""
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+    return jnp.max(x, axis=(2, 4))
+
+
+@pytest.mark.parametrize("shape", [(2, 14, 14, 3), (1, 7, 7, 2), (3, 28, 28, 32), (1, 5, 4, 1)])
+def test_values_match_flax_max_pool(shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    np.testing.assert_array_equal(
+        layers.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 14, 14, 3), (1, 7, 7, 2), (1, 5, 4, 1)])
+def test_gradient_matches_autodiff_of_reshape_max(shape):
+    x = jax.random.normal(jax.random.PRNGKey(1), shape)
+    cotangent = jax.random.normal(
+        jax.random.PRNGKey(2), (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+    )
+
+    def grad(pool):
+        return jax.jit(jax.grad(lambda x: jnp.sum(pool(x) * cotangent)))(x)
+
+    got, expected = grad(layers.max_pool_2x2), grad(reference_pool)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+    if shape[1] % 2:  # the dropped last row gets no gradient
+        assert not np.any(np.asarray(got)[:, -1])
+    # each window sends its gradient to exactly one input (random values: no ties)
+    assert int(jnp.sum(got != 0)) == cotangent.size
+
+
+def test_ties_share_the_gradient_like_autodiff():
+    x = jnp.array([[1.0, 1.0], [0.5, 1.0]]).reshape(1, 2, 2, 1)  # three-way tie
+    x = jnp.concatenate([x, jnp.zeros_like(x)], axis=-1)  # and an all-zero window
+    got = jax.grad(lambda x: jnp.sum(layers.max_pool_2x2(x) * 3.0))(x)
+    expected = jax.grad(lambda x: jnp.sum(reference_pool(x) * 3.0))(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(got[0, :, :, 0], [[1.0, 1.0], [0.0, 1.0]])
+    np.testing.assert_allclose(got[0, :, :, 1], [[0.75, 0.75], [0.75, 0.75]])
+
+
+def test_convnet_gradient_is_unchanged_by_the_new_pool(monkeypatch):
+    """The ConvNet's parameter gradient equals the one through the reshape-and-max pool it
+    replaced (the runs quoted in the README were trained with that one)."""
+    model = models.ConvNet()
+    x = jax.random.normal(jax.random.PRNGKey(3), (4, 28, 28, 1))
+    params = model.init(jax.random.PRNGKey(4), x)["params"]
+
+    def loss(params):
+        logits = model.apply({"params": params}, x)
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), jnp.arange(4)])
+
+    new = jax.grad(loss)(params)
+    traced = []
+    monkeypatch.setattr(models, "max_pool_2x2", lambda x: traced.append(x) or reference_pool(x))
+    old = jax.grad(loss)(params)
+    assert len(traced) == 2  # both pools of the ConvNet went through the reference
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_models_and_theory_share_the_pool():
+    assert models.max_pool_2x2 is layers.max_pool_2x2
+    assert theory.max_pool_2x2 is layers.max_pool_2x2

@@ -1,0 +1,97 @@
+"""Tests for `fmnist_jax.runtime`: which XLA flag and malloc tunable a process gets, and that
+this jaxlib and glibc really honour them."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from fmnist_jax import runtime
+from tests.conftest import REPO
+
+FLAG = runtime.XLA_FLAG
+
+
+@pytest.mark.parametrize(
+    ("current", "version", "expected"),
+    [
+        ("", "0.10.2", FLAG),
+        ("--xla_force_host_platform_device_count=8", "0.10.2",
+         f"--xla_force_host_platform_device_count=8 {FLAG}"),
+        ("", "0.9.0", ""),  # not verified there: an unknown flag would abort XLA
+        ("", "", ""),  # jaxlib not installed
+        ("--xla_cpu_experimental_ynn_fusion_type=", "0.10.2",
+         "--xla_cpu_experimental_ynn_fusion_type="),  # the user's choice wins
+    ],
+)  # fmt: skip
+def test_tuned_xla_flags(current, version, expected):
+    assert runtime.tuned_xla_flags(current, version) == expected
+
+
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        ("", "glibc.malloc.hugetlb=1"),
+        ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+        ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0"),
+    ],
+)
+def test_tuned_glibc_tunables(current, expected):
+    assert runtime.tuned_glibc_tunables(current) == expected
+
+
+def test_configure_xla_edits_only_the_given_environment():
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert runtime.configure_xla(env) == (FLAG in env["XLA_FLAGS"])
+    assert env["XLA_FLAGS"].startswith("--xla_force_host_platform_device_count=2")
+    off = {runtime.OPT_OUT: "0"}
+    assert runtime.configure_xla(off) is False and "XLA_FLAGS" not in off
+
+
+def test_reexec_only_where_glibc_reads_the_tunable():
+    argv = [sys.executable, "-m", "fmnist_jax.main", "--workdir", "w"]
+    env = runtime.reexec_command(argv, {"PATH": "/bin"}, "Linux", "glibc")
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": runtime.MALLOC_TUNABLE}
+    assert runtime.reexec_command(argv, env, "Linux", "glibc") is None  # no second restart
+    assert runtime.reexec_command(argv, {}, "Darwin", "") is None
+    assert runtime.reexec_command(argv, {}, "Linux", "") is None  # musl: no such tunable
+    assert runtime.reexec_command(argv, {runtime.OPT_OUT: "off"}, "Linux", "glibc") is None
+    assert runtime.reexec_command([], {}, "Linux", "glibc") is None
+
+
+_CONV_BACKEND = """
+import fmnist_jax, jax, jax.numpy as jnp
+conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+hlo = conv.lower(jnp.ones((4, 14, 14, 32)), jnp.ones((3, 3, 32, 64))).compile().as_text()
+print("ynnpack" if "__ynn_fusion" in hlo else "xla")
+"""
+
+
+@pytest.mark.parametrize(("opt_out", "backend"), [("1", "xla"), ("0", "ynnpack")])
+def test_importing_the_package_moves_convolutions_off_ynnpack(opt_out, backend):
+    """The flag is honoured by the installed jaxlib (it is silently ignored if misspelled)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "-c", _CONV_BACKEND],
+        env={**env, runtime.OPT_OUT: opt_out}, cwd=REPO, capture_output=True, text=True,
+        timeout=120, check=True,
+    )  # fmt: skip
+    assert out.stdout.split()[-1] == backend
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc tunables only")
+def test_training_command_restarts_with_the_malloc_tunable(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "XLA_FLAGS")}
+    out = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.main", "--config", "experiments/linreg.py:test",
+         "--workdir", str(tmp_path), "--config.num_train_steps=4"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    settings = json.loads((tmp_path / "summary.json").read_text())["runtime"]
+    assert settings["GLIBC_TUNABLES"] == runtime.MALLOC_TUNABLE
+    assert FLAG in settings["XLA_FLAGS"]
