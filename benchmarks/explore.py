@@ -195,15 +195,21 @@ def max_pool_slices(x):
 
 
 def make_convnet(conv: str, dropout_rate: float, pool: str = "project"):
-    """The project's ConvNet, or the same network with `conv_im2col` convolutions and/or
-    another 2x2 max-pool."""
+    """The project's ConvNet, or the same network with other convolutions (`conv_im2col`,
+    `conv_fast_kernel_grad` in both layers or, `hybrid1`, in the first only) and/or another
+    2x2 max-pool."""
     import flax.linen as nn
 
     from fmnist_jax import models
 
     if conv == "lax" and pool == "project":
         return models.ConvNet(num_classes=10, dropout_rate=dropout_rate)
-    conv_fn = {"lax": None, "im2col": conv_im2col, "hybrid": conv_fast_kernel_grad}[conv]
+    conv_fns = {  # per layer: conv1 (1 input channel), conv2
+        "lax": (None, None),
+        "im2col": (conv_im2col, conv_im2col),
+        "hybrid": (conv_fast_kernel_grad, conv_fast_kernel_grad),
+        "hybrid1": (conv_fast_kernel_grad, None),
+    }[conv]
     pool_fn = {
         "project": models.max_pool_2x2,
         "reshape": max_pool_reshape,
@@ -217,7 +223,7 @@ def make_convnet(conv: str, dropout_rate: float, pool: str = "project"):
 
         @nn.compact
         def __call__(self, x, train: bool = False):
-            for features in (32, 64):
+            for features, conv_fn in zip((32, 64), conv_fns, strict=True):
                 x = nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=conv_fn)(x)
                 x = pool_fn(nn.relu(x))
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -318,7 +324,12 @@ def cmd_ab(args):
     """The step variants built in one process and timed in rotating blocks of 5 steps."""
     import jax
 
-    variants = [("lax", "project"), ("lax", "reshape"), ("lax", "slices"), ("hybrid", "project")]
+    variants = [
+        ("lax", "project"),
+        ("lax", "reshape"),
+        ("hybrid1", "project"),
+        ("hybrid", "project"),
+    ]
     built = {}
     for conv, pool in variants:
         steps, state, rng = build_step(conv, args.batch, pool)
@@ -328,7 +339,7 @@ def cmd_ab(args):
         built[conv, pool] = [steps, state, rng, batches]
     times = {v: [] for v in variants}
     for r in range(args.repeats):
-        for v in variants[r % 4 :] + variants[: r % 4]:
+        for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
             steps, state, rng, batches = built[v]
             t = time.perf_counter()
             for i in range(5):
@@ -494,7 +505,7 @@ def cmd_ops(args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", choices=("ops", "step", "hlo", "flags", "step+hlo", "ab"))
-    p.add_argument("--conv", choices=("lax", "im2col", "hybrid"), default="lax")
+    p.add_argument("--conv", choices=("lax", "im2col", "hybrid", "hybrid1"), default="lax")
     p.add_argument("--pool", choices=("project", "reshape", "slices", "window"), default="project")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--prng", choices=("threefry", "rbg", "unsafe_rbg"), default="threefry")

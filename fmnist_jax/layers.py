@@ -26,9 +26,15 @@ def _upsample(y: jax.Array) -> jax.Array:
     return jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2)
 
 
+def _corners(x: jax.Array) -> list[jax.Array]:
+    """The four [B, H, W, C] strided views of [B, 2H, 2W, C]: each window's four inputs."""
+    return [x[:, i::2, j::2, :] for i in (0, 1) for j in (0, 1)]
+
+
 @jax.custom_vjp
 def _pool_even(x: jax.Array) -> jax.Array:
-    return jnp.max(_windows(x), axis=(2, 4))
+    a, b, c, d = _corners(x)
+    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
 def _pool_even_fwd(x: jax.Array):
@@ -38,9 +44,8 @@ def _pool_even_fwd(x: jax.Array):
 
 def _pool_even_bwd(residuals, g: jax.Array):
     x, y = residuals
-    is_max = x == _upsample(y)
-    ties = jnp.sum(_windows(is_max.astype(g.dtype)), axis=(2, 4))
-    return (jnp.where(is_max, _upsample(g / ties), jnp.zeros_like(x)),)
+    ties = sum((corner == y).astype(g.dtype) for corner in _corners(x))
+    return (jnp.where(x == _upsample(y), _upsample(g / ties), jnp.zeros_like(x)),)
 
 
 _pool_even.defvjp(_pool_even_fwd, _pool_even_bwd)
