@@ -129,9 +129,7 @@ class JaxRunner:
         loss = None
         for batch in batches:
             batch = {"inputs": batch["inputs"], "targets": batch["targets"]}
-            self.state, m = self.steps.train(
-                self.state, self.steps.put_batch(batch), self.dropout_rng
-            )
+            self.state, m = self.steps.train(self.state, batch, self.dropout_rng)
             loss = float(m.loss.total)
         return loss
 

@@ -150,6 +150,10 @@ class Steps:
         )
 
     def put_batch(self, batch):
+        """`batch` placed on the mesh ahead of time. The loop does not need it: the jitted
+        steps take host (numpy) batches and place them by their `in_shardings` in C++,
+        ~170 us a step cheaper than this Python-side `device_put` (linear regression's whole
+        step is ~120 us)."""
         return jax.device_put(batch, self.sharded)
 
 
@@ -157,7 +161,7 @@ def evaluate(steps: Steps, state, split, batch_size: int) -> dict[str, float]:
     """Loss (and accuracy) over a whole split, every example counted once."""
     total = None
     for batch in data_lib.epoch_batches(split, batch_size, remainder="pad"):
-        m = steps.eval(state, steps.put_batch(batch))
+        m = steps.eval(state, batch)
         total = m if total is None else total.merge(m)
     return {k: float(v) for k, v in total.compute().items()}
 
@@ -429,9 +433,7 @@ def _loop(run: Run, state, dropout_rng):
     )
     train_metrics, start, eval_time, first_step_time = None, time.time(), 0.0, 0.0
     for step in range(initial_step + 1, num_steps + 1):
-        state, step_metrics = run.steps.train(
-            state, run.steps.put_batch(next(batches)), dropout_rng
-        )
+        state, step_metrics = run.steps.train(state, next(batches), dropout_rng)
         _check_finite(step_metrics, step)
         if step == initial_step + 1:
             first_step_time = time.time() - start
