@@ -55,3 +55,92 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max-pooling with stride 2 (VALID: an odd last row or column is dropped), NHWC."""
     _, h, w, _ = x.shape
     return _pool_even(x[:, : h - h % 2, : w - w % 2, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolution with few input channels
+
+
+def _kernel_grad_by_patches(x, g, kernel_shape, padding):
+    """d(loss)/d(kernel) of a stride-1 NHWC/HWIO convolution as one matrix product: the input's
+    kh*kw shifted views side by side ([B*H*W, kh*kw*Cin]) contracted with the output gradient."""
+    kh, kw, cin, cout = kernel_shape
+    b, ho, wo, _ = g.shape
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    taps = [xp[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(taps, axis=-1).reshape(b * ho * wo, kh * kw * cin)
+    dw = jax.lax.dot_general(patches, g.reshape(b * ho * wo, cout), (((0,), (0,)), ((), ())))
+    return dw.reshape(kernel_shape).astype(g.dtype)
+
+
+PATCH_KERNEL_GRAD_MAX_COLUMNS = 64  # kh*kw*Cin above this: XLA's own kernel gradient
+
+
+def conv_patch_kernel_grad(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **unused,
+):
+    """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`, NHWC input and HWIO
+    kernel, whose kernel gradient on the CPU is `_kernel_grad_by_patches`.
+
+    For a layer with few input channels (the ConvNet's first, Cin=1), XLA:CPU computes the
+    kernel gradient as a convolution with an image-sized window, after transposing input and
+    output gradient (~4.5 ms of the step at batch 128); one product over the nine-column patch
+    matrix is ~2x cheaper (whole step ~1.05x). Forward pass and input gradient are XLA's own,
+    and so is everything on GPU and TPU (`lax.platform_dependent`). Stride 1, no dilation, one
+    feature group; anything else is passed to `lax.conv_general_dilated` unchanged.
+    """
+    del unused
+    kh, kw, cin, _ = rhs.shape
+    ones = (1,) * (lhs.ndim - 2)
+    nhwc = ("NHWC", "HWIO", "NHWC")
+    layout = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers or nhwc)
+    plain = (
+        lhs.ndim != 4
+        or layout != jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc)
+        or tuple(window_strides) != ones
+        or feature_group_count != 1
+        or any(d is not None and tuple(d) != ones for d in (lhs_dilation, rhs_dilation))
+        or kh * kw * cin > PATCH_KERNEL_GRAD_MAX_COLUMNS
+    )
+    if plain:
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+            dimension_numbers, feature_group_count, precision=precision,
+        )  # fmt: skip
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), ones, padding)
+    padding = tuple(tuple(p) for p in padding)
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, ones, padding, dimension_numbers=nhwc, precision=precision
+        )
+
+    @jax.custom_vjp
+    def f(x, w):
+        return conv(x, w)
+
+    def f_fwd(x, w):
+        return conv(x, w), (x, w)
+
+    def f_bwd(residuals, g):
+        x, w = residuals
+        dx = jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
+        dw = jax.lax.platform_dependent(
+            x, g, w,
+            cpu=lambda x, g, w: _kernel_grad_by_patches(x, g, w.shape, padding),
+            default=lambda x, g, w: jax.vjp(lambda w: conv(x, w), w)[1](g)[0],
+        )  # fmt: skip
+        return dx, dw
+
+    f.defvjp(f_fwd, f_bwd)
+    return f(lhs, rhs)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 
-from fmnist_jax import theory
+from fmnist_jax import layers, theory
 from fmnist_jax.layers import max_pool_2x2
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -57,9 +57,11 @@ class ConvNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        for features in (32, 64):
-            x = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(x))
-            x = max_pool_2x2(x)
+        for i, features in enumerate((32, 64)):
+            # the first layer (one input channel) takes its kernel gradient as one product
+            conv = layers.conv_patch_kernel_grad if i == 0 else None
+            x = nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=conv)(x)
+            x = max_pool_2x2(nn.relu(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(128)(x))

@@ -75,3 +75,81 @@ def test_convnet_gradient_is_unchanged_by_the_new_pool(monkeypatch):
 def test_models_and_theory_share_the_pool():
     assert models.max_pool_2x2 is layers.max_pool_2x2
     assert theory.max_pool_2x2 is layers.max_pool_2x2
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def _conv_pair(lhs, rhs, padding):
+    def xla(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def patched(x, w):
+        return layers.conv_patch_kernel_grad(
+            x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    return xla, patched
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "padding"),
+    [
+        ((4, 28, 28, 1), (3, 3, 1, 32), "SAME"),  # the ConvNet's first layer
+        ((2, 9, 7, 3), (3, 3, 3, 5), "SAME"),
+        ((2, 9, 7, 2), (3, 2, 2, 4), "VALID"),
+        ((2, 8, 8, 2), (3, 3, 2, 4), ((2, 0), (1, 1))),
+    ],
+)
+def test_patch_kernel_gradient_matches_xla(x_shape, w_shape, padding):
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(5), 3)
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+    xla, patched = _conv_pair(x, w, padding)
+    np.testing.assert_array_equal(jax.jit(patched)(x, w), jax.jit(xla)(x, w))
+    g = jax.random.normal(kg, xla(x, w).shape)
+
+    def grads(conv):
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) * g), argnums=(0, 1)))(x, w)
+
+    (dx, dw), (dx_ref, dw_ref) = grads(patched), grads(xla)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_kernel_gradient_is_a_dot_in_the_compiled_cpu_step():
+    x, w = jnp.ones((2, 28, 28, 1)), jnp.ones((3, 3, 1, 32))
+    _, patched = _conv_pair(x, w, "SAME")
+    hlo = jax.jit(jax.grad(lambda w: jnp.sum(patched(x, w)))).lower(w).compile().as_text()
+    assert "convolution(" not in hlo  # the kernel gradient no longer is a convolution
+    xla, _ = _conv_pair(x, w, "SAME")
+    hlo = jax.jit(jax.grad(lambda w: jnp.sum(xla(x, w)))).lower(w).compile().as_text()
+    assert "convolution(" in hlo
+
+
+def test_other_convolutions_are_passed_to_xla_unchanged():
+    x, w = jnp.ones((1, 8, 8, 16)), jnp.ones((3, 3, 16, 4))  # 144 patch columns: XLA's own
+    strided = layers.conv_patch_kernel_grad(
+        x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    assert strided.shape == (1, 4, 4, 4)
+    hlo = (
+        jax.jit(jax.grad(lambda w: jnp.sum(
+            layers.conv_patch_kernel_grad(
+                x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))))
+        .lower(w).compile().as_text()
+    )  # fmt: skip
+    assert "convolution(" in hlo
+
+
+def test_convnet_uses_the_patch_gradient_only_in_its_first_layer():
+    model = models.ConvNet()
+    x = jnp.ones((2, 28, 28, 1))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    hlo = (
+        jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x))))
+        .lower(params).compile().as_text()
+    )  # fmt: skip
+    # conv1 forward; conv2 forward, input and kernel gradients; conv1's kernel gradient: a dot
+    assert hlo.count("convolution(") == 4
