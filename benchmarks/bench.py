@@ -469,7 +469,7 @@ def parse_args(argv=None):
         "--prototype",
         default="",
         help="CONV,POOL[;CONV,POOL...]: the JAX ConvNet with explore.py's convolution"
-        " (lax|im2col|hybrid) and pool (project|reshape|slices|window) instead of fmnist_jax.models.ConvNet,"
+        " (project|lax|im2col) and pool (project|reshape|slices|window) instead of fmnist_jax.models.ConvNet,"
         " one row each; empty: the project's model",
     )
     p.add_argument(

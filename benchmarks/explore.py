@@ -1,9 +1,9 @@
 """Where the ConvNet's training step spends its time on the CPU, and what changes it.
 
-    python benchmarks/explore.py ops   [--conv lax|im2col] [--batch 128]
-    python benchmarks/explore.py step  [--conv lax|im2col] [--batch 128] [--prng threefry|rbg]
-    python benchmarks/explore.py hlo   [--conv lax|im2col]
-    python benchmarks/explore.py flags [--conv lax|im2col]
+    python benchmarks/explore.py ops   [--conv project|lax|im2col] [--pool project|...] [--batch 128]
+    python benchmarks/explore.py step  [--conv ...] [--pool ...] [--batch 128] [--prng threefry|rbg]
+    python benchmarks/explore.py hlo   [--conv ...] [--pool ...]
+    python benchmarks/explore.py flags [--conv ...] [--pool ...]
     python benchmarks/explore.py ab    [--repeats 6]
 
 `ops` times each piece of one step alone (jitted, median of repeats): the two convolutions
@@ -13,8 +13,11 @@ Adam 1e-3) with the chosen convolution and dropout PRNG. `hlo` lists the library
 fusions in the compiled step (so an XLA flag can be seen to take effect). `flags` reruns `step`
 and `hlo` in a fresh process for each XLA flag set in FLAG_SETS.
 
-`--conv im2col` is the prototype: the same 3x3 SAME convolution, same parameters, computed
-as nine shifted slices concatenated on the channel axis and one matrix product.
+`--conv project` is the project's ConvNet (first conv's kernel gradient by patches), `lax` the
+same network with XLA's own convolutions, `im2col` a rejected prototype: the same 3x3 SAME
+convolution computed as nine shifted slices concatenated on the channel axis and one product.
+`--pool`: `project` (`layers.max_pool_2x2`), `reshape` (the first round's, autodiff), `slices`
+(max of four strided slices, autodiff), `window` (`nn.max_pool`).
 """
 
 import argparse
@@ -105,76 +108,6 @@ def conv_im2col(
     return y
 
 
-def kernel_grad_by_dots(x, g, kernel_shape, padding):
-    """d(loss)/d(kernel) of a stride-1 NHWC/HWIO convolution, as matrix products: for each of
-    the kh*kw kernel taps, (shifted input)^T @ (output gradient); with few input channels, the
-    taps' patches are concatenated into one product."""
-    import jax.numpy as jnp
-    from jax import lax
-
-    kh, kw, cin, cout = kernel_shape
-    b, ho, wo, _ = g.shape
-    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    g2 = g.reshape(b * ho * wo, cout)
-    taps = [xp[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)]
-    contract_rows = (((0,), (0,)), ((), ()))
-    if kh * kw * cin <= 64:  # few channels: one product over all taps
-        patches = jnp.concatenate(taps, axis=-1).reshape(b * ho * wo, kh * kw * cin)
-        return lax.dot_general(patches, g2, contract_rows).reshape(kernel_shape)
-    per_tap = [lax.dot_general(t.reshape(b * ho * wo, cin), g2, contract_rows) for t in taps]
-    return jnp.stack(per_tap).reshape(kernel_shape)
-
-
-def conv_fast_kernel_grad(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    precision=None,
-    **_,
-):
-    """`lax.conv_general_dilated` (stride 1, NHWC/HWIO) whose forward pass and input gradient
-    are XLA's own, and whose kernel gradient is `kernel_grad_by_dots`: XLA:CPU computes the
-    kernel gradient as a convolution with an image-sized window, 3-4x slower than the dots."""
-    import jax
-    from jax import lax
-
-    kh, kw, _, _ = rhs.shape
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
-    padding = tuple(tuple(p) for p in padding)
-    ones = (1,) * (lhs.ndim - 2)
-    if tuple(window_strides) != ones or feature_group_count != 1:
-        raise NotImplementedError("conv_fast_kernel_grad: stride 1, one feature group only")
-    for dilation in (lhs_dilation, rhs_dilation):
-        if dilation is not None and tuple(dilation) != ones:
-            raise NotImplementedError("conv_fast_kernel_grad: no dilation")
-
-    def conv(x, w):
-        return lax.conv_general_dilated(
-            x, w, ones, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision
-        )
-
-    @jax.custom_vjp
-    def f(x, w):
-        return conv(x, w)
-
-    def f_fwd(x, w):
-        return conv(x, w), (x, w)
-
-    def f_bwd(res, g):
-        x, w = res
-        dx = jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
-        return dx, kernel_grad_by_dots(x, g, w.shape, padding)
-
-    f.defvjp(f_fwd, f_bwd)
-    return f(lhs, rhs)
-
-
 def max_pool_reshape(x):
     """The 2x2 max-pool the project had before `fmnist_jax.layers`: a reshape and a max,
     differentiated by JAX (a broadcast compare over the 6-d view)."""
@@ -195,20 +128,20 @@ def max_pool_slices(x):
 
 
 def make_convnet(conv: str, dropout_rate: float, pool: str = "project"):
-    """The project's ConvNet, or the same network with other convolutions (`conv_im2col`,
-    `conv_fast_kernel_grad` in both layers or, `hybrid1`, in the first only) and/or another
-    2x2 max-pool."""
+    """The project's ConvNet (`project`: the first conv's kernel gradient by patches,
+    `layers.conv_patch_kernel_grad`), or the same network with XLA's own convolutions (`lax`)
+    or `conv_im2col` in both layers, and/or another 2x2 max-pool. (The first round's `hybrid`,
+    tap products for both kernel gradients, lost with Eigen convolutions: benchmarks/README.md.)"""
     import flax.linen as nn
 
-    from fmnist_jax import models
+    from fmnist_jax import layers, models
 
-    if conv == "lax" and pool == "project":
+    if conv == "project" and pool == "project":
         return models.ConvNet(num_classes=10, dropout_rate=dropout_rate)
     conv_fns = {  # per layer: conv1 (1 input channel), conv2
         "lax": (None, None),
         "im2col": (conv_im2col, conv_im2col),
-        "hybrid": (conv_fast_kernel_grad, conv_fast_kernel_grad),
-        "hybrid1": (conv_fast_kernel_grad, None),
+        "project": (layers.conv_patch_kernel_grad, None),
     }[conv]
     pool_fn = {
         "project": models.max_pool_2x2,
@@ -325,10 +258,10 @@ def cmd_ab(args):
     import jax
 
     variants = [
+        ("project", "project"),
         ("lax", "project"),
-        ("lax", "reshape"),
-        ("hybrid1", "project"),
-        ("hybrid", "project"),
+        ("project", "reshape"),
+        ("project", "slices"),
     ]
     built = {}
     for conv, pool in variants:
@@ -404,12 +337,12 @@ def cmd_ops(args):
     import jax.numpy as jnp
     import optax
 
-    from fmnist_jax import models
+    from fmnist_jax import layers, models
 
     b = args.batch
     key = jax.random.PRNGKey(0)
     conv = {"lax": jax.lax.conv_general_dilated, "im2col": conv_im2col}.get(
-        args.conv, conv_fast_kernel_grad
+        args.conv, layers.conv_patch_kernel_grad
     )
     dn = ("NHWC", "HWIO", "NHWC")
 
@@ -505,7 +438,7 @@ def cmd_ops(args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", choices=("ops", "step", "hlo", "flags", "step+hlo", "ab"))
-    p.add_argument("--conv", choices=("lax", "im2col", "hybrid", "hybrid1"), default="lax")
+    p.add_argument("--conv", choices=("project", "lax", "im2col"), default="project")
     p.add_argument("--pool", choices=("project", "reshape", "slices", "window"), default="project")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--prng", choices=("threefry", "rbg", "unsafe_rbg"), default="threefry")

@@ -1,4 +1,5 @@
-"""Layer functions shared by `models` and `theory`, written for fast gradients on XLA:CPU.
+"""Layer functions written for fast gradients on XLA:CPU: `max_pool_2x2` (used by `models`
+and `theory`) and `conv_patch_kernel_grad` (the ConvNet's first convolution).
 
 `max_pool_2x2` computes the same values as `nn.max_pool(x, (2, 2), strides=(2, 2))` and the
 same gradient as differentiating a reshape-and-max: each window's output gradient goes to the
@@ -8,7 +9,7 @@ ties outside zero windows rare; inside them the ReLU's gradient is zero anyway).
 Why it has its own gradient: JAX differentiates the windowed `max_pool` through
 select-and-scatter and a reshape-and-max through a broadcast compare over a 6-d view, and XLA:CPU
 runs both backward passes several times slower than one elementwise compare-and-select on the
-unpooled tensor (benchmarks/README.md: the ConvNet's whole step 1.15x faster).
+unpooled tensor (benchmarks/README.md: the ConvNet's whole step ~1.2x faster, paired).
 """
 
 import jax

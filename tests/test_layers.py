@@ -153,3 +153,18 @@ def test_convnet_uses_the_patch_gradient_only_in_its_first_layer():
     )  # fmt: skip
     # conv1 forward; conv2 forward, input and kernel gradients; conv1's kernel gradient: a dot
     assert hlo.count("convolution(") == 4
+
+
+def test_patch_kernel_gradient_is_cpu_only():
+    """Lowered for a GPU or TPU, the kernel gradient stays XLA's convolution (the branch of
+    `lax.platform_dependent` for other platforms), without such a device here."""
+    x, w = jnp.ones((2, 28, 28, 1)), jnp.ones((3, 3, 1, 32))
+    _, patched = _conv_pair(x, w, "SAME")
+    grad = jax.jit(jax.grad(lambda w: jnp.sum(patched(x, w) ** 2)))
+
+    def ops(platform):
+        text = jax.export.export(grad, platforms=[platform])(w).mlir_module()
+        return text.count("stablehlo.convolution"), text.count("stablehlo.dot_general")
+
+    assert ops("cpu") == (1, 1)  # forward conv, kernel gradient as a product
+    assert ops("cuda") == ops("tpu") == (2, 0)  # forward and kernel gradient convolutions
