@@ -14,8 +14,8 @@ and commands in benchmarks/README.md); neither fix changes what is computed:
    with it (`reexec_with_malloc_tunable`) and the Makefile exports it.
 
 `configure_xla` runs when `fmnist_jax` is imported. Each setting applies only where it can: the
-XLA flag only with a jaxlib it was verified on (XLA aborts on a flag it does not know) and only
-before JAX has created its backends; the tunable only on Linux with glibc. A user's own value
+XLA flag only with a jaxlib it was verified on (XLA aborts on a flag it does not know), not
+where a GPU or TPU plugin is installed, and only before JAX has created its backends; the tunable only on Linux with glibc. A user's own value
 for either setting wins. `FMNIST_CPU_TUNING=0` leaves the process as it is.
 """
 
@@ -28,6 +28,15 @@ from collections.abc import Mapping, MutableMapping, Sequence
 OPT_OUT = "FMNIST_CPU_TUNING"
 XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 VERIFIED_JAXLIB = ("0.10.",)  # release prefixes where XLA_FLAG exists and was measured
+# With one of these installed, the accelerator's own XLA also parses XLA_FLAGS (and the CPU's
+# speed hardly matters): the flag is left out there.
+ACCELERATOR_PLUGINS = (
+    "libtpu",
+    "libtpu-nightly",
+    "jax-cuda12-plugin",
+    "jax-cuda13-plugin",
+    "jax-rocm-plugin",
+)
 MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
@@ -35,11 +44,11 @@ def enabled(environ: Mapping[str, str]) -> bool:
     return environ.get(OPT_OUT, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def tuned_xla_flags(current: str, jaxlib_version: str) -> str:
-    """`current` XLA_FLAGS plus `XLA_FLAG`, unless this jaxlib was not verified or the user
-    already chose a value for that flag."""
+def tuned_xla_flags(current: str, jaxlib_version: str, plugins: Sequence[str] = ()) -> str:
+    """`current` XLA_FLAGS plus `XLA_FLAG`, unless this jaxlib was not verified, an accelerator
+    plugin is installed (`plugins`), or the user already chose a value for that flag."""
     name = XLA_FLAG.split("=", 1)[0]
-    if not jaxlib_version.startswith(VERIFIED_JAXLIB) or name in current:
+    if not jaxlib_version.startswith(VERIFIED_JAXLIB) or plugins or name in current:
         return current
     return f"{current} {XLA_FLAG}".strip()
 
@@ -53,9 +62,9 @@ def tuned_glibc_tunables(current: str) -> str:
     return f"{current}:{MALLOC_TUNABLE}" if current else MALLOC_TUNABLE
 
 
-def _jaxlib_version() -> str:
+def _version(distribution: str) -> str:
     try:
-        return importlib.metadata.version("jaxlib")
+        return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return ""
 
@@ -76,7 +85,8 @@ def configure_xla(environ: MutableMapping[str, str] = os.environ) -> bool:
     flag is in place afterwards."""
     if not enabled(environ) or _backends_initialized():
         return XLA_FLAG in environ.get("XLA_FLAGS", "")
-    flags = tuned_xla_flags(environ.get("XLA_FLAGS", ""), _jaxlib_version())
+    plugins = [name for name in ACCELERATOR_PLUGINS if _version(name)]
+    flags = tuned_xla_flags(environ.get("XLA_FLAGS", ""), _version("jaxlib"), plugins)
     if flags:
         environ["XLA_FLAGS"] = flags
     return XLA_FLAG in flags

@@ -31,6 +31,11 @@ def test_tuned_xla_flags(current, version, expected):
     assert runtime.tuned_xla_flags(current, version) == expected
 
 
+def test_no_xla_flag_where_an_accelerator_plugin_is_installed():
+    assert runtime.tuned_xla_flags("", "0.10.2", ["jax-cuda12-plugin"]) == ""
+    assert runtime.tuned_xla_flags("--a=1", "0.10.2", ["libtpu"]) == "--a=1"
+
+
 @pytest.mark.parametrize(
     ("current", "expected"),
     [
