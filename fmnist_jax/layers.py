@@ -62,14 +62,22 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 # Convolution with few input channels
 
 
+def image_patches(x: jax.Array, kh: int, kw: int, padding) -> jax.Array:
+    """[B, Ho, Wo, kh*kw*C]: each stride-1 output position's receptive field in NHWC `x`
+    padded by `padding` ((top, bottom), (left, right)), taps in row-major order and channels
+    innermost, i.e. the order of an HWIO kernel flattened to [kh*kw*C, O]."""
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    taps = [xp[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)]
+    return jnp.concatenate(taps, axis=-1)
+
+
 def _kernel_grad_by_patches(x, g, kernel_shape, padding):
-    """d(loss)/d(kernel) of a stride-1 NHWC/HWIO convolution as one matrix product: the input's
-    kh*kw shifted views side by side ([B*H*W, kh*kw*Cin]) contracted with the output gradient."""
+    """d(loss)/d(kernel) of a stride-1 NHWC/HWIO convolution as one matrix product: the
+    input's patches ([B*H*W, kh*kw*Cin]) contracted with the output gradient."""
     kh, kw, cin, cout = kernel_shape
     b, ho, wo, _ = g.shape
-    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    taps = [xp[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(taps, axis=-1).reshape(b * ho * wo, kh * kw * cin)
+    patches = image_patches(x, kh, kw, padding).reshape(b * ho * wo, kh * kw * cin)
     dw = jax.lax.dot_general(patches, g.reshape(b * ho * wo, cout), (((0,), (0,)), ((), ())))
     return dw.reshape(kernel_shape).astype(g.dtype)
 

@@ -168,3 +168,14 @@ def test_patch_kernel_gradient_is_cpu_only():
 
     assert ops("cpu") == (1, 1)  # forward conv, kernel gradient as a product
     assert ops("cuda") == ops("tpu") == (2, 0)  # forward and kernel gradient convolutions
+
+
+def test_image_patches_times_the_flat_kernel_is_the_convolution():
+    x = jax.random.normal(jax.random.PRNGKey(6), (2, 6, 5, 3))
+    w = jax.random.normal(jax.random.PRNGKey(7), (3, 2, 3, 4))
+    patches = layers.image_patches(x, 3, 2, ((1, 1), (0, 1)))
+    assert patches.shape == (2, 6, 5, 18)
+    expected = jax.lax.conv_general_dilated(
+        x, w, (1, 1), ((1, 1), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(patches @ w.reshape(18, 4), expected, rtol=1e-5, atol=1e-5)
