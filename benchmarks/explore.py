@@ -310,10 +310,12 @@ def cmd_hlo(args):
 
 
 def cmd_flags(args):
+    from fmnist_jax import runtime
+
     for name, flags in FLAG_SETS.items():
-        # each set alone: without fmnist_jax.runtime's flag, with the malloc tunable
-        env = dict(os.environ, XLA_FLAGS=flags, FMNIST_CPU_TUNING="0")
-        env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
+        # each set alone: without fmnist_jax.runtime's flag, with its malloc tunable
+        env = dict(os.environ, XLA_FLAGS=flags, **{runtime.OPT_OUT: "0"})
+        env["GLIBC_TUNABLES"] = runtime.tuned_glibc_tunables(env.get("GLIBC_TUNABLES", ""))
         cmd = [sys.executable, __file__, "step+hlo", "--conv", args.conv, "--pool", args.pool]
         cmd += ["--batch"]
         cmd += [str(args.batch), "--steps", str(args.steps), "--repeats", str(args.repeats)]

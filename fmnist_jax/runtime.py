@@ -97,10 +97,10 @@ def describe(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {name: environ.get(name, "") for name in ("XLA_FLAGS", "GLIBC_TUNABLES", OPT_OUT)}
 
 
-def reexec_command(
+def reexec_environment(
     argv: Sequence[str], environ: Mapping[str, str], system: str, libc: str
 ) -> dict[str, str] | None:
-    """The environment to restart `argv` with so that glibc reads `MALLOC_TUNABLE`, or None
+    """The environment to restart `argv` in so that glibc reads `MALLOC_TUNABLE`, or None
     when no restart is needed or possible."""
     if not enabled(environ) or system != "Linux" or libc != "glibc" or not argv:
         return None
@@ -115,7 +115,7 @@ def reexec_with_malloc_tunable() -> None:
     GLIBC_TUNABLES; returns without doing anything when it is set already or cannot apply.
     Call it first thing in a command-line entry point."""
     argv = list(getattr(sys, "orig_argv", []))
-    env = reexec_command(argv, os.environ, platform.system(), platform.libc_ver()[0])
+    env = reexec_environment(argv, os.environ, platform.system(), platform.libc_ver()[0])
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()

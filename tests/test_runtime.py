@@ -58,13 +58,13 @@ def test_configure_xla_edits_only_the_given_environment():
 
 def test_reexec_only_where_glibc_reads_the_tunable():
     argv = [sys.executable, "-m", "fmnist_jax.main", "--workdir", "w"]
-    env = runtime.reexec_command(argv, {"PATH": "/bin"}, "Linux", "glibc")
+    env = runtime.reexec_environment(argv, {"PATH": "/bin"}, "Linux", "glibc")
     assert env == {"PATH": "/bin", "GLIBC_TUNABLES": runtime.MALLOC_TUNABLE}
-    assert runtime.reexec_command(argv, env, "Linux", "glibc") is None  # no second restart
-    assert runtime.reexec_command(argv, {}, "Darwin", "") is None
-    assert runtime.reexec_command(argv, {}, "Linux", "") is None  # musl: no such tunable
-    assert runtime.reexec_command(argv, {runtime.OPT_OUT: "off"}, "Linux", "glibc") is None
-    assert runtime.reexec_command([], {}, "Linux", "glibc") is None
+    assert runtime.reexec_environment(argv, env, "Linux", "glibc") is None  # no second restart
+    assert runtime.reexec_environment(argv, {}, "Darwin", "") is None
+    assert runtime.reexec_environment(argv, {}, "Linux", "") is None  # musl: no such tunable
+    assert runtime.reexec_environment(argv, {runtime.OPT_OUT: "off"}, "Linux", "glibc") is None
+    assert runtime.reexec_environment([], {}, "Linux", "glibc") is None
 
 
 _CONV_BACKEND = """
