@@ -9,23 +9,24 @@ The interactive API (see `fmnist_jax.api` and the README):
     predict(trained, images)                         -> class probabilities [N, 10]
     attack(trained, images, targets=None)            -> adversarial images, p(target), norms
 
-Importing the package sets XLA's CPU convolution flag (`fmnist_jax.runtime`) before JAX starts
-its backends; the API itself is imported on first use, so `python -m fmnist_jax.main --help`
-stays fast.
+    configure_cpu()                                  XLA:CPU's fast convolutions (before importing jax)
+    initialize_distributed(coordinator_address, num_processes, process_id)  several processes
+
+Importing the package changes nothing in the process (no environment variable, no backend):
+each name is imported on first use. For CPU speed call `fmnist_jax.configure_cpu()` before
+`import jax` (the command lines do; see `fmnist_jax.runtime`).
 """
 
 import importlib
-
-from fmnist_jax import runtime
-
-runtime.configure_xla()
 
 _API = {
     "CLASS_NAMES": "fmnist_jax.data",
     "Trained": "fmnist_jax.api",
     "attack": "fmnist_jax.api",
+    "configure_cpu": "fmnist_jax.runtime",
     "fit": "fmnist_jax.api",
     "get_config": "fmnist_jax.api",
+    "initialize_distributed": "fmnist_jax.api",
     "load_data": "fmnist_jax.api",
     "predict": "fmnist_jax.api",
     "restore": "fmnist_jax.api",
@@ -34,8 +35,10 @@ __all__ = [
     "CLASS_NAMES",
     "Trained",
     "attack",
+    "configure_cpu",
     "fit",
     "get_config",
+    "initialize_distributed",
     "load_data",
     "predict",
     "restore",

@@ -23,6 +23,7 @@ import numpy as np
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import data as data_lib
+from fmnist_jax.errors import ConfigError
 
 
 class Trained(NamedTuple):
@@ -48,15 +49,41 @@ def get_config(experiment: str = "cnn", variant: str = "", **overrides):
         if field not in config:
             close = difflib.get_close_matches(field, list(config.keys()), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise config_lib.ConfigError(f"unknown config field {field!r}{hint}")
+            raise ConfigError(f"unknown config field {field!r}{hint}")
         try:
             config[field] = value
         except (TypeError, ValueError) as e:
-            raise config_lib.ConfigError(
-                f"config.{field}={value!r}: {' '.join(str(e).split())}"
-            ) from None
+            raise ConfigError(f"config.{field}={value!r}: {' '.join(str(e).split())}") from None
     config_lib.validate(config)
     return config
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    auto: bool = False,
+    initialization_timeout: int = 300,
+    heartbeat_timeout_seconds: int = 100,
+    coordinator_bind_address: str | None = None,
+) -> None:
+    """Joins a run of several processes (every process calls it, before any JAX computation,
+    then the same `fit`): the arguments of `jax.distributed.initialize`, `auto=True` for JAX's
+    cluster detection (Cloud TPU pod slices, SLURM, Open MPI). One process needs no call."""
+    from fmnist_jax import distributed
+
+    distributed.initialize(
+        distributed.Launch(
+            coordinator_address,
+            num_processes,
+            process_id,
+            auto,
+            initialization_timeout,
+            heartbeat_timeout_seconds,
+            coordinator_bind_address,
+        )
+    )
 
 
 def load_data(config=None) -> data_lib.Dataset:
@@ -88,8 +115,7 @@ def fit(
     from fmnist_jax import train as train_lib
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"fmnist_{config.name}_"))
-    state = train_lib.train_and_evaluate(config, workdir, dataset=dataset, on_eval=on_eval)
-    records = train_lib.read_history(workdir, int(state.step))
+    state, records = train_lib.train_and_evaluate(config, workdir, dataset=dataset, on_eval=on_eval)
     keys = [k for k in records[0] if all(r.get(k) is not None for r in records)]
     history = {k: np.array([r[k] for r in records]) for k in keys}
     history["workdir"] = str(workdir)

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import ml_collections
 
+from fmnist_jax.errors import ConfigError
+
 OPTIMIZERS = ("adam", "sgd", "momentum")
 MODELS = ("linear_regression", "mlp", "cnn")
 DATASETS = ("fashion_mnist", "synthetic", "linear_regression")
 ACTIVATIONS = ("relu", "sigmoid")
-
-
-class ConfigError(ValueError):
-    """A config field holds a value the code cannot run with."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,6 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000  # a multiple of eval_every_steps
     c.max_checkpoints_to_keep = 3
     c.seed = 0
+
+    # Profiling: a trace of `profile_steps` steps (0: none), starting `profile_first_step` steps
+    # after the run (re)starts, written to the workdir for TensorBoard's profile plugin.
+    c.profile_steps = 0
+    c.profile_first_step = 10
 
     # Linear regression's synthetic problem (dataset "linear_regression" only).
     c.regression = ml_collections.ConfigDict(
@@ -101,6 +104,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "max_checkpoints_to_keep",
     ):
         _positive_int(config, field)
+    for field in ("profile_steps", "profile_first_step"):
+        value = config.get(field, 0)
+        _require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            f"config.{field} must be an integer >= 0, got {value!r}",
+        )
     _require(
         config.checkpoint_every_steps % config.eval_every_steps == 0,
         f"config.checkpoint_every_steps={config.checkpoint_every_steps} must be a multiple of"
@@ -130,11 +139,19 @@ def shrink_for_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     return c
 
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+def experiments_dir() -> Path:
+    """The experiment files: `experiments/` beside the package in a checkout, else the copy
+    an installed wheel carries as `fmnist_jax/experiments/` (see pyproject.toml)."""
+    checkout = Path(__file__).resolve().parent.parent / "experiments"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "experiments"
 
 
 def experiment_names() -> list[str]:
-    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_"))
+    return sorted(p.stem for p in experiments_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def experiment_path(name: str) -> Path:
+    return experiments_dir() / f"{name}.py"
 
 
 def load_experiment(name_or_path: str, variant: str = "") -> ml_collections.ConfigDict:
@@ -142,7 +159,7 @@ def load_experiment(name_or_path: str, variant: str = "") -> ml_collections.Conf
     ("test" shrinks it to a CPU smoke test), exactly as `--config file.py:variant` gives it."""
     path = Path(name_or_path)
     if path.suffix != ".py":
-        path = EXPERIMENTS_DIR / f"{name_or_path}.py"
+        path = experiment_path(name_or_path)
     if not path.is_file():
         raise ConfigError(
             f"no experiment {name_or_path!r}: {path} does not exist; experiments are"

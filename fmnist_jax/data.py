@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmnist_jax.errors import DataError
+
 CLASS_NAMES = (
     "T-shirt/top",
     "Trouser",
@@ -45,10 +47,6 @@ IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 ENV_DATA_DIR = "FMNIST_DATA_DIR"
 
 Split = dict[str, np.ndarray]
-
-
-class DataError(ValueError):
-    """Bad or unreachable input data; the message names the file and what is wrong."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +171,9 @@ def load_tfds(data_dir: str | None = None) -> Dataset:
     Offline and not yet prepared, it fails at once with a DataError instead of retrying for
     minutes (TFDS's own behaviour).
     """
+    from fmnist_jax import runtime
+
+    runtime.hide_accelerators_from_tensorflow()
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
@@ -275,6 +276,7 @@ def epoch_batches(
     epoch: int = 0,
     remainder: str = "drop",
     first_batch: int = 0,
+    rows: slice | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields one pass over `split` in batches of `batch_size`.
 
@@ -283,7 +285,8 @@ def epoch_batches(
     batch) or padded with copies of the first example plus a `mask` that is False on the padding
     (`remainder="pad"`, for evaluation: every example counts exactly once). Padded batches carry
     the mask even when full, so every batch has the same structure. `first_batch` skips the
-    first batches of the pass without building them.
+    first batches of the pass without building them. `rows` keeps only those rows of each
+    batch (a process's share of a global batch; the others are never built).
     """
     if remainder not in ("drop", "pad"):
         raise ValueError(f"remainder must be 'drop' or 'pad', got {remainder!r}")
@@ -295,12 +298,15 @@ def epoch_batches(
         valid = len(idx)
         if valid < batch_size:
             idx = np.concatenate([idx, np.full(batch_size - valid, order[0])])
+        mask = np.arange(batch_size) < valid
+        if rows is not None:
+            idx, mask = idx[rows], mask[rows]
         batch = {
             "inputs": to_model_inputs(split["inputs"][idx]),
             "targets": split["targets"][idx],
         }
         if remainder == "pad":
-            batch["mask"] = np.arange(batch_size) < valid
+            batch["mask"] = mask
         yield batch
 
 
@@ -310,12 +316,12 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
 
 
 def train_batches(
-    split: Split, batch_size: int, seed: int, start_step: int = 0
+    split: Split, batch_size: int, seed: int, start_step: int = 0, rows: slice | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless stream of shuffled full batches, epoch after epoch, from global step `start_step`.
 
     Step s always gets the same batch for the same seed, so a resumed run sees exactly the
-    batches an uninterrupted one would.
+    batches an uninterrupted one would; `rows` as in `epoch_batches`.
     """
     per_epoch = steps_per_epoch(split, batch_size)
     if per_epoch == 0:
@@ -324,5 +330,7 @@ def train_batches(
         )
     epoch, skip = divmod(start_step, per_epoch)
     while True:
-        yield from epoch_batches(split, batch_size, seed=seed, epoch=epoch, first_batch=skip)
+        yield from epoch_batches(
+            split, batch_size, seed=seed, epoch=epoch, first_batch=skip, rows=rows
+        )
         epoch, skip = epoch + 1, 0

@@ -1,56 +1,30 @@
-"""How the command lines report a failure: one line on stderr and a non-zero exit.
+"""The exceptions every module raises for mistakes a user can fix.
 
-Errors the user can fix (bad data, bad config, a workdir from another run, a non-finite loss)
-are printed as `error: <message>`; anything else as well, with a hint to rerun with --verbose
-for the traceback.
+This module imports nothing of the package: config, data, the run directory, the train loop, the
+attack and the command lines all raise these, and `fmnist_jax.cli` turns them into one line
+`error: <message>` with exit status 2.
 """
 
-import contextlib
-import sys
 
-from absl import flags
+class ConfigError(ValueError):
+    """A config field, an argument or an input holds a value the code cannot run with."""
 
-from fmnist_jax.config import ConfigError
-from fmnist_jax.data import DataError
 
-EXIT_USER_ERROR = 2
-EXIT_INTERNAL_ERROR = 1
+class DataError(ValueError):
+    """Bad or unreachable input data; the message names the file and what is wrong."""
 
 
 class UsageError(ValueError):
     """Wrong command-line use."""
 
 
+class RunError(RuntimeError):
+    """A run directory that is missing, unreadable or from another run; the message says which
+    file and why."""
+
+
 class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, a workdir from another experiment, ...)."""
+    """Training cannot go on (a non-finite loss, a checkpoint that does not fit, ...)."""
 
 
-USER_ERRORS = (ConfigError, DataError, TrainingError, UsageError)
-
-
-def describe(e: BaseException) -> str:
-    """One line saying what went wrong."""
-    if isinstance(e, (KeyError, AttributeError)) and e.args:  # ml_collections' unknown field
-        return " ".join(str(e.args[0]).split())
-    text = str(e).strip().splitlines()
-    message = text[0] if text else type(e).__name__
-    if isinstance(e, (USER_ERRORS, flags.Error)):
-        return message
-    return f"{type(e).__name__}: {message}"
-
-
-@contextlib.contextmanager
-def reported(verbose: bool = False, flag_errors: bool = False):
-    """Turns an exception into `error: ...` on stderr and SystemExit (2 for user errors)."""
-    try:
-        yield
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as e:
-        if verbose:
-            raise
-        user = isinstance(e, USER_ERRORS) or flag_errors
-        print(f"error: {describe(e)}", file=sys.stderr)
-        if not user:
-            print("(rerun with --verbose for the traceback)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR if user else EXIT_INTERNAL_ERROR)
+USER_ERRORS = (ConfigError, DataError, UsageError, RunError, TrainingError)

@@ -1,88 +1,112 @@
-"""Command line: train one experiment.
+r"""Train one experiment.
 
     python -m fmnist_jax.main --config experiments/cnn.py --workdir runs/cnn \
         [--config.num_train_steps=200] [--verbose]
 
-Bad input ends in one line on stderr naming the problem and a non-zero exit; --verbose shows the
-traceback as well. On Linux the command restarts itself once with glibc's huge-page tunable
-(`fmnist_jax.runtime`; FMNIST_CPU_TUNING=0 turns that off).
+`--config` takes an experiment file (`experiments/cnn.py`, `experiments/cnn.py:test` for its
+CPU smoke test) or an experiment's name (`cnn`, `cnn:test`), which also works from any folder
+once the package is installed. Several processes train one run when each gets the same
+`--coordinator_address=HOST:PORT --num_processes=N` and its own `--process_id=I` (or
+`--distributed` where JAX detects the cluster; see fmnist_jax/distributed.py). Rerunning on the same workdir resumes. Bad input ends in one
+line `error: ...` on stderr and exit status 2; --verbose shows the traceback instead.
 """
 
-import logging as pylogging
-import os
-import re
-import sys
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from fmnist_jax import errors, runtime
+from fmnist_jax import cli, runtime
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and summary.json.")
-flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment file or name, optionally with :variant.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and summary.json.")
+# Several processes, one run (fmnist_jax.distributed): the names of jax.distributed.initialize's
+# arguments; the same command on every process, only --process_id differs.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, where the coordinator listens."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
+_AUTO = flags.DEFINE_bool(
+    "distributed", False, "Join a cluster JAX detects itself (Cloud TPU pod slice, SLURM, MPI)."
+)
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "Seconds to wait for every process to join."
+)
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 100, "Seconds without a sign of a process before it is dead."
+)
+_BIND = flags.DEFINE_string(
+    "coordinator_bind_address", None, "Where process 0 listens (default: --coordinator_address)."
+)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from fmnist_jax import train  # after flag parsing: keeps --help fast
+def resolve_experiment(argv: list[str]) -> list[str]:
+    """argv with `--config NAME[:variant]` replaced by that experiment's file; a `--config`
+    that is neither an existing file nor an experiment raises UsageError."""
+    from fmnist_jax import config as config_lib
+    from fmnist_jax.errors import UsageError
 
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_logger().addFilter(_quiet_libraries)
-    logging.get_absl_handler().addFilter(_quiet_libraries)
-    with errors.reported(verbose=FLAGS.verbose):
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-
-
-def _quiet_libraries(record) -> bool:
-    """Keeps our progress lines; drops the INFO chatter of orbax and friends."""
-    noisy = ("orbax", "jax/_src", "tensorflow", "logging_writer")
-    return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in noisy)
-
-
-def _config_path(argv) -> str | None:
-    """The file named by --config (without its `:variant`), as absl would read it."""
-    path = None  # absl keeps the last occurrence
-    for i, arg in enumerate(argv):
+    out = list(argv)
+    for i, arg in enumerate(out):
         if arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-    return None if path is None else path.split(":")[0]
-
-
-def _unknown_field(e: Exception) -> str:
-    """ml_collections' KeyError/AttributeError for a typo, as one line with its suggestion."""
-    names = re.findall(r"[A-Za-z_][\w.]*", str(e))
-    message = f"unknown config field {names[0]!r}" if names else "unknown config field"
-    suggestion = re.search(r'Did you mean "([\w.]+)"', str(e))
-    return message + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
-
-
-def parse_flags(argv):
-    """absl's parsing, with config mistakes (unknown field, missing file) as one clear line."""
-    with errors.reported(verbose="--verbose" in argv, flag_errors=True):
-        path = _config_path(argv)
-        if path is None or not any(a.startswith("--workdir") for a in argv):
-            raise errors.UsageError(
-                "--config and --workdir are required, e.g. --config experiments/cnn.py"
-                " --workdir runs/cnn"
+            prefix, value = "--config=", arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(out):
+            prefix, value, i = "", out[i + 1], i + 1
+        else:
+            continue
+        path, _, variant = value.partition(":")
+        if Path(path).is_file():
+            continue
+        if path not in config_lib.experiment_names():
+            raise UsageError(
+                f"config file {path} not found; experiments are"
+                f" {', '.join(config_lib.experiment_names())}"
             )
-        if not os.path.isfile(path):
-            raise errors.UsageError(f"config file {path} not found")
-        try:
-            rest = FLAGS(argv)
-            _ = FLAGS.config  # the config file is loaded lazily: fail here, not in main
-        except (AttributeError, KeyError) as e:
-            raise errors.UsageError(_unknown_field(e)) from None
-        return rest
+        resolved = str(config_lib.experiment_path(path)) + (f":{variant}" if variant else "")
+        out[i] = prefix + resolved
+    return out
+
+
+def load_config():
+    """The parsed config; a typo in a `--config.<field>` override as one clear line."""
+    from fmnist_jax.errors import UsageError
+
+    try:
+        return _CONFIG.value
+    except (AttributeError, KeyError) as e:
+        raise UsageError(cli.unknown_field(e)) from None
+
+
+def launch():
+    """The `distributed.Launch` the flags describe."""
+    from fmnist_jax import distributed
+
+    return distributed.Launch(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+        auto=_AUTO.value,
+        initialization_timeout=_INIT_TIMEOUT.value,
+        heartbeat_timeout_seconds=_HEARTBEAT.value,
+        coordinator_bind_address=_BIND.value,
+    )
+
+
+def main() -> None:
+    config = load_config()
+    from fmnist_jax import distributed, train  # import jax: after configure_cpu
+
+    distributed.initialize(launch())  # before any JAX computation
+    hint = runtime.malloc_hint()
+    if hint and distributed.is_writer():
+        logging.info("%s", hint)
+    train.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    runtime.reexec_with_malloc_tunable()  # XLA:CPU's per-step buffers on huge pages
-    sys.exit(app.run(main, flags_parser=parse_flags))
+    cli.quiet_environment()
+    runtime.configure_cpu()
+    cli.run(main, required=["config", "workdir"], prepare=resolve_experiment)

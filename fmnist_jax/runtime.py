@@ -1,4 +1,4 @@
-"""Process settings that make XLA:CPU train this project's models fast.
+"""Process settings that make XLA:CPU train this project's models fast: explicit, never on import.
 
 Two problems of the CPU runtime, measured with jaxlib 0.10.2 on a 2-core AVX2 machine (numbers
 and commands in benchmarks/README.md); neither fix changes what is computed:
@@ -6,17 +6,19 @@ and commands in benchmarks/README.md); neither fix changes what is computed:
 1. XLA hands convolutions to YNNPACK by default, where this ConvNet's run on one core (its
    kernel gradient at ~22 GFLOP/s). `--xla_cpu_experimental_ynn_fusion_type=
    -individual_convolution` gives them back to XLA's Eigen convolutions, which use every core;
-   matrix products stay with YNNPACK.
+   matrix products stay with YNNPACK. `configure_cpu()` adds it to XLA_FLAGS: the command lines
+   call it first thing, a notebook or script calls it before importing jax.
 2. XLA:CPU allocates its temporary buffers afresh at every execution, and glibc serves large
    blocks with fresh `mmap`s: every ConvNet step page-faults ~54 MB again (13,900 faults).
    glibc's tunable `glibc.malloc.hugetlb=1` backs them with transparent huge pages: ~60 faults
-   a step. Tunables are read when a process starts, so the training command re-executes itself
-   with it (`reexec_with_malloc_tunable`) and the Makefile exports it.
+   a step. glibc reads tunables when a process starts, so only the environment that starts
+   Python can set it: the Makefile exports it; where it is missing, the command lines log
+   `malloc_hint()`'s one line saying how to get the speed-up.
 
-`configure_xla` runs when `fmnist_jax` is imported. Each setting applies only where it can: the
-XLA flag only with a jaxlib it was verified on (XLA aborts on a flag it does not know), not
-where a GPU or TPU plugin is installed, and only before JAX has created its backends; the tunable only on Linux with glibc. A user's own value
-for either setting wins. `FMNIST_CPU_TUNING=0` leaves the process as it is.
+Each setting applies only where it can: the XLA flag only with a jaxlib it was verified on (XLA
+aborts on a flag it does not know), not where a GPU or TPU plugin is installed (their XLA reads
+XLA_FLAGS too), and only before jax is imported; the tunable only on Linux with glibc. A user's
+own value for either setting wins. `FMNIST_CPU_TUNING=0` turns both off.
 """
 
 import importlib.metadata
@@ -28,8 +30,6 @@ from collections.abc import Mapping, MutableMapping, Sequence
 OPT_OUT = "FMNIST_CPU_TUNING"
 XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 VERIFIED_JAXLIB = ("0.10.",)  # release prefixes where XLA_FLAG exists and was measured
-# With one of these installed, the accelerator's own XLA also parses XLA_FLAGS (and the CPU's
-# speed hardly matters): the flag is left out there.
 ACCELERATOR_PLUGINS = (
     "libtpu",
     "libtpu-nightly",
@@ -69,54 +69,55 @@ def _version(distribution: str) -> str:
         return ""
 
 
-def _backends_initialized() -> bool:
-    if "jax" not in sys.modules:
-        return False
-    try:
-        from jax._src import xla_bridge
-
-        return bool(xla_bridge.backends_are_initialized())
-    except (ImportError, AttributeError):  # private API moved: assume the worst
-        return True
+def installed_plugins() -> list[str]:
+    """The jax accelerator plugins installed in this environment."""
+    return [name for name in ACCELERATOR_PLUGINS if _version(name)]
 
 
-def configure_xla(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Adds `XLA_FLAG` to `environ['XLA_FLAGS']` when it can still take effect; True if the
-    flag is in place afterwards."""
-    if not enabled(environ) or _backends_initialized():
-        return XLA_FLAG in environ.get("XLA_FLAGS", "")
-    plugins = [name for name in ACCELERATOR_PLUGINS if _version(name)]
-    flags = tuned_xla_flags(environ.get("XLA_FLAGS", ""), _version("jaxlib"), plugins)
-    if flags:
-        environ["XLA_FLAGS"] = flags
-    return XLA_FLAG in flags
+def configure_cpu(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Adds `XLA_FLAG` to `environ['XLA_FLAGS']` where it can still take effect (jax not yet
+    imported, a verified jaxlib, no accelerator plugin, not opted out); True if the flag is in
+    place afterwards. Call it before `import jax`."""
+    if enabled(environ) and "jax" not in sys.modules:
+        flags = tuned_xla_flags(
+            environ.get("XLA_FLAGS", ""), _version("jaxlib"), installed_plugins()
+        )
+        if flags:
+            environ["XLA_FLAGS"] = flags
+    return XLA_FLAG in environ.get("XLA_FLAGS", "")
+
+
+def malloc_hint(
+    environ: Mapping[str, str] = os.environ, system: str = "", libc: str = ""
+) -> str | None:
+    """One line saying how to get the huge-page speed-up, where this process lacks the
+    tunable and could have it (Linux with glibc, CPU training, not opted out); else None."""
+    system = system or platform.system()
+    libc = libc if libc or system != "Linux" else platform.libc_ver()[0]
+    if not enabled(environ) or system != "Linux" or libc != "glibc" or installed_plugins():
+        return None
+    current = environ.get("GLIBC_TUNABLES", "")
+    if tuned_glibc_tunables(current) == current:
+        return None
+    return (
+        f"CPU training runs ~1.3x faster with GLIBC_TUNABLES={MALLOC_TUNABLE} set before Python"
+        " starts (the make targets set it; glibc reads it only at start-up)"
+    )
+
+
+def hide_accelerators_from_tensorflow() -> None:
+    """TensorFlow (imported by CLU's writers and by TFDS) sees the CPU only, so it never takes
+    the GPU or TPU memory JAX trains in (flax#445; Flax's examples and big_vision do the same).
+    Call it before TensorFlow first touches a device; later it is too late and does nothing."""
+    import tensorflow as tf
+
+    for kind in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], kind)
+        except (RuntimeError, ValueError):  # devices already initialized, or no such kind
+            pass
 
 
 def describe(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The settings this process runs with, for a run's summary (its speed depends on them)."""
     return {name: environ.get(name, "") for name in ("XLA_FLAGS", "GLIBC_TUNABLES", OPT_OUT)}
-
-
-def reexec_environment(
-    argv: Sequence[str], environ: Mapping[str, str], system: str, libc: str
-) -> dict[str, str] | None:
-    """The environment to restart `argv` in so that glibc reads `MALLOC_TUNABLE`, or None
-    when no restart is needed or possible."""
-    if not enabled(environ) or system != "Linux" or libc != "glibc" or not argv:
-        return None
-    tunables = tuned_glibc_tunables(environ.get("GLIBC_TUNABLES", ""))
-    if tunables == environ.get("GLIBC_TUNABLES", ""):
-        return None
-    return {**environ, "GLIBC_TUNABLES": tunables}
-
-
-def reexec_with_malloc_tunable() -> None:
-    """Restarts this Python process, same command line, with `MALLOC_TUNABLE` in
-    GLIBC_TUNABLES; returns without doing anything when it is set already or cannot apply.
-    Call it first thing in a command-line entry point."""
-    argv = list(getattr(sys, "orig_argv", []))
-    env = reexec_environment(argv, os.environ, platform.system(), platform.libc_ver()[0])
-    if env is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, argv, env)

@@ -216,11 +216,3 @@ def test_fit_on_eight_fake_devices(tmp_path):
     assert "step 2 entries 1" in proc.stdout
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["device_count"] == 8 and summary["steps"] == 2
-
-
-def test_package_exports_resolve_lazily():
-    for name in fj.__all__:
-        assert getattr(fj, name) is not None, name
-    assert set(fj.__all__) <= set(dir(fj))
-    with pytest.raises(AttributeError, match="no attribute 'trian'"):
-        fj.trian  # noqa: B018

@@ -1,11 +1,13 @@
 """The one train loop: every experiment end to end on tiny configs, resume, accuracy on the
-offline copy, linear regression against least squares, 8 devices against 1."""
+offline copy, linear regression against least squares, 8 devices against 1, and the faults it
+handles (non-finite loss, unreadable or foreign checkpoints, a workdir of another run)."""
 
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, train
+from fmnist_jax.errors import ConfigError, RunError, TrainingError
 from tests.conftest import REPO
 
 EXPERIMENTS = ["linreg", "mlp", "mlp_dropout", "cnn", "cnn_dropout"]
@@ -65,6 +68,13 @@ def test_event_files_hold_the_logged_scalars(tiny_runs):
     assert [e.step for e in acc.Tensors("accuracy")] == [8, 16, 24]
 
 
+def test_train_and_evaluate_returns_the_state_and_the_history(tmp_path):
+    cfg = config_lib.load_experiment("mlp", "test")
+    state, history = train.train_and_evaluate(cfg, tmp_path)
+    assert int(state.step) == cfg.num_train_steps
+    assert history == _history(tmp_path)
+
+
 def test_checkpoints_and_load_trained(tiny_runs):
     workdir = tiny_runs / "cnn_dropout"
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
@@ -104,7 +114,7 @@ def test_linear_regression_reaches_least_squares(tmp_path):
     cfg.learning_rate = 0.02  # the experiment's 1e-4 needs ~20k steps; same loop, faster here
     cfg.num_train_steps = 800
     cfg.eval_every_steps = cfg.checkpoint_every_steps = 400
-    state = train.train_and_evaluate(cfg, tmp_path / "lr")
+    state, _ = train.train_and_evaluate(cfg, tmp_path / "lr")
     ds = data.load(cfg)
     x = np.c_[ds.train["inputs"], np.ones(len(ds.train["inputs"]))]
     solution, *_ = np.linalg.lstsq(x, ds.train["targets"], rcond=None)
@@ -154,3 +164,72 @@ def test_eight_devices_match_one(tmp_path):
     for a, b in zip(one, eight, strict=True):
         for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_batch_not_divisible_by_devices_is_refused():
+    cfg = config_lib.load_experiment("cnn", "test")
+    cfg.batch_size = 30
+    with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
+        train.check_divisible(cfg, SimpleNamespace(size=8))
+    cfg.batch_size = 32
+    train.check_divisible(cfg, SimpleNamespace(size=8))
+
+
+def test_workdir_of_another_model_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model": "cnn", "name": "cnn"}))
+    cfg = config_lib.load_experiment("mlp", "test")
+    with pytest.raises(RunError, match="holds a run with model='cnn'"):
+        train.train_and_evaluate(cfg, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model"] == "cnn"
+
+
+def _poisoned(dataset: data.Dataset) -> data.Dataset:
+    inputs = dataset.train["inputs"].astype(np.float32)
+    inputs[:] = np.nan
+    return data.Dataset({**dataset.train, "inputs": inputs}, dataset.test, "poisoned", "test")
+
+
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = config_lib.load_experiment("mlp", "test")
+    cfg.num_train_steps = 16
+    train.train_and_evaluate(cfg, tmp_path)
+    cfg.num_train_steps = 32
+    with pytest.raises(TrainingError, match="became nan at step 17"):
+        train.train_and_evaluate(cfg, tmp_path, dataset=_poisoned(data.load(cfg)))
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [8, 16]
+    _, _, params = train.load_trained(tmp_path)
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_an_older_one(tmp_path):
+    cfg = config_lib.load_experiment("mlp", "test")
+    cfg.num_train_steps = 16
+    train.train_and_evaluate(cfg, tmp_path)
+    (tmp_path / "checkpoints" / "24").mkdir()  # empty: counts as a step for orbax, but is junk
+    cfg.num_train_steps = 24
+    train.train_and_evaluate(cfg, tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["resumed_from_step"] == 16
+    assert (tmp_path / "checkpoints" / "24.incomplete").is_dir()
+    assert (tmp_path / "checkpoints" / "24" / "_CHECKPOINT_METADATA").is_file()
+
+
+def test_checkpoint_of_another_architecture_is_refused_when_loading(tmp_path):
+    cfg = config_lib.load_experiment("cnn", "test")
+    cfg.num_train_steps = 8
+    train.train_and_evaluate(cfg, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "model": "mlp"}))
+    with pytest.raises(TrainingError, match="cannot be restored into this config's model"):
+        train.load_trained(tmp_path)
+
+
+def test_loading_a_workdir_without_checkpoints_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model": "cnn"}))
+    with pytest.raises(RunError, match="no finished checkpoint here; train first"):
+        train.load_trained(tmp_path)
+    with pytest.raises(RunError, match="no config.json here"):
+        train.load_trained(tmp_path / "nothing")

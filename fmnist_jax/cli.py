@@ -1,0 +1,124 @@
+"""The one convention every command line follows (train, attack, figures, report, theory, bench).
+
+Each entry point defines its absl flags at module level (with `config_flags` where a config
+exists) and ends in `cli.run(main, required=[...])`, which
+
+- marks the required flags with absl's own mechanism (a missing one is a one-line error);
+- makes `--help` print the module's docstring and flags and exit 0 (absl's own exits 1);
+- turns every failure into one line `error: <what and where>` on stderr and exit status 2 for
+  mistakes the user can fix (`errors.USER_ERRORS`, flag errors), 1 for anything else, with
+  `--verbose` showing the traceback instead;
+- sets absl logging to INFO without the INFO chatter of orbax, JAX and TensorFlow.
+"""
+
+import contextlib
+import logging as pylogging
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import app, flags, logging
+
+from fmnist_jax import errors
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "--helpfull", "-h")
+NOISY_LOGGERS = ("orbax", "jax/_src", "tensorflow", "logging_writer", "absl/flags")
+
+FLAGS = flags.FLAGS
+
+
+def quiet_environment() -> None:
+    """TensorFlow's C++ start-up chatter off, for a command line's own process."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def unknown_field(e: Exception) -> str:
+    """ml_collections' KeyError/AttributeError for a config typo, as one line with its
+    suggestion: "unknown config field 'lerning_rate' (did you mean 'learning_rate'?)"."""
+    names = re.findall(r"[A-Za-z_][\w.]*", str(e))
+    message = f"unknown config field {names[0]!r}" if names else "unknown config field"
+    suggestion = re.search(r'Did you mean "([\w.]+)"', str(e))
+    return message + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
+
+
+def describe(e: BaseException) -> str:
+    """One line saying what went wrong."""
+    if isinstance(e, (KeyError, AttributeError)) and e.args:  # ml_collections' unknown field
+        return unknown_field(e)
+    text = str(e).strip().splitlines()
+    message = text[0] if text else type(e).__name__
+    if isinstance(e, (errors.USER_ERRORS, flags.Error)):
+        return message
+    return f"{type(e).__name__}: {message}"
+
+
+@contextlib.contextmanager
+def reported(verbose: bool = False, user_error: bool = False):
+    """Turns an exception into `error: ...` on stderr and SystemExit (2 for user errors, or
+    for any error when `user_error`); `verbose` lets it through with its traceback."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        if verbose:
+            raise
+        user = user_error or isinstance(e, (errors.USER_ERRORS, flags.Error))
+        print(f"error: {describe(e)}", file=sys.stderr)
+        if not user:
+            print("(rerun with --verbose for the traceback)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR if user else EXIT_INTERNAL_ERROR)
+
+
+def _quiet_libraries(record) -> bool:
+    """Keeps our progress lines and every warning; drops the INFO chatter of libraries."""
+    return record.levelno >= pylogging.WARNING or not any(
+        n in record.pathname for n in NOISY_LOGGERS
+    )
+
+
+def setup_logging() -> None:
+    """absl INFO logging for our own modules, warnings only for the libraries."""
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_logger().addFilter(_quiet_libraries)
+    logging.get_absl_handler().addFilter(_quiet_libraries)
+
+
+def _asked_for_help(argv: Sequence[str]) -> bool:
+    return any(a in HELP_FLAGS or a.startswith("--help") for a in argv[1:])
+
+
+def parse_flags(argv: list[str], prepare: Callable[[list[str]], list[str]] | None = None):
+    """absl's parsing with the convention above; `prepare` may rewrite argv first (the train
+    command resolves experiment names to their files there)."""
+    with reported(verbose="--verbose" in argv, user_error=True):
+        try:
+            rest = FLAGS(prepare(argv) if prepare else argv)
+        except SystemExit as e:  # absl's --help prints the flags, then exits 1
+            raise SystemExit(0 if _asked_for_help(argv) else e.code) from None
+        return rest
+
+
+def run(
+    main: Callable[[], None],
+    required: Sequence[str] = (),
+    prepare: Callable[[list[str]], list[str]] | None = None,
+) -> None:
+    """Runs `main()` as a command line after parsing the flags (see the module docstring)."""
+    if "verbose" not in FLAGS:
+        flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
+    for name in required:
+        flags.mark_flag_as_required(name)
+
+    def entry(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        setup_logging()
+        with reported(verbose=FLAGS.verbose):
+            main()
+
+    app.run(entry, flags_parser=lambda argv: parse_flags(argv, prepare))

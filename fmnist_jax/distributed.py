@@ -1,0 +1,186 @@
+"""Several processes, one training run: JAX's distributed runtime, the global mesh, and each
+process's rows of a global batch.
+
+One process (the default) needs none of this: the mesh spans its devices and numpy batches go
+straight to the jitted steps. With N processes (a TPU pod slice, GPU hosts under SLURM, or
+several processes on one machine), every process runs the same program:
+
+    initialize(coordinator_address="10.0.0.1:1234", num_processes=N, process_id=i)
+    # or initialize(auto=True) where JAX detects the cluster (Cloud TPU, SLURM, Open MPI)
+
+before any JAX computation; then `make_mesh()` spans `jax.devices()` (all processes'), and each
+process feeds only its rows of each global batch (`local_rows`, `to_global`), so batch order,
+dropout keys and results do not depend on the number of processes. Process 0 alone writes the
+run directory's files; every process takes part in orbax's saves and restores, so the workdir
+must be on a filesystem every process sees.
+
+A peer that never starts, or dies, ends every surviving process with one line on stderr within
+the configured timeouts: JAX's runtime aborts the process (a C++ abort, not a Python exception),
+so a watchdog prints the line and exits first.
+"""
+
+import dataclasses
+import os
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from fmnist_jax.errors import ConfigError
+
+EXIT_PEER_FAILURE = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How this process joins a run (the arguments of `jax.distributed.initialize`)."""
+
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    auto: bool = False  # JAX's cluster auto-detection
+    initialization_timeout: int = 300
+    heartbeat_timeout_seconds: int = 100
+    coordinator_bind_address: str | None = None
+
+    @property
+    def multi_process(self) -> bool:
+        return self.auto or (self.num_processes or 1) > 1
+
+    def check(self) -> None:
+        if self.auto or not self.multi_process:
+            return
+        if not self.coordinator_address or self.process_id is None:
+            raise ConfigError(
+                f"num_processes={self.num_processes} needs --coordinator_address=HOST:PORT and"
+                " --process_id (or --distributed for JAX's cluster auto-detection)"
+            )
+        if not 0 <= self.process_id < self.num_processes:
+            raise ConfigError(
+                f"process_id={self.process_id} must lie in 0..{self.num_processes - 1}"
+            )
+        for name in ("initialization_timeout", "heartbeat_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds")
+
+
+def _watchdog(seconds: float, message: str) -> threading.Event:
+    """Ends the process with `message` on stderr after `seconds` unless the returned event is
+    set first (JAX's own timeout aborts with a C++ stack dump instead of a line)."""
+    done = threading.Event()
+
+    def fire():
+        if not done.wait(seconds):
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            os._exit(EXIT_PEER_FAILURE)
+
+    threading.Thread(target=fire, daemon=True, name="fmnist-distributed-watchdog").start()
+    return done
+
+
+def initialize(launch: Launch) -> None:
+    """Joins the distributed runtime `launch` describes; a single process does nothing.
+
+    Call it once, before any JAX computation. The coordinator binds the address given (not every
+    interface) unless `coordinator_bind_address` says otherwise. A peer missing after
+    `initialization_timeout` seconds ends this process with one line and exit status 3.
+    """
+    launch.check()
+    if not launch.multi_process or jax.distributed.is_initialized():
+        return
+    address = launch.coordinator_address
+    bind = launch.coordinator_bind_address
+    if bind is None and address and launch.process_id == 0:
+        bind = address
+    timeout = launch.initialization_timeout
+    done = _watchdog(
+        max(timeout - 1, 1),
+        f"distributed start: not all {launch.num_processes or '?'} processes joined"
+        f" {address or 'the cluster'} within {timeout} s (is every process started, with the"
+        " same --coordinator_address and --num_processes?)",
+    )
+    jax.distributed.initialize(
+        coordinator_address=address,
+        num_processes=launch.num_processes,
+        process_id=launch.process_id,
+        initialization_timeout=timeout,
+        heartbeat_timeout_seconds=launch.heartbeat_timeout_seconds,
+        coordinator_bind_address=bind,
+    )
+    done.set()
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run directory's files (process 0)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process gets here (a no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh named `data` over every device of every process."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def local_rows(batch_size: int) -> slice:
+    """This process's rows of a global batch: its share, in process order (the devices of a
+    process are consecutive along the mesh's `data` axis)."""
+    count, index = jax.process_count(), jax.process_index()
+    if batch_size % count:
+        raise ConfigError(f"batch size {batch_size} is not divisible by the {count} processes")
+    share = batch_size // count
+    return slice(index * share, (index + 1) * share)
+
+
+def to_global(batch: dict, sharding: NamedSharding, batch_size: int) -> dict:
+    """A process's rows of a batch as one global array per field (multi-process only; one
+    process hands its numpy batch to jit as it is)."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (batch_size, *v.shape[1:]))
+        for k, v in batch.items()
+    }
+
+
+def replicate(tree, sharding: NamedSharding):
+    """Host values (the same on every process) as arrays replicated over the global mesh."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    host = jax.device_get(tree)
+    return jax.tree.map(
+        lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v), np.shape(v)),
+        host,
+    )
+
+
+class PeerWatch:
+    """Bounds a collective step: if a step's result does not arrive within `seconds` (a dead
+    peer makes the survivors wait for JAX's heartbeat timeout, then abort), the process ends
+    with one line. `start()` before, `stop()` after the wait; one process: a no-op."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self._done = seconds, None
+        self.active = jax.process_count() > 1
+
+    def start(self, what: str) -> None:
+        if self.active:
+            self._done = _watchdog(
+                self.seconds,
+                f"distributed run: {what} got no answer from the other processes within"
+                f" {self.seconds:.0f} s (a process died or hangs); the workdir keeps its last"
+                " finished checkpoint: restart every process to resume",
+            )
+            self._started = time.time()
+
+    def stop(self) -> None:
+        if self._done is not None:
+            self._done.set()
+            self._done = None
