@@ -30,6 +30,7 @@ import numpy as np
 from fmnist_jax import adversarial as adv
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, models, train
+from fmnist_jax.adversarial.search import search
 
 
 def load_model(workdir: Path):
@@ -61,7 +62,7 @@ def time_batched(logits_fn, config, images, labels, targets, pool_size):
 
 def time_loop(logits_fn, config, images, targets) -> tuple[float, np.ndarray]:
     """Seconds for a Python loop of jitted single-image searches, and their steps."""
-    one = jax.jit(lambda x, t: adv.search(logits_fn, x, t, config, config.max_steps))
+    one = jax.jit(lambda x, t: search(logits_fn, x, t, config, config.max_steps))
     jax.block_until_ready(one(images[0], targets[0]))  # compile
     steps = []
     start = time.perf_counter()

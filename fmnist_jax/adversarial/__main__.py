@@ -1,0 +1,62 @@
+r"""Command line: exercise 2.5's targeted adversarial search on a trained run.
+
+    python -m fmnist_jax.adversarial --workdir runs/cnn_dropout --output runs/adversarial \
+        [--num_images 1000] [--seed 0] [--method gd,sign,adam,fgsm,pgd | all | exercise] \
+        [--threshold 0.95] [--max_steps N] [--epsilon 0.1] [--l1_reduction mean|sum] \
+        [--pool_size 32] [--verbose]
+
+Writes summary.json, records.csv, figure.png (Figure 7) and curves.png into --output
+(`fmnist_jax.adversarial.runner.run`). Bad input ends in one line `error: ...` and exit 2.
+"""
+
+from absl import flags
+
+from fmnist_jax import cli
+from fmnist_jax.adversarial import presets
+
+cli.quiet_environment()  # before anything imports TensorFlow or JAX
+
+flags.DEFINE_string("workdir", None, "A training run's workdir (config.json + checkpoints/).")
+flags.DEFINE_string("output", None, "Folder for summary.json, records.csv and the figures.")
+flags.DEFINE_integer("num_images", 1000, "Random training images to attack.")
+flags.DEFINE_integer("seed", 0, "Seed of the image choice and of the target labels.")
+flags.DEFINE_string(
+    "method",
+    ",".join(presets.DEFAULT_METHODS),
+    f"Comma-separated methods out of {', '.join(presets.METHODS)}, or all. 'exercise'"
+    " (lr 0.001) takes a few hundred steps a search.",
+)
+flags.DEFINE_float("threshold", None, "Stop once p(target) reaches this (default 0.95).")
+flags.DEFINE_integer("max_steps", None, "Step budget of every iterative method.")
+flags.DEFINE_float("epsilon", None, "L-inf radius of fgsm and pgd (default 0.1).")
+flags.DEFINE_enum(
+    "l1_reduction",
+    None,
+    presets.L1_REDUCTIONS,
+    "sum: ||x' - x||_1 as written; mean: divided by the pixels, as PyTorch's L1Loss (the"
+    " presets' default).",
+)
+flags.DEFINE_integer("pool_size", presets.DEFAULT_POOL_SIZE, "Searches in flight at once.")
+FLAGS = flags.FLAGS
+
+
+def main() -> None:
+    methods = presets.parse_methods(FLAGS.method)
+    from fmnist_jax.adversarial import runner  # after flag parsing: keeps --help fast
+
+    runner.run(
+        FLAGS.workdir,
+        FLAGS.output,
+        FLAGS.num_images,
+        FLAGS.seed,
+        methods,
+        threshold=FLAGS.threshold,
+        max_steps=FLAGS.max_steps,
+        epsilon=FLAGS.epsilon,
+        l1_reduction=FLAGS.l1_reduction,
+        pool_size=FLAGS.pool_size,
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main, required=["workdir", "output"])

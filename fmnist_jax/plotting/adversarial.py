@@ -1,0 +1,91 @@
+"""The adversarial search's figures: Figure 7 of the exercise and the attack's curves.
+
+`plot_examples` draws Figure 7's rows (original | noise | adversarial, each titled with the
+model's class and probability); `plot_curves` draws p(target) against steps for a few replayed
+searches (`adversarial.search.p_target_history`) and histograms of the steps and L1 norms of
+the successful searches per method. Both write a PNG and return the `Figure`; neither uses
+pyplot's global state. They read an `AttackResult` and the runner's records by field name and
+import nothing of the attack.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 100
+
+
+def class_title(class_names, index, p) -> str:
+    """ "Dress, w.p. 0.9993": a class name and the model's probability for it."""
+    return f"{class_names[int(index)]}, w.p. {float(p):.4f}"
+
+
+def plot_examples(path: Path, images, result, picks, class_names, title: str) -> Figure:
+    """Figure 7's layout: original | noise (own diverging scale, colorbar) | adversarial.
+
+    images: [N, 28, 28, 1] in [0, 1]; result: an AttackResult for those images; picks: the
+    rows' sample indices; class_names: the label names (`data.CLASS_NAMES`).
+    """
+    fig = Figure(figsize=(9, 3 * len(picks)))
+    axes = fig.subplots(len(picks), 3, squeeze=False)
+    for row, i in zip(axes, picks):
+        x, x_adv = np.asarray(images[i])[..., 0], np.asarray(result.adversarial[i])[..., 0]
+        noise = x_adv - x
+        scale = max(float(np.abs(noise).max()), 1e-6)
+        row[0].imshow(x, cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(
+            class_title(class_names, result.clean_predicted[i], result.clean_p_predicted[i])
+        )
+        im = row[1].imshow(noise, cmap="RdBu_r", vmin=-scale, vmax=scale)
+        row[1].set_title(f"add noise (L1 {float(result.l1[i]):.1f})")
+        fig.colorbar(im, ax=row[1], fraction=0.046, pad=0.04)
+        row[2].imshow(x_adv, cmap="gray", vmin=0, vmax=1)
+        row[2].set_title(class_title(class_names, result.predicted[i], result.p_predicted[i]))
+        for ax in row:
+            ax.set_axis_off()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return fig
+
+
+def _histogram(ax, records: dict, field: str) -> None:
+    """Per-method histogram of `field` over the successful records; steps on log-spaced bins."""
+    won = {m: [r[field] for r in rows if r["success"]] for m, rows in records.items()}
+    values = [v for vs in won.values() for v in vs]
+    if field == "steps":  # heavy-tailed: log-spaced bins, 0 steps drawn as 1
+        won = {m: np.maximum(vs, 1) for m, vs in won.items()}
+        bins = np.geomspace(1, max(values + [1]) + 1, 30)
+        ax.set_xscale("log")
+    else:
+        bins = np.histogram_bin_edges(values, bins=30) if values else 30
+    for name, vs in won.items():
+        if len(vs):
+            ax.hist(vs, bins=bins, alpha=0.5, label=name)
+
+
+def plot_curves(
+    path: Path, history: np.ndarray, threshold: float, records: dict, method: str
+) -> Figure:
+    """p(target) against steps for a few samples; histograms of steps and L1 per method.
+
+    history: [steps + 1, samples] of `method`'s replayed searches; records: method -> the
+    runner's per-image records (dicts with "success", "steps" and "l1").
+    """
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
+    axes[0].plot(np.arange(len(history)), history)
+    axes[0].axhline(threshold, color="k", linestyle="--", linewidth=1, label="threshold")
+    axes[0].set(xlabel="step", ylabel="p(target)", title=f"p(target) during {method} searches")
+    axes[0].legend(loc="lower right")
+    _histogram(axes[1], records, "steps")
+    _histogram(axes[2], records, "l1")
+    axes[1].set(xlabel="steps to reach the threshold", ylabel="samples", title="steps (log)")
+    axes[2].set(xlabel="L1 of the noise", ylabel="samples", title="L1 (successful samples)")
+    for ax in axes[1:]:
+        if ax.has_data():
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return fig
