@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmnist_jax import splits as splits_lib
 from fmnist_jax.errors import DataError
 
 CLASS_NAMES = (
@@ -55,11 +56,13 @@ class Dataset:
     test: Split
     source: str  # "idx", "tfds", "synthetic" or "linear_regression"
     location: str  # the folder read, or a description of the generator
+    split: str | None = None  # Fashion-MNIST's "official" split, "offline-copy", ... (splits.py)
 
     def describe(self) -> dict:
         return {
             "source": self.source,
             "location": self.location,
+            "split": self.split,
             "num_train": len(self.train["targets"]),
             "num_test": len(self.test["targets"]),
         }
@@ -146,7 +149,8 @@ def load_idx(folder: str | os.PathLike) -> Dataset:
                 f" {len(labels)} labels"
             )
         splits[name] = {"inputs": images[..., None], "targets": labels.astype(np.int32)}
-    return Dataset(splits["train"], splits["test"], "idx", str(folder.resolve()))
+    split = splits_lib.idx_split(folder)
+    return Dataset(splits["train"], splits["test"], "idx", str(folder.resolve()), split)
 
 
 # --------------------------------------------------------------------------- TFDS
@@ -192,7 +196,7 @@ def load_tfds(data_dir: str | None = None) -> Dataset:
         images = np.concatenate([p["image"] for p in parts]).astype(np.uint8)
         labels = np.concatenate([p["label"] for p in parts]).astype(np.int32)
         splits[name] = {"inputs": images, "targets": labels}
-    return Dataset(splits["train"], splits["test"], "tfds", str(builder.data_dir))
+    return Dataset(splits["train"], splits["test"], "tfds", str(builder.data_dir), "official")
 
 
 # --------------------------------------------------------------------------- synthetic

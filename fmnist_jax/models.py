@@ -10,13 +10,13 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 
-from fmnist_jax import layers, theory
+from fmnist_jax import layers
 from fmnist_jax.layers import max_pool_2x2
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     # sigma' = sigma - sigma^2 computed from the saved forward value (exercise section 1.2).
-    "sigmoid": theory.sigmoid,
+    "sigmoid": layers.sigmoid,
 }
 
 

@@ -10,12 +10,12 @@ where the folded net would need the shift (`same_padding_gap` gives the error ex
 the thresholded activation with t ('SAME_THRESHOLD') restores exactness. With dropout it is exact
 at test time only: see `ThresholdMLP`.
 
-1.2 A sigmoid whose backward pass reuses the forward value: sigma'(x) = sigma(x) - sigma(x)^2.
-Its gradient program has 4 equations against the naive 1 / (1 + exp(-x))'s 10, and it stays
-finite where the naive chain rule gives NaN (x < -88.72 in float32); see
-`sigmoid_tail_gradients` for where each form loses accuracy.
-(This module must not import `fmnist_jax.models`, which imports it; both take the pool from
-`fmnist_jax.layers`.)
+1.2 A sigmoid whose backward pass reuses the forward value: sigma'(x) = sigma(x) - sigma(x)^2
+(`fmnist_jax.layers.sigmoid`, re-exported here). Its gradient program has 4 equations against
+the naive 1 / (1 + exp(-x))'s 10, and it stays finite where the naive chain rule gives NaN
+(x < -88.72 in float32); see `sigmoid_tail_gradients` for where each form loses accuracy.
+(This module must not import `fmnist_jax.models`, which imports it; both take the pool and the
+sigmoid from `fmnist_jax.layers`.)
 """
 
 import math
@@ -28,28 +28,11 @@ import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax.layers import max_pool_2x2
+from fmnist_jax import cli
+from fmnist_jax.layers import max_pool_2x2, sigmoid
 
 # ----------------------------------------------------------------------------------------------
-# 1.2 Sigmoid derivative
-
-
-@jax.custom_vjp
-def sigmoid(x: jax.Array) -> jax.Array:
-    """Logistic sigmoid whose gradient is computed from its saved output."""
-    return jax.nn.sigmoid(x)
-
-
-def _sigmoid_fwd(x):
-    y = jax.nn.sigmoid(x)
-    return y, y
-
-
-def _sigmoid_bwd(y, g):
-    return (g * (y - y * y),)
-
-
-sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
+# 1.2 Sigmoid derivative (`sigmoid` itself lives with the other layers, in `fmnist_jax.layers`)
 
 
 def naive_sigmoid(x: jax.Array) -> jax.Array:
@@ -411,4 +394,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,4 +1,8 @@
-"""Tests for `fmnist_jax.layers`: the 2x2 max-pool's values and hand-written gradient."""
+"""Tests for `fmnist_jax.layers`: the 2x2 max-pool's values and hand-written gradient, the
+patch-product kernel gradient of the first convolution, and the sigmoid whose gradient reuses
+its forward value (its comparison with the naive form is in test_theory.py)."""
+
+import collections
 
 import flax.linen as nn
 import jax
@@ -118,7 +122,8 @@ def test_patch_kernel_gradient_matches_xla(x_shape, w_shape, padding):
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
 
 
-def test_patch_kernel_gradient_is_a_dot_in_the_compiled_cpu_step():
+@pytest.mark.perf_canary
+def test_canary_patch_kernel_gradient_is_a_dot_in_the_compiled_cpu_step():
     x, w = jnp.ones((2, 28, 28, 1)), jnp.ones((3, 3, 1, 32))
     _, patched = _conv_pair(x, w, "SAME")
     hlo = jax.jit(jax.grad(lambda w: jnp.sum(patched(x, w)))).lower(w).compile().as_text()
@@ -179,3 +184,27 @@ def test_image_patches_times_the_flat_kernel_is_the_convolution():
         x, w, (1, 1), ((1, 1), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
     np.testing.assert_allclose(patches @ w.reshape(18, 4), expected, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- sigmoid
+
+
+def test_sigmoid_values_are_jax_nn_sigmoid():
+    x = jnp.linspace(-100.0, 100.0, 2001, dtype=jnp.float32)
+    np.testing.assert_array_equal(layers.sigmoid(x), jax.nn.sigmoid(x))
+
+
+def test_sigmoid_gradient_is_sigma_minus_sigma_squared_of_the_forward_value():
+    x = jnp.linspace(-30.0, 30.0, 601, dtype=jnp.float32)
+    y = jax.nn.sigmoid(x)
+    grad = jax.vmap(jax.grad(layers.sigmoid))(x)
+    np.testing.assert_allclose(grad, y - y * y, rtol=1e-6, atol=0)
+    cotangent = jnp.arange(601, dtype=jnp.float32)
+    _, vjp = jax.vjp(layers.sigmoid, x)
+    np.testing.assert_allclose(vjp(cotangent)[0], cotangent * (y - y * y), rtol=1e-6)
+
+
+def test_sigmoid_gradient_program_is_the_logistic_and_two_products():
+    jaxpr = jax.make_jaxpr(jax.grad(layers.sigmoid))(jnp.float32(1.0)).jaxpr
+    primitives = collections.Counter(eqn.primitive.name for eqn in jaxpr.eqns)
+    assert primitives == {"logistic": 1, "mul": 2, "sub": 1}

@@ -1,178 +1,163 @@
-"""Tests of fmnist_jax.report: the claim checks on fabricated logs, and the markdown report."""
+"""Tests of fmnist_jax.report: loading runs through the run directory, the data's provenance
+(official files by checksum), the markdown report and its command line; no TensorFlow."""
 
-import json
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fmnist_jax import report
-from fmnist_jax.plotting import Curve
+from fmnist_jax import report, rundir, splits
+from fmnist_jax.errors import RunError
+from tests.conftest import REPO
 
 STEPS = np.arange(1000, 20001, 1000)
-# A V-shaped test loss, lowest at step 10,000; the smoothed curve (weight 0.6) lags one eval.
-V_LOSS = np.abs(STEPS - 10_000) / 10_000 + 0.3
+V_LOSS = np.abs(STEPS - 10_000) / 10_000 + 0.3  # lowest at step 10,000
 FALLING = np.linspace(0.8, 0.1, len(STEPS))
-
-
-def summary(final_test=0.40, min_test=0.30, min_step=10_000, final_train=0.15, **extra):
-    """A fabricated summary.json with the fields the claims read."""
-    return {
-        "final_test_loss": final_test,
-        "min_test_loss": min_test,
-        "min_test_loss_step": min_step,
-        "final_train_loss": final_train,
-        **extra,
-    }
-
-
-def run_data(s, train=FALLING, test=V_LOSS):
-    return report.RunData(s, {"train/loss": Curve(STEPS, train), "test/loss": Curve(STEPS, test)})
-
-
-# --------------------------------------------------------------------------- single claims
-
-
-def test_overfitting_holds_when_test_loss_rises_while_train_loss_falls():
-    holds, evidence = report.check_overfits(summary(), Curve(STEPS, FALLING))
-    assert holds
-    # Train loss at the test minimum (step 10,000, index 9) is 0.8 - 9 * 0.7 / 19.
-    assert "+33.3%" in evidence and "0.4684 → 0.1500" in evidence
-
-
-def test_overfitting_does_not_hold_for_a_small_rise_or_a_train_loss_that_stopped_falling():
-    flat = summary(final_test=0.31)  # +3.3 %: under the 5 % margin
-    holds, evidence = report.check_overfits(flat, Curve(STEPS, FALLING))
-    assert not holds and "+3.3%" in evidence
-    stalled = summary(final_train=0.5)  # train loss ends above its value at the test minimum
-    assert not report.check_overfits(stalled, Curve(STEPS, FALLING))[0]
-
-
-def test_turn_step_is_found_on_the_smoothed_curve():
-    noisy = np.array([1.0, 0.8, 0.3, 0.9, 0.6, 0.55, 0.5, 0.7, 0.8])
-    steps = np.arange(1, 10) * 1000
-    # The raw minimum is a one-eval dip at step 3,000; the smoothed one is at 7,000.
-    assert report.loss_turn_step(Curve(steps, noisy)) == 7000
-    assert report.loss_turn_step(Curve(steps, noisy), smoothing=0.0) == 3000
-
-
-def test_turn_step_near_10000_holds_and_far_or_absent_does_not():
-    holds, evidence = report.check_turn_step(Curve(STEPS, V_LOSS), steps_per_epoch=1000)
-    assert holds and "lowest at step 11,000 (epoch 11.0) of 20,000" in evidence
-    early = np.abs(STEPS - 3000) / 10_000 + 0.3
-    assert not report.check_turn_step(Curve(STEPS, early))[0]
-    holds, evidence = report.check_turn_step(Curve(STEPS, FALLING))  # never turns
-    assert not holds and "lowest at step 20,000 of 20,000" in evidence
-
-
-def test_dropout_gap_and_test_loss():
-    base = summary(final_test=0.40, final_train=0.15)  # gap 0.25
-    better = summary(final_test=0.33, final_train=0.28, dropout_rate=0.25)  # gap 0.05
-    holds, evidence = report.check_dropout_gap(base, better)
-    assert holds and "0.2500 without dropout, 0.0500 with dropout 0.25" in evidence
-    assert report.check_dropout_test_loss(base, better)[0]
-    barely = summary(final_test=0.395, final_train=0.15)  # gap down by 0.005 < 0.01
-    assert not report.check_dropout_gap(base, barely)[0]
-    assert not report.check_dropout_test_loss(base, barely)[0]
-
-
-ADVERSARIAL = {
+IDX_NAMES = tuple(splits.OFFICIAL_SHA256)
+ADVERSARIAL = {  # the shape the attack writes
     "methods": {
-        "descent": {"success_rate": 0.8, "mean_p_target": 0.97, "median_l1": 12.5, "note": "x"},
+        "gd": {"success_rate": 0.8, "mean_p_target": 0.97, "median_l1": 12.5, "note": "x"},
         "fgsm": {"success_rate": 0.2, "median_steps": 40},
-    }
+    },
+    "default_method": "gd",
+    "threshold": 0.95,
 }
 
 
-def test_adversarial_claim_reads_the_default_method():
-    holds, evidence = report.check_adversarial(ADVERSARIAL)
-    assert holds
-    assert "'descent': success rate 80.0%" in evidence and "mean p(target) 0.97" in evidence
-    assert not report.check_adversarial({**ADVERSARIAL, "default_method": "fgsm"})[0]
+def idx_folder(path: Path, content: bytes = b"idx") -> dict[str, str]:
+    """Four stand-in IDX files in `path`; returns their sha256."""
+    path.mkdir(parents=True)
+    for name in IDX_NAMES:
+        (path / name).write_bytes(content + name.encode())
+    return {name: hashlib.sha256((path / name).read_bytes()).hexdigest() for name in IDX_NAMES}
 
 
-# --------------------------------------------------------------------------- all claims
-
-
-def test_check_claims_marks_missing_runs_not_checked():
-    base = run_data(summary())
-    dropout = run_data(summary(final_test=0.33, final_train=0.28, dropout_rate=0.25))
-    runs = {"mlp": base, "mlp_dropout": dropout, "cnn": run_data(summary()), "cnn_dropout": None}
-    verdicts = {v.claim: v for v in report.check_claims(runs, adversarial=None)}
-    statuses = [v.status for v in verdicts.values()]
-    assert statuses == ["holds"] * 5 + ["not checked (run missing)"] * 3
-    gap = verdicts["Dropout 0.25 reduces the ConvNet's final train–test loss gap"]
-    assert gap.evidence == "missing: cnn_dropout"
-
-
-def test_check_claims_without_event_files_is_not_checked():
-    runs = {"mlp": report.RunData(summary(), {}), "cnn": run_data(summary(final_test=0.301))}
-    verdicts = report.check_claims(runs, adversarial={"methods": {}})
-    assert verdicts[0].status == "not checked (incomplete data)"
-    assert "no train/loss in the event files" in verdicts[0].evidence
-    assert verdicts[3].status == "does not hold"  # cnn's test loss rose by 0.3 % only
-    assert verdicts[-1].status == "not checked (incomplete data)"  # no methods listed
-
-
-# --------------------------------------------------------------------------- the report
-
-
-def write_summary(run_dir, **fields):
+def write_run(run_dir, data_dir, curves=True, **fields):
+    """A finished run as plain files: config.json, metrics.jsonl (when `curves`), summary.json."""
     run_dir.mkdir(parents=True)
-    data = {"source": "idx", "location": "/data/fmnist", "num_train": 60000, "num_test": 10000}
-    full = {
-        "model": "mlp",
-        "dropout_rate": 0.0,
-        "steps": 20000,
-        "steps_per_epoch": 938,
-        "final_test_accuracy": 0.885,
-        "best_test_accuracy": 0.893,
-        "best_test_accuracy_step": 8000,
-        "backend": "cpu",
-        "device_kind": "cpu",
-        "device_count": 1,
-        "wall_time_s": 321.0,
-        "images_per_sec": 900.0,
-        "data": data,
-        "versions": {"jax": "0.10.2", "flax": "0.12.8"},
-        **summary(),
-        **fields,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(full))
-
-
-def write_events(run_dir, train, test):
-    from clu import metric_writers
-
-    for collection, values in (("train", train), ("test", test)):
-        w = metric_writers.create_default_writer(
-            str(run_dir), collection=collection, asynchronous=False
-        )
-        for step, value in zip(STEPS, values, strict=True):
-            w.write_scalars(int(step), {"loss": float(value), "accuracy": 0.9})
-        w.close()
-
-
-@pytest.fixture
-def report_text(tmp_path):
-    runs, figures = tmp_path / "runs", tmp_path / "figures"
-    write_summary(runs / "mlp")
-    write_events(runs / "mlp", FALLING, V_LOSS)
-    write_summary(
-        runs / "mlp_dropout", final_test_loss=0.33, final_train_loss=0.28, dropout_rate=0.25
+    rundir.write_config(run_dir, {"model": fields.get("model", "mlp"), "batch_size": 64})
+    for step, train, test in zip(STEPS, FALLING, V_LOSS, strict=True) if curves else ():
+        record = {"step": int(step), "train_loss": float(train), "test_loss": float(test)}
+        rundir.append_record(run_dir, {**record, "train_accuracy": 0.9, "test_accuracy": 0.9})
+    data = {"source": "idx", "location": str(data_dir), "num_train": 60000, "num_test": 10000}
+    rundir.write_summary(
+        run_dir,
+        {
+            "model": "mlp",
+            "dropout_rate": 0.0,
+            "steps": 20000,
+            "steps_per_epoch": 938,
+            "final_test_accuracy": 0.885,
+            "best_test_accuracy": 0.893,
+            "best_test_accuracy_step": 8000,
+            "final_test_loss": 0.40,
+            "min_test_loss": 0.30,
+            "min_test_loss_step": 10_000,
+            "final_train_loss": 0.15,
+            "backend": "cpu",
+            "device_kind": "cpu",
+            "device_count": 1,
+            "wall_time_s": 321.0,
+            "images_per_sec": 900.0,
+            "data": data,
+            "versions": {"jax": "0.10.2", "flax": "0.12.8"},
+            **fields,
+        },
     )
-    write_summary(runs / "cnn", model="cnn")
-    write_events(runs / "cnn", FALLING, V_LOSS)
+
+
+def write_runs(root: Path) -> tuple[Path, Path]:
+    """runs/ (mlp, mlp_dropout, cnn, the attack; cnn_dropout missing) and figures/ (fig3)."""
+    runs, figures, data = root / "runs", root / "figures", root / "data"
+    idx_folder(data)
+    write_run(runs / "mlp", data)
+    dropout = {"final_test_loss": 0.33, "final_train_loss": 0.28, "dropout_rate": 0.25}
+    write_run(runs / "mlp_dropout", data, curves=False, **dropout)
+    write_run(runs / "cnn", data, model="cnn")
     (runs / "adversarial").mkdir()
-    (runs / "adversarial" / "summary.json").write_text(json.dumps(ADVERSARIAL))
+    rundir.write_json(runs / "adversarial" / "summary.json", ADVERSARIAL)
     (runs / "adversarial" / "figure.png").write_bytes(b"png")
     figures.mkdir()
     (figures / "fig3_mlp.png").write_bytes(b"png")
+    return runs, figures
+
+
+@pytest.fixture
+def offline_copy_checksums(tmp_path, monkeypatch):
+    """The fabricated data folder's files stand for the offline copy."""
+    monkeypatch.setattr(splits, "OFFLINE_COPY_SHA256", idx_folder(tmp_path / "copy"))
+    return tmp_path / "copy"
+
+
+@pytest.fixture
+def report_text(tmp_path, monkeypatch):
+    runs, figures = write_runs(tmp_path)
+    monkeypatch.setattr(splits, "OFFLINE_COPY_SHA256", splits.idx_sha256(tmp_path / "data"))
     out = report.write_report(runs, figures, tmp_path / "docs" / "REPORT.md")
     return out.read_text()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_load_runs_reads_finished_runs_and_skips_missing_and_unfinished(tmp_path):
+    runs, _ = write_runs(tmp_path)
+    (runs / "linreg").mkdir()
+    rundir.write_config(runs / "linreg", {})  # started, not finished: no summary.json
+    loaded = report.load_runs(runs)
+    assert [n for n, r in loaded.items() if r is not None] == ["mlp", "mlp_dropout", "cnn"]
+    assert loaded["linreg"] is None and loaded["cnn_dropout"] is None
+    assert loaded["mlp"].curve("test_loss").steps[0] == 1000
+    assert report.load_adversarial(runs) == ADVERSARIAL
+    assert report.load_adversarial(tmp_path / "nowhere") is None
+
+
+def test_a_finished_run_with_invalid_json_is_an_error_not_a_missing_run(tmp_path):
+    runs, _ = write_runs(tmp_path)
+    (runs / "cnn" / "summary.json").write_text('{"final_test_loss": ')
+    with pytest.raises(RunError, match="summary.json: not valid JSON"):
+        report.load_runs(runs)
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_idx_files_with_the_official_checksums_are_the_official_split(tmp_path, monkeypatch):
+    folder = tmp_path / "official"
+    monkeypatch.setattr(splits, "OFFICIAL_SHA256", idx_folder(folder))
+    assert splits.idx_split(folder) == "official"
+    text = report.provenance({"source": "idx", "location": str(folder)})
+    assert text.startswith("measured on Fashion-MNIST, the official split")
+    assert "non-official" not in text
+
+
+def test_idx_files_without_the_official_checksums_are_not_the_official_split(tmp_path):
+    folder = tmp_path / "other"
+    idx_folder(folder)
+    assert splits.idx_split(folder) == "non-official"
+    text = report.provenance({"source": "idx", "location": str(folder)})
+    assert "not the official Fashion-MNIST files" in text and "not known to be the official" in text
+
+
+def test_the_offline_copy_is_named_with_its_own_split(offline_copy_checksums):
+    assert splits.idx_split(offline_copy_checksums) == "offline-copy"
+    text = report.provenance({"source": "idx", "location": str(offline_copy_checksums)})
+    assert "offline copy" in text and "non-official split" in text
+
+
+def test_unreadable_idx_files_leave_the_split_unknown(tmp_path):
+    assert splits.idx_split(tmp_path / "gone") is None
+    assert "official or not is unknown" in report.provenance({"source": "idx", "location": "/x"})
+
+
+def test_a_split_recorded_in_the_summary_is_taken_as_is(tmp_path):
+    idx_folder(tmp_path / "data")  # non-official files: the recorded split wins
+    recorded = {"source": "idx", "location": str(tmp_path / "data"), "split": "official"}
+    assert "the official split" in report.provenance(recorded)
 
 
 def test_report_links_figures_relative_to_itself(report_text):
@@ -190,7 +175,8 @@ def test_report_has_the_results_table_and_provenance(report_text):
     assert "non-official split: per class the first 1,000 of 7,000 are test" in report_text
     assert "60,000 train / 10,000 test" in report_text
     assert "| cpu | cpu × 1 | 321 | 900 |" in report_text and "jax 0.10.2" in report_text
-    assert "| descent | 0.8 | 0.97 | 12.5 | — |" in report_text
+    assert "| gd | 0.8 | 0.97 | 12.5 | — |" in report_text
+    assert "`summary.json` and `metrics.jsonl`" in report_text
 
 
 def test_report_gives_each_claim_a_verdict(report_text):
@@ -205,3 +191,66 @@ def test_report_gives_each_claim_a_verdict(report_text):
     cnn_gap = lines["| Dropout 0.25 reduces the ConvNet's final train–test loss gap"]
     assert "**not checked (run missing)**" in cnn_gap and "missing: cnn_dropout" in cnn_gap
     assert "**holds**" in lines["| Adversarial examples reach p(target) ≥ 0.95"]
+
+
+# --------------------------------------------------------------------------- no TensorFlow, CLI
+
+
+def python(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_figures_and_report_import_no_tensorflow(tmp_path):
+    script = f"""
+        import sys
+        from pathlib import Path
+
+        from fmnist_jax import plotting, report
+        from tests.test_report import write_runs
+        from tests.test_plotting_curves import write_run
+
+        root = Path({str(tmp_path)!r})
+        runs, figures = write_runs(root)
+        write_run(runs / "linreg", accuracy=False)
+        written = plotting.make_figures(runs, figures)
+        assert sorted(written) == ["fig2", "fig3", "fig4"], written
+        text = report.write_report(runs, figures, root / "REPORT.md").read_text()
+        assert "](figures/fig4_cnn.png)" in text
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorboard"))
+        assert not loaded, loaded
+        print("ok")
+    """
+    result = python("-c", textwrap.dedent(script))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok"]
+
+
+def test_cli_help_exits_0():
+    result = python("-m", "fmnist_jax.report", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "python -m fmnist_jax.report --runs runs --figures figures --out REPORT.md" in (
+        result.stdout
+    )
+
+
+def test_cli_writes_the_report_and_warns_of_missing_runs(tmp_path):
+    runs, figures = write_runs(tmp_path)
+    out = tmp_path / "REPORT.md"
+    result = python(
+        "-m", "fmnist_jax.report", "--runs", str(runs), "--figures", str(figures), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {out}"
+    assert f"warning: run {runs / 'cnn_dropout'} missing (no summary.json)" in result.stderr
+    assert out.read_text().startswith("# Fashion-MNIST ConvNets: reproduction report")
+
+
+def test_cli_turns_an_invalid_run_into_one_line_and_exit_2(tmp_path):
+    runs, _ = write_runs(tmp_path)
+    (runs / "mlp" / "summary.json").write_text("{")
+    result = python("-m", "fmnist_jax.report", "--runs", str(runs), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "summary.json: not valid JSON" in line

@@ -1,17 +1,22 @@
-"""Tests for `fmnist_jax.theory`: the exercise's section 1 as checks on values.
+"""Tests for `fmnist_jax.theory`: the exercise's section 1 as checks on values, and its command
+line.
 
 Folding tests run in float64 (the `x64` fixture) so that "the same function" can be asserted to
-~1e-12; the sigmoid tests run in the project's float32.
+~1e-12; the sigmoid tests (the custom-VJP `layers.sigmoid` against the naive form) run in the
+project's float32.
 """
 
 import collections
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmnist_jax import models, theory
+from fmnist_jax import layers, models, theory
+from tests.conftest import REPO
 
 EXACT = 1e-12  # relative to the output's scale, in float64
 
@@ -45,6 +50,10 @@ def _primitives(f) -> collections.Counter:
 
 
 _SIGMOIDS = (theory.naive_sigmoid, theory.sigmoid)
+
+
+def test_theory_measures_the_sigmoid_of_the_layers():
+    assert theory.sigmoid is layers.sigmoid
 
 
 def _grads_and_reference(lo, hi, num):
@@ -100,9 +109,9 @@ def test_sigmoid_tail_gradients_reports_the_measured_values():
 
 
 def test_custom_gradient_has_fewer_jaxpr_equations_and_no_exp_or_div():
+    # The custom gradient's own primitives (logistic, y - y * y) are tested in test_layers.py.
     counts = theory.jaxpr_equation_counts()
     assert counts == {"naive": 10, "custom": 4}
-    assert _primitives(theory.sigmoid) == {"logistic": 1, "mul": 2, "sub": 1}
     naive = _primitives(theory.naive_sigmoid)
     assert naive["exp"] == 1 and naive["div"] == 1 and naive["integer_pow"] == 1
 
@@ -287,3 +296,16 @@ def test_fold_report_numbers():
     text = theory.format_report(report)
     assert theory.COUNTEREXAMPLE in text and "nan" in text
     assert not jax.config.jax_enable_x64  # the report's float64 does not leak
+
+
+def test_cli_help_exits_0():
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.theory", "--help"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("The exercise's section 1, executable")

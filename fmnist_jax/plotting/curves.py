@@ -1,28 +1,27 @@
-"""Figures 2–6 of the exercise, drawn from the TensorBoard event files of finished runs.
+"""Figures 2–6 of the exercise, drawn from the runs' `metrics.jsonl`, and TensorBoard smoothing.
 
-Nothing here trains or evaluates anything: a run is read back from what the train loop wrote
-into its workdir (`train/` and `test/` event files from CLU writers, `summary.json`,
-`config.json`). Curves are smoothed exactly as TensorBoard's scalar dashboard does, with the raw
-curve drawn faintly behind. One colour convention for every figure, the exercise's:
-blue / orange = train / test without dropout, green / pink = train / test with dropout.
-
-    python -m fmnist_jax.plotting --runs runs --out figures [--smoothing 0.6]
+Nothing here trains or evaluates anything: a run is read back through `fmnist_jax.rundir`
+(`metrics.jsonl`, `summary.json`, `config.json`), and no TensorFlow is imported. Curves are
+smoothed exactly as TensorBoard's scalar dashboard does, with the raw curve drawn faintly
+behind. One colour convention for every figure, the exercise's: blue / orange = train / test
+without dropout, green / pink = train / test with dropout.
 """
 
-import argparse
-import dataclasses
-import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from fmnist_jax import rundir
+from fmnist_jax.errors import RunError
+from fmnist_jax.rundir import Curve, Run
+
 DEFAULT_SMOOTHING = 0.6  # TensorBoard's default slider position
-COLLECTIONS = ("train", "test")
+COLLECTIONS = ("train", "test")  # a record's keys are "<collection>_<tag>": "test_loss", ...
 COLORS = {
     ("train", False): "tab:blue",
     ("test", False): "tab:orange",
@@ -45,33 +44,6 @@ FIGURES = {  # key: (file name, runs it needs, title); the second run, if any, h
         "Figure 6: ConvNet without vs with dropout",
     ),
 }
-
-
-class RunError(RuntimeError):
-    """A run folder that is missing or cannot be plotted; the message says which and why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Curve:
-    """One scalar tag of one collection: strictly increasing steps and their values."""
-
-    steps: np.ndarray
-    values: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """What a finished (or interrupted) run left in its workdir."""
-
-    name: str
-    path: Path
-    scalars: dict[str, dict[str, Curve]]  # collection ("train"/"test") -> tag -> curve
-    summary: dict
-    config: dict
-
-    def curve(self, collection: str, tag: str) -> Curve | None:
-        """The curve of `tag` in `collection`, or None when it was never logged."""
-        return self.scalars.get(collection, {}).get(tag)
 
 
 # --------------------------------------------------------------------------- smoothing
@@ -101,108 +73,23 @@ def tensorboard_smooth(values: Sequence[float], weight: float = DEFAULT_SMOOTHIN
     return smoothed
 
 
-# --------------------------------------------------------------------------- reading runs
-
-
-def event_files(log_dir: str | os.PathLike) -> list[Path]:
-    """The TensorBoard event files directly inside `log_dir`, sorted by name."""
-    log_dir = Path(log_dir)
-    if not log_dir.is_dir():
-        return []
-    return sorted(p for p in log_dir.iterdir() if p.is_file() and "tfevents" in p.name)
-
-
-def _iter_scalar_events(path: Path) -> Iterator[tuple[str, int, float, float]]:
-    """Yields (tag, step, wall_time, value) for every numeric scalar in one event file."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.util import tensor_util
-
-    for event in EventFileLoader(str(path)).Load():
-        for value in event.summary.value:
-            if value.HasField("tensor"):  # CLU / tf.summary: a rank-0 tensor
-                array = tensor_util.make_ndarray(value.tensor)
-                if array.size != 1 or array.dtype.kind not in "fiub":
-                    continue  # hparams, text, images...
-                number = float(array.reshape(()))
-            elif value.HasField("simple_value"):  # TF1-style summaries
-                number = float(value.simple_value)
-            else:
-                continue
-            yield value.tag, int(event.step), float(event.wall_time), number
-
-
-def dedupe_by_step(records: Sequence[tuple[int, float, float]]) -> Curve:
-    """Builds a curve from (step, wall_time, value), keeping the last written value per step.
-
-    After a crash and a resume the same step can be logged twice; the later write (by wall
-    time, then by reading order) wins, as it is the one the resumed run continued from.
-    """
-    order = sorted(range(len(records)), key=lambda i: (records[i][0], records[i][1], i))
-    latest: dict[int, float] = {}
-    for i in order:
-        latest[records[i][0]] = records[i][2]
-    steps = np.array(sorted(latest), dtype=np.int64)
-    return Curve(steps=steps, values=np.array([latest[s] for s in steps], dtype=np.float64))
-
-
-def read_scalars(log_dir: str | os.PathLike) -> dict[str, Curve]:
-    """Reads every scalar tag of the event files in `log_dir`, deduplicated by step.
-
-    Raises RunError when the folder holds no event files.
-    """
-    files = event_files(log_dir)
-    if not files:
-        raise RunError(f"{log_dir}: no TensorBoard event files (*tfevents*) in this folder")
-    records: dict[str, list[tuple[int, float, float]]] = {}
-    for path in files:
-        for tag, step, wall_time, value in _iter_scalar_events(path):
-            records.setdefault(tag, []).append((step, wall_time, value))
-    return {tag: dedupe_by_step(recs) for tag, recs in records.items()}
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def load_run(run_dir: str | os.PathLike) -> Run:
-    """Loads a run's curves (from its event files), summary.json and config.json.
-
-    Raises RunError when the folder is missing or neither train/ nor test/ holds event files.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"run {run_dir} is missing")
-    scalars = {c: read_scalars(run_dir / c) for c in COLLECTIONS if event_files(run_dir / c)}
-    if not scalars:
-        raise RunError(
-            f"run {run_dir} has no TensorBoard event files in {run_dir / 'train'} or "
-            f"{run_dir / 'test'} (has the train loop written any evaluation yet?)"
-        )
-    return Run(
-        name=run_dir.name,
-        path=run_dir,
-        scalars=scalars,
-        summary=_read_json(run_dir / "summary.json"),
-        config=_read_json(run_dir / "config.json"),
-    )
+# --------------------------------------------------------------------------- what a run says
 
 
 def steps_per_epoch(run: Run) -> float | None:
-    """Training steps per epoch, from summary.json, else from the data size and batch size."""
-    if run.summary.get("steps_per_epoch"):
+    """Training steps per epoch: from summary.json, else from a record's step and epoch (an
+    unfinished run), else None."""
+    if (run.summary or {}).get("steps_per_epoch"):
         return float(run.summary["steps_per_epoch"])
-    num_train = (run.summary.get("data") or {}).get("num_train")
-    batch_size = run.config.get("batch_size")
-    if num_train and batch_size:
-        return num_train / batch_size
+    for record in run.history:
+        if record.get("epoch"):
+            return record["step"] / record["epoch"]
     return None
 
 
 def dropout_rate(run: Run) -> float:
     """The run's dropout rate, from summary.json or config.json (0 when neither says)."""
-    rate = run.summary.get("dropout_rate", run.config.get("dropout_rate"))
+    rate = (run.summary or {}).get("dropout_rate", run.config.get("dropout_rate"))
     return float(rate or 0.0)
 
 
@@ -227,7 +114,7 @@ def _panel(ax, runs: Sequence[Run], tag: str, smoothing: float, compare: bool) -
     """One panel: `tag` for train and test of each run (the second run, if any, is dropout)."""
     for dropout_index, run in enumerate(runs):
         for collection in COLLECTIONS:
-            curve = run.curve(collection, tag)
+            curve = run.curve(f"{collection}_{tag}")
             if curve is None:
                 continue
             color = COLORS[(collection, dropout_index > 0)]
@@ -263,7 +150,7 @@ def plot_linreg_loss(
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
     for collection in COLLECTIONS:
-        curve = run.curve(collection, "loss")
+        curve = run.curve(f"{collection}_loss")
         if curve is not None:
             draw_curve(
                 ax, curve, COLORS[(collection, False)], collection, smoothing, per_epoch or 1
@@ -284,18 +171,28 @@ def _warn(message: str) -> None:
 
 
 def plot_figure(key: str, runs: Sequence[Run], smoothing: float = DEFAULT_SMOOTHING) -> Figure:
-    """Draws figure `key` of FIGURES from its loaded runs (in the order FIGURES names them)."""
+    """Draws figure `key` of FIGURES from its runs (in the order FIGURES names them)."""
     if key == "fig2":
         return plot_linreg_loss(runs[0], smoothing, FIGURES[key][2])
     return plot_accuracy_and_loss(runs, FIGURES[key][2], smoothing)
 
 
+def load_plottable(run_dir: str | os.PathLike) -> Run:
+    """`rundir.read_run`, refusing a run with no evaluation logged yet (RunError)."""
+    run = rundir.read_run(run_dir)
+    if not run.history:
+        raise RunError(
+            f"run {run_dir} has no evaluation in {Path(run_dir) / rundir.METRICS_FILE} yet"
+        )
+    return run
+
+
 def _load_all(runs_dir: Path, names: set[str]) -> dict[str, Run | RunError]:
-    """Loads each named run once; a run that cannot be loaded maps to its RunError."""
+    """Loads each named run once; a run that cannot be plotted maps to its RunError."""
     loaded: dict[str, Run | RunError] = {}
     for name in sorted(names):
         try:
-            loaded[name] = load_run(runs_dir / name)
+            loaded[name] = load_plottable(runs_dir / name)
         except RunError as e:
             loaded[name] = e
     return loaded
@@ -306,7 +203,7 @@ def make_figures(
 ) -> dict[str, Path]:
     """Writes figures 2–6 as PNGs into `out_dir`; returns {figure key: path} of those written.
 
-    A figure whose runs are missing or hold no event files is skipped with a one-line warning.
+    A figure whose runs are missing or hold no evaluation yet is skipped with a one-line warning.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -321,20 +218,3 @@ def make_figures(
         plot_figure(key, [loaded[n] for n in names], smoothing).savefig(path, dpi=120)
         written[key] = path
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (1 when no figure could be drawn)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs", help="folder holding one workdir per run")
-    parser.add_argument("--out", default="figures", help="folder the PNGs are written to")
-    parser.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING)
-    args = parser.parse_args(argv)
-    written = make_figures(args.runs, args.out, args.smoothing)
-    for path in written.values():
-        print(f"wrote {path}")
-    return 0 if written else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

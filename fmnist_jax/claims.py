@@ -1,0 +1,274 @@
+"""The exercise's claims, checked on finished runs: pure functions of summaries and curves.
+
+Each `check_*` returns (holds, evidence): whether the claim holds on the numbers given, and
+those numbers as one line. `check_claims` checks every claim on the runs present and gives a
+`Verdict` each: "holds", "does not hold", or "not checked (...)" with the reason: a run that
+is missing, or a field or curve it lacks (`MissingData`). Anything else raised by a check is a
+bug and is not caught. The thresholds below say why they are what they are.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from fmnist_jax.plotting.curves import DEFAULT_SMOOTHING, tensorboard_smooth
+from fmnist_jax.rundir import Curve, Run
+
+HOLDS, FAILS = "holds", "does not hold"
+NOT_CHECKED_MISSING_RUN = "not checked (run missing)"
+NOT_CHECKED_INCOMPLETE = "not checked (incomplete data)"
+ADVERSARIAL_RUN = "adversarial"
+
+# --- Thresholds ---------------------------------------------------------------------------
+# Over-fitting: the final test loss must end at least this fraction above its minimum. Relative,
+# because the loss scale differs between models (and would between losses). 5 % is several times
+# the eval-to-eval jitter of a loss averaged over the whole 10,000-image test split (typically
+# under 1 % once training has settled), so a noisy but flat curve is not called over-fitting,
+# while the rise the exercise shows (test loss climbing back up for thousands of steps) is.
+OVERFIT_REL_MARGIN = 0.05
+# The exercise: "after about 10,000 iterations the [ConvNet] begins to over-fit".
+EXERCISE_CNN_TURN_STEP = 10_000
+# "About" read off a smoothed plot, with a batch size the exercise does not state: a turn
+# within ±50 % (5,000–15,000 steps) counts as agreeing.
+TURN_STEP_TOLERANCE = 0.5
+# The turn is found on the curve as the exercise saw it: TensorBoard-smoothed, default weight.
+TURN_SMOOTHING = DEFAULT_SMOOTHING
+# Dropout must lower the final train–test loss gap (and the final test loss) by at least this
+# much, in nats: smaller differences are within the eval-to-eval jitter of a final loss and
+# could flip with another seed.
+DROPOUT_MIN_REDUCTION = 0.01
+# The exercise's adversarial images reach p(target) >= 0.95; the claim holds when the attack's
+# default method (its summary's `default_method`) does so for most (more than half) of the
+# images it attacked. An attack stopped at a lower threshold cannot show it.
+ADVERSARIAL_P_TARGET = 0.95
+ADVERSARIAL_MIN_SUCCESS = 0.5
+
+
+class MissingData(Exception):
+    """A field or curve a claim needs is not in the runs (or the attack measured another
+    threshold): the claim is "not checked" with this message as the reason. Not a bug."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One claim of the exercise, its status ("holds", "does not hold", "not checked (...)")."""
+
+    claim: str
+    status: str
+    evidence: str
+
+
+# --------------------------------------------------------------------------- reading numbers
+
+
+def number(record: Mapping, key: str, where: str = "summary.json") -> float:
+    """`record[key]` as a float; MissingData when it is absent or not a number."""
+    value = record.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise MissingData(f"{where} has no {key}")
+    return float(value)
+
+
+def curve(run: Run, key: str) -> Curve:
+    """The run's logged series `key` ("train_loss", ...); MissingData when never logged."""
+    found = run.curve(key)
+    if found is None:
+        raise MissingData(f"{run.name}: metrics.jsonl has no {key}")
+    return found
+
+
+def value_at(curve: Curve, step: int) -> float:
+    """The curve's value at the last logged step at or before `step` (else its first value)."""
+    index = max(int(np.searchsorted(curve.steps, step, side="right")) - 1, 0)
+    return float(curve.values[index])
+
+
+def final_gap(summary: Mapping) -> float:
+    """Final test loss minus final train loss: how far the model fits train better than test."""
+    return number(summary, "final_test_loss") - number(summary, "final_train_loss")
+
+
+# --------------------------------------------------------------------------- claim checks
+
+
+def check_overfits(
+    summary: Mapping, train_loss: Curve, margin: float = OVERFIT_REL_MARGIN
+) -> tuple[bool, str]:
+    """Over-fitting: train loss still falls after the test-loss minimum, while the final test
+    loss ends more than `margin` (relative) above that minimum."""
+    low, low_step = number(summary, "min_test_loss"), int(number(summary, "min_test_loss_step"))
+    final = number(summary, "final_test_loss")
+    rise = (final - low) / abs(low) if low else math.inf
+    train_then, train_final = value_at(train_loss, low_step), number(summary, "final_train_loss")
+    holds = rise > margin and train_final < train_then
+    evidence = (
+        f"test loss lowest {low:.4f} at step {low_step:,}, final {final:.4f} "
+        f"({rise:+.1%}; over-fitting needs > +{margin:.0%}); train loss over the same steps "
+        f"{train_then:.4f} → {train_final:.4f}"
+    )
+    return holds, evidence
+
+
+def loss_turn_step(test_loss: Curve, smoothing: float = TURN_SMOOTHING) -> int:
+    """The step where the TensorBoard-smoothed test loss is lowest, i.e. where it turns up."""
+    smoothed = tensorboard_smooth(test_loss.values, smoothing)
+    return int(test_loss.steps[int(np.nanargmin(smoothed))])
+
+
+def check_turn_step(
+    test_loss: Curve,
+    steps_per_epoch: float | None = None,
+    expected: int = EXERCISE_CNN_TURN_STEP,
+    tolerance: float = TURN_STEP_TOLERANCE,
+    smoothing: float = TURN_SMOOTHING,
+) -> tuple[bool, str]:
+    """The test loss turns (its smoothed minimum is before the last step) near `expected`."""
+    turn, last = loss_turn_step(test_loss, smoothing), int(test_loss.steps[-1])
+    low, high = round(expected * (1 - tolerance)), round(expected * (1 + tolerance))
+    holds = turn < last and low <= turn <= high
+    epoch = f" (epoch {turn / steps_per_epoch:.1f})" if steps_per_epoch else ""
+    evidence = (
+        f"smoothed test loss (weight {smoothing:g}) lowest at step {turn:,}{epoch} of {last:,}; "
+        f"exercise: about {expected:,} (accepted {low:,}–{high:,})"
+    )
+    return holds, evidence
+
+
+def check_dropout_gap(
+    base: Mapping, dropout: Mapping, min_reduction: float = DROPOUT_MIN_REDUCTION
+) -> tuple[bool, str]:
+    """Dropout narrows the final train–test loss gap by at least `min_reduction`."""
+    without, with_ = final_gap(base), final_gap(dropout)
+    evidence = (
+        f"final test − train loss {without:.4f} without dropout, {with_:.4f} with dropout "
+        f"{dropout.get('dropout_rate', 0):g} (change {with_ - without:+.4f}; "
+        f"needs ≤ {-min_reduction:+g})"
+    )
+    return with_ <= without - min_reduction, evidence
+
+
+def check_dropout_test_loss(
+    base: Mapping, dropout: Mapping, min_reduction: float = DROPOUT_MIN_REDUCTION
+) -> tuple[bool, str]:
+    """Dropout lowers the final test loss by at least `min_reduction`."""
+    without, with_ = number(base, "final_test_loss"), number(dropout, "final_test_loss")
+    evidence = (
+        f"final test loss {without:.4f} without dropout, {with_:.4f} with dropout "
+        f"(change {with_ - without:+.4f}; needs ≤ {-min_reduction:+g})"
+    )
+    return with_ <= without - min_reduction, evidence
+
+
+def default_method(adversarial: Mapping) -> str:
+    """The method the attack's summary names as its own (`default_method`); MissingData when
+    it names none or lists no result for it."""
+    name, methods = adversarial.get("default_method"), adversarial.get("methods") or {}
+    if name not in methods:
+        listed = ", ".join(methods) or "none"
+        raise MissingData(
+            f"{ADVERSARIAL_RUN}/summary.json: default_method {name!r} has no result "
+            f"(methods: {listed})"
+        )
+    return name
+
+
+def check_adversarial(
+    adversarial: Mapping,
+    p_target: float = ADVERSARIAL_P_TARGET,
+    min_success: float = ADVERSARIAL_MIN_SUCCESS,
+) -> tuple[bool, str]:
+    """Adversarial examples reach p(target) >= `p_target`: the default method succeeds on
+    more than `min_success` of the images it attacked, at a threshold of at least `p_target`."""
+    name = default_method(adversarial)
+    result = adversarial["methods"][name]
+    threshold = adversarial.get("threshold")
+    if isinstance(threshold, int | float) and threshold < p_target:
+        raise MissingData(f"the attack stopped at p(target) ≥ {threshold:g}, below {p_target:g}")
+    rate = number(result, "success_rate", f"{ADVERSARIAL_RUN}/summary.json ({name})")
+    extras = [
+        f"{label} {result[key]:.4g}"
+        for key, label in (
+            ("mean_p_target", "mean p(target)"),
+            ("median_l1", "median ℓ1 noise"),
+            ("median_steps", "median steps"),
+        )
+        if isinstance(result.get(key), int | float)
+    ]
+    evidence = f"method {name!r}: success rate {rate:.1%} (needs > {min_success:.0%})"
+    return rate > min_success, "; ".join([evidence, *extras])
+
+
+# --------------------------------------------------------------------------- all claims
+
+
+def _verdict(claim: str, check: Callable[[], tuple[bool, str]]) -> Verdict:
+    """Runs one check; only MissingData becomes "not checked": any other error propagates."""
+    try:
+        holds, evidence = check()
+    except MissingData as e:
+        return Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e))
+    return Verdict(claim, HOLDS if holds else FAILS, evidence)
+
+
+def _checked(claim: str, runs: Mapping[str, Run | None], names: Sequence[str], check) -> Verdict:
+    """`check` once every run in `names` is present and finished, else "not checked"."""
+    missing = [n for n in names if runs.get(n) is None or runs[n].summary is None]
+    if missing:
+        return Verdict(claim, NOT_CHECKED_MISSING_RUN, "missing: " + ", ".join(missing))
+    return _verdict(claim, check)
+
+
+def _model_claims(runs: Mapping[str, Run | None], model: str, label: str) -> list[Verdict]:
+    """The over-fitting and dropout claims for one model ("mlp" or "cnn")."""
+    base, drop = runs.get(model), runs.get(f"{model}_dropout")
+    pair = [model, f"{model}_dropout"]
+    verdicts = [
+        _checked(
+            f"The {label} without dropout over-fits (train loss falls, test loss rises)",
+            runs,
+            [model],
+            lambda: check_overfits(base.summary, curve(base, "train_loss")),
+        )
+    ]
+    if model == "cnn":
+        verdicts.append(
+            _checked(
+                f"The ConvNet's test loss turns after about {EXERCISE_CNN_TURN_STEP:,} iterations",
+                runs,
+                [model],
+                lambda: check_turn_step(
+                    curve(base, "test_loss"), base.summary.get("steps_per_epoch")
+                ),
+            )
+        )
+    verdicts.append(
+        _checked(
+            f"Dropout 0.25 reduces the {label}'s final train–test loss gap",
+            runs,
+            pair,
+            lambda: check_dropout_gap(base.summary, drop.summary),
+        )
+    )
+    verdicts.append(
+        _checked(
+            f"Dropout lowers the {label}'s final test loss",
+            runs,
+            pair,
+            lambda: check_dropout_test_loss(base.summary, drop.summary),
+        )
+    )
+    return verdicts
+
+
+def check_claims(runs: Mapping[str, Run | None], adversarial: Mapping | None) -> list[Verdict]:
+    """Every claim of the exercise, checked on the runs present (None: missing) and the
+    attack's summary.json (None: not run)."""
+    verdicts = _model_claims(runs, "mlp", "MLP") + _model_claims(runs, "cnn", "ConvNet")
+    claim = f"Adversarial examples reach p(target) ≥ {ADVERSARIAL_P_TARGET}"
+    if adversarial is None:
+        verdicts.append(Verdict(claim, NOT_CHECKED_MISSING_RUN, f"missing: {ADVERSARIAL_RUN}"))
+    else:
+        verdicts.append(_verdict(claim, lambda: check_adversarial(adversarial)))
+    return verdicts

@@ -1,0 +1,42 @@
+"""Figures 2–6 of the exercise as PNGs, drawn from the runs' metrics.jsonl.
+
+    python -m fmnist_jax.plotting --runs runs --out figures [--smoothing 0.6]
+
+Reads `<runs>/{linreg,mlp,mlp_dropout,cnn,cnn_dropout}`; a figure whose runs are missing or
+hold no evaluation yet is skipped with a one-line warning. Exit status 0 when a figure was
+drawn, 1 when none could be, 2 on a usage error (one line on stderr).
+"""
+
+import sys
+
+from absl import flags
+
+from fmnist_jax import cli
+from fmnist_jax.plotting import curves
+
+EXIT_NO_FIGURE = 1
+
+flags.DEFINE_string("runs", "runs", "Folder holding one workdir per run.")
+flags.DEFINE_string("out", "figures", "Folder the PNGs are written to.")
+flags.DEFINE_float(
+    "smoothing",
+    curves.DEFAULT_SMOOTHING,
+    "TensorBoard smoothing weight of the bold curves, in [0, 1].",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+FLAGS = flags.FLAGS
+
+
+def main() -> None:
+    """Writes the figures and names each file written."""
+    written = curves.make_figures(FLAGS.runs, FLAGS.out, FLAGS.smoothing)
+    for path in written.values():
+        print(f"wrote {path}")
+    if not written:
+        print(f"error: no figure drawn: no run in {FLAGS.runs} can be plotted", file=sys.stderr)
+        sys.exit(EXIT_NO_FIGURE)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,59 @@
+"""Which Fashion-MNIST split a folder of IDX files holds, told by the files' sha256.
+
+The official files are Zalando's (the ones tensorflow-datasets downloads and verifies); this
+project's offline copy holds the genuine images in a split of its own. A run records what it
+trained on (`data.Dataset.split`), so a reader can say "official split" or "offline copy".
+"""
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def _sha256_table(text: str) -> dict[str, str]:
+    return dict(line.split() for line in text.strip().splitlines())
+
+
+# The official files (Zalando's), as tensorflow-datasets 4.9.10 verifies its download:
+# tensorflow_datasets/url_checksums/fashion_mnist.txt (tests/test_report.py compares the two).
+OFFICIAL_SHA256 = _sha256_table("""
+train-images-idx3-ubyte.gz 3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84
+train-labels-idx1-ubyte.gz a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845
+t10k-images-idx3-ubyte.gz 346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073
+t10k-labels-idx1-ubyte.gz 67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5
+""")
+# The offline copy beside the repo (../shared/data/fashion_mnist/README.md): genuine images in
+# a split of its own, not the official one.
+OFFLINE_COPY_SHA256 = _sha256_table("""
+train-images-idx3-ubyte.gz 884307c405e27ffc1a0f8f47c1d1a5b7cc61582b85f5080035206dd331f7df9b
+train-labels-idx1-ubyte.gz 9c227a9f56ec001a9b92c3d6bd6a11ae05ce1496809fe661f9b2978f1ba10115
+t10k-images-idx3-ubyte.gz ffa2b68ac5ee066d89e951f14e6870b4ca6ead2ea5616da5f6b88bb83be2d603
+t10k-labels-idx1-ubyte.gz b4374ef0ba896844a2f049c6a72d9af4f2aead2b160604bf68c7dc6760dc2769
+""")
+
+
+def sha256(path: Path) -> str:
+    """The file's sha256, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def idx_sha256(folder: str | os.PathLike) -> dict[str, str]:
+    """{file name: sha256} of the four IDX files in `folder` (OSError when one is missing)."""
+    return {name: sha256(Path(folder) / name) for name in OFFICIAL_SHA256}
+
+
+def idx_split(folder: str | os.PathLike) -> str | None:
+    """Which split an IDX folder holds, by the sha256 of its four files: "official",
+    "offline-copy" (this project's offline copy), "non-official" (other files), or None when
+    a file cannot be read."""
+    try:
+        found = idx_sha256(folder)
+    except OSError:
+        return None
+    if found == OFFICIAL_SHA256:
+        return "official"
+    return "offline-copy" if found == OFFLINE_COPY_SHA256 else "non-official"
