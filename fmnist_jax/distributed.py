@@ -19,11 +19,12 @@ the configured timeouts: JAX's runtime aborts the process (a C++ abort, not a Py
 so a watchdog prints the line and exits first.
 """
 
+import contextlib
 import dataclasses
 import os
+import re
 import sys
 import threading
-import time
 
 import jax
 import numpy as np
@@ -161,26 +162,28 @@ def replicate(tree, sharding: NamedSharding):
     )
 
 
-class PeerWatch:
-    """Bounds a collective step: if a step's result does not arrive within `seconds` (a dead
-    peer makes the survivors wait for JAX's heartbeat timeout, then abort), the process ends
-    with one line. `start()` before, `stop()` after the wait; one process: a no-op."""
+PEER_FAILURE_SIGNS = ("Gloo", "Connection closed", "Connection reset", "unhealthy", "heartbeat")
 
-    def __init__(self, seconds: float):
-        self.seconds, self._done = seconds, None
-        self.active = jax.process_count() > 1
 
-    def start(self, what: str) -> None:
-        if self.active:
-            self._done = _watchdog(
-                self.seconds,
-                f"distributed run: {what} got no answer from the other processes within"
-                f" {self.seconds:.0f} s (a process died or hangs); the workdir keeps its last"
-                " finished checkpoint: restart every process to resume",
-            )
-            self._started = time.time()
-
-    def stop(self) -> None:
-        if self._done is not None:
-            self._done.set()
-            self._done = None
+@contextlib.contextmanager
+def exit_on_peer_failure(workdir):
+    """With several processes, a collective that fails because another process died (a
+    `ValueError` from gloo, raised at the next host read) ends this process with one line and
+    exit status 3. `os._exit`: a normal exit would run JAX's shutdown barrier, which waits for
+    the dead process and then aborts."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        if jax.process_count() == 1 or not any(sign in text for sign in PEER_FAILURE_SIGNS):
+            raise
+        reason = re.sub(r"(Error dispatching computation: )+", "", text).strip()
+        first = reason.splitlines()[0][:160] if reason else type(e).__name__
+        print(
+            f"error: distributed run: process {jax.process_index()} lost another process"
+            f" ({type(e).__name__}: {first}); {workdir} keeps its last finished checkpoint:"
+            " start every process again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_PEER_FAILURE)

@@ -189,15 +189,18 @@ def finished_steps(workdir: str | Path) -> list[int]:
         return sorted(int(p.name) for p in folder.iterdir() if _finished(manager, p))
 
 
-def set_aside_unfinished(workdir: Path) -> None:
+def set_aside_unfinished(workdir: Path, rename: bool = True) -> None:
     """Renames step directories orbax never finished (say emptied or copied by hand) to
     `<step>.incomplete`, so they are neither picked as the latest step nor block saving that
     step anew. Saves cut short by a kill are never listed anyway: orbax writes them under a
-    temporary name."""
+    temporary name. With several processes every one calls it (orbax's manager synchronises
+    them) and only process 0 passes `rename`."""
     folder = Path(workdir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return
     finished = set(finished_steps(workdir))
+    if not rename:
+        return
     for path in folder.iterdir():
         if path.name.isdigit() and int(path.name) not in finished:
             aside = path.with_name(f"{path.name}.incomplete")

@@ -124,8 +124,9 @@ def train_and_evaluate(
     state, dropout_rng = _initial_state(config, dataset, steps)
     if writer:
         workdir.mkdir(parents=True, exist_ok=True)
-        rundir.set_aside_unfinished(workdir)
     distributed.barrier("fmnist_workdir_ready")
+    rundir.set_aside_unfinished(workdir, rename=writer)
+    distributed.barrier("fmnist_checkpoints_checked")
     with rundir.checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
         restored = restore_latest(manager, state)
         state = state if restored is None else restored
@@ -139,7 +140,8 @@ def train_and_evaluate(
         writers = rundir.open_writers(workdir, config.to_dict(), history, just_logging=not writer)
         run = Run(config, workdir, dataset, steps, manager, writers, history, on_eval, writer)
         try:
-            state, timing = _loop(run, state, dropout_rng)
+            with distributed.exit_on_peer_failure(workdir):
+                state, timing = _loop(run, state, dropout_rng)
         finally:
             for w in writers.values():
                 w.close()

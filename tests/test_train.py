@@ -233,3 +233,14 @@ def test_loading_a_workdir_without_checkpoints_is_refused(tmp_path):
         train.load_trained(tmp_path)
     with pytest.raises(RunError, match="no config.json here"):
         train.load_trained(tmp_path / "nothing")
+
+
+def test_profile_steps_write_a_trace_for_tensorboards_profile_plugin(tmp_path):
+    cfg = config_lib.load_experiment("mlp", "test")
+    cfg.profile_steps, cfg.profile_first_step = 3, 2
+    train.train_and_evaluate(cfg, tmp_path)
+    traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
+    with pytest.raises(ConfigError, match="profile_steps must be an integer >= 0"):
+        cfg.profile_steps = -1
+        config_lib.validate(cfg)
