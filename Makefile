@@ -5,7 +5,8 @@
 VENV    ?= .venv
 PYTHON  ?= $(VENV)/bin/python
 RUNS    ?= runs
-RUFF_ARGS = --line-length 100
+# Ruff's settings (line length 100) come from pyproject.toml.
+LINT_PATHS = fmnist_jax experiments benchmarks tests
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 # XLA:CPU's per-step buffers on transparent huge pages: ~1.3x faster CPU training, read by glibc
@@ -17,8 +18,10 @@ EXPERIMENTS = linreg mlp mlp-dropout cnn cnn-dropout
 # The environment exists only for the default interpreter; a user-given PYTHON is used as is.
 ifeq ($(PYTHON),$(VENV)/bin/python)
 ENV = $(VENV)/.installed
+DEV = $(VENV)/.installed-dev
 else
 ENV =
+DEV =
 endif
 
 .PHONY: help env reproduce test lint format figures report adversarial bench theory $(EXPERIMENTS) clean-runs
@@ -26,27 +29,36 @@ endif
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt
+# The pinned stack, then the package itself (editable, no dependencies: requirements.txt has them),
+# so that `python -m fmnist_jax...` works from any folder with this environment's python.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-env: $(ENV)  ## create the virtual environment and install requirements.txt
+# Tests, lint and the headless notebook's tools, for `make test`, `lint` and `format` only.
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(VENV)/bin/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+env: $(ENV)  ## create the virtual environment, install requirements.txt and the package
 
 reproduce: $(EXPERIMENTS)  ## set up, then run every experiment, the attack, the figures and the report
 	$(MAKE) adversarial figures report
 
-test: $(ENV)  ## set up, then lint and run the whole test suite
-	$(PYTHON) -m ruff check $(RUFF_ARGS) fmnist_jax experiments tests
-	$(PYTHON) -m pytest -q tests
+test: $(ENV) $(DEV)  ## set up (with requirements-dev.txt), then lint and run the whole test suite
+	$(PYTHON) -m ruff check $(LINT_PATHS)
+	$(PYTHON) -m ruff format --check $(LINT_PATHS)
+	$(PYTHON) -m pytest -q
 
-lint: $(ENV)  ## ruff lint and format check
-	$(PYTHON) -m ruff check $(RUFF_ARGS) fmnist_jax experiments tests
-	$(PYTHON) -m ruff format --check $(RUFF_ARGS) fmnist_jax experiments tests
+lint: $(ENV) $(DEV)  ## ruff lint and format check
+	$(PYTHON) -m ruff check $(LINT_PATHS)
+	$(PYTHON) -m ruff format --check $(LINT_PATHS)
 
-format: $(ENV)  ## ruff format the code in place
-	$(PYTHON) -m ruff format $(RUFF_ARGS) fmnist_jax experiments tests
+format: $(ENV) $(DEV)  ## ruff format the code in place
+	$(PYTHON) -m ruff format $(LINT_PATHS)
 
 linreg: $(ENV)  ## exercise 2.1: linear regression, SGD lr 1e-4 -> runs/linreg
 	$(PYTHON) -m fmnist_jax.main --config experiments/linreg.py --workdir $(RUNS)/linreg
@@ -67,6 +79,7 @@ adversarial: $(ENV)  ## exercise 2.5: targeted attacks on runs/cnn_dropout (run 
 	$(PYTHON) -m fmnist_jax.adversarial --workdir $(RUNS)/cnn_dropout --output $(RUNS)/adversarial
 
 bench: $(ENV)  ## speed: JAX vs PyTorch twins on this machine (installs torch for benchmarks only)
+	$(PYTHON) benchmarks/bench.py --check_data
 	$(PYTHON) -m pip install --quiet -r benchmarks/requirements.txt
 	$(PYTHON) benchmarks/bench.py
 

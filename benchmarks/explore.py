@@ -34,6 +34,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# benchmarks/ is this script's own folder, first on sys.path
+from variants import (
+    CONVS,
+    POOLS,
+    conv_im2col,
+    make_convnet,
+    max_pool_reshape,
+    max_pool_slices,
+)
+
 FLAG_SETS = {
     "default": "",
     "thunk_runtime=false": "--xla_cpu_use_thunk_runtime=false",
@@ -64,103 +74,6 @@ FLAG_SETS = {
     ),
     "fast_math (changes numerics)": "--xla_cpu_enable_fast_math=true",
 }
-
-
-# --------------------------------------------------------------------------- the prototype
-
-
-def conv_im2col(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    precision=None,
-    **_,
-):
-    """`lax.conv_general_dilated` for NHWC input and HWIO kernel, stride 1, no dilation, one
-    group: patches by shifted slices, then one matrix product. Drop-in for `nn.Conv`'s
-    `conv_general_dilated`."""
-    from jax import lax
-
-    from fmnist_jax import layers
-
-    ones = (1,) * (lhs.ndim - 2)
-    if tuple(window_strides) != ones or feature_group_count != 1:
-        raise NotImplementedError("conv_im2col: stride 1, one feature group only")
-    for dilation in (lhs_dilation, rhs_dilation):
-        if dilation is not None and tuple(dilation) != ones:
-            raise NotImplementedError("conv_im2col: no dilation")
-    kh, kw, cin, cout = rhs.shape
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
-    patches = layers.image_patches(lhs, kh, kw, padding)
-    y = lax.dot_general(
-        patches, rhs.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())), precision=precision
-    )
-    return y
-
-
-def max_pool_reshape(x):
-    """The 2x2 max-pool the project had before `fmnist_jax.layers`: a reshape and a max,
-    differentiated by JAX (a broadcast compare over the 6-d view)."""
-    import jax.numpy as jnp
-
-    b, h, w, c = x.shape
-    return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
-
-
-def max_pool_slices(x):
-    """2x2 max-pool, stride 2, as the max of the four strided slices (same values as
-    `models.max_pool_2x2`; its backward is selects and pads instead of a reduction's)."""
-    import jax.numpy as jnp
-
-    a, b = x[:, 0::2, 0::2, :], x[:, 0::2, 1::2, :]
-    c, d = x[:, 1::2, 0::2, :], x[:, 1::2, 1::2, :]
-    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
-
-
-def make_convnet(conv: str, dropout_rate: float, pool: str = "project"):
-    """The project's ConvNet (`project`: the first conv's kernel gradient by patches,
-    `layers.conv_patch_kernel_grad`), or the same network with XLA's own convolutions (`lax`)
-    or `conv_im2col` in both layers, and/or another 2x2 max-pool. (The first round's `hybrid`,
-    tap products for both kernel gradients, lost with Eigen convolutions: benchmarks/README.md.)"""
-    import flax.linen as nn
-
-    from fmnist_jax import layers, models
-
-    if conv == "project" and pool == "project":
-        return models.ConvNet(num_classes=10, dropout_rate=dropout_rate)
-    conv_fns = {  # per layer: conv1 (1 input channel), conv2
-        "lax": (None, None),
-        "im2col": (conv_im2col, conv_im2col),
-        "project": (layers.conv_patch_kernel_grad, None),
-    }[conv]
-    pool_fn = {
-        "project": models.max_pool_2x2,
-        "reshape": max_pool_reshape,
-        "slices": max_pool_slices,
-        "window": lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)),
-    }[pool]
-
-    class ConvNetVariant(nn.Module):
-        num_classes: int = 10
-        dropout_rate: float = 0.0
-
-        @nn.compact
-        def __call__(self, x, train: bool = False):
-            for features, conv_fn in zip((32, 64), conv_fns, strict=True):
-                x = nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=conv_fn)(x)
-                x = pool_fn(nn.relu(x))
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = x.reshape((x.shape[0], -1))
-            x = nn.relu(nn.Dense(128)(x))
-            return nn.Dense(self.num_classes)(x)
-
-    return ConvNetVariant(dropout_rate=dropout_rate)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -330,31 +243,19 @@ def cmd_flags(args):
         print(f"{name:34} {rate}\n{'':34} {hlo}{'  WARN ' + warn[0] if warn else ''}")
 
 
-def cmd_ops(args):
+def _conv_pieces(conv: str, b: int, key) -> tuple[dict, dict]:
+    """The two convolutions forward and backward, jitted alone: (pieces, FLOPs per piece)."""
     import jax
-    import jax.numpy as jnp
-    import optax
 
-    from fmnist_jax import layers, models
+    from fmnist_jax import layers
 
-    b = args.batch
-    key = jax.random.PRNGKey(0)
-    conv = {"lax": jax.lax.conv_general_dilated, "im2col": conv_im2col}.get(
-        args.conv, layers.conv_patch_kernel_grad
+    fn = {"lax": jax.lax.conv_general_dilated, "im2col": conv_im2col}.get(
+        conv, layers.conv_patch_kernel_grad
     )
     dn = ("NHWC", "HWIO", "NHWC")
 
-    def conv_fn(x, w):
-        if args.conv == "lax":
-            return conv(x, w, (1, 1), "SAME", dimension_numbers=dn)
-        return conv(x, w, (1, 1), "SAME")
-
-    x1 = jax.random.normal(key, (b, 28, 28, 1))
-    w1 = jax.random.normal(key, (3, 3, 1, 32)) * 0.1
-    x2 = jax.random.normal(key, (b, 14, 14, 32))
-    w2 = jax.random.normal(key, (3, 3, 32, 64)) * 0.1
-    g1 = jax.random.normal(key, (b, 28, 28, 32))
-    g2 = jax.random.normal(key, (b, 14, 14, 64))
+    def conv_fn(x, w):  # every variant told the layout (conv2 falls back to lax's conv)
+        return fn(x, w, (1, 1), "SAME", dimension_numbers=dn)
 
     def vjp_w(x, w, g):  # conv1's input is data: only the kernel gradient is needed
         return jax.vjp(lambda w: conv_fn(x, w), w)[1](g)
@@ -362,7 +263,38 @@ def cmd_ops(args):
     def vjp_xw(x, w, g):
         return jax.vjp(conv_fn, x, w)[1](g)
 
-    pool_in1, pool_in2 = jax.nn.relu(g1), jax.nn.relu(g2)
+    x1 = jax.random.normal(key, (b, 28, 28, 1))
+    w1 = jax.random.normal(key, (3, 3, 1, 32)) * 0.1
+    x2 = jax.random.normal(key, (b, 14, 14, 32))
+    w2 = jax.random.normal(key, (3, 3, 32, 64)) * 0.1
+    g1 = jax.random.normal(key, (b, 28, 28, 32))
+    g2 = jax.random.normal(key, (b, 14, 14, 64))
+    pieces = {
+        "conv1 fwd": (jax.jit(conv_fn), x1, w1),
+        "conv1 bwd (kernel grad)": (jax.jit(vjp_w), x1, w1, g1),
+        "conv2 fwd": (jax.jit(conv_fn), x2, w2),
+        "conv2 bwd (input+kernel grads)": (jax.jit(vjp_xw), x2, w2, g2),
+    }
+    flops = {
+        "conv1 fwd": 2 * b * 28 * 28 * 9 * 32,
+        "conv1 bwd (kernel grad)": 2 * b * 28 * 28 * 9 * 32,
+        "conv2 fwd": 2 * b * 14 * 14 * 9 * 32 * 64,
+        "conv2 bwd (input+kernel grads)": 4 * b * 14 * 14 * 9 * 32 * 64,
+        "dense fwd+bwd": 6 * b * (3136 * 128 + 128 * 10),
+    }
+    return pieces, flops
+
+
+def _other_pieces(b: int, key, state, batch) -> dict:
+    """Pools, dense layers, dropout masks, the Adam update and the model's forward, jitted."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from fmnist_jax import models
+
+    pool_in1 = jax.nn.relu(jax.random.normal(key, (b, 28, 28, 32)))
+    pool_in2 = jax.nn.relu(jax.random.normal(key, (b, 14, 14, 64)))
     h = jax.random.normal(key, (b, 3136))
     wd1 = jax.random.normal(key, (3136, 128)) * 0.01
     wd2 = jax.random.normal(key, (128, 10)) * 0.1
@@ -377,7 +309,6 @@ def cmd_ops(args):
             jax.random.bernoulli(k2, 0.75, (b, 7, 7, 64)),
         )
 
-    steps, state, rng = build_step(args.conv, b, args.pool)
     tx = optax.adam(1e-3)
     opt_state = tx.init(state.params)
 
@@ -388,20 +319,8 @@ def cmd_ops(args):
     def forward(params, x):
         return state.apply_fn({"params": params}, x, train=True, rngs={"dropout": key})
 
-    batch = steps.put_batch(fake_batches(b, 1)[0])
     pools = {"project": models.max_pool_2x2, "reshape": max_pool_reshape, "slices": max_pool_slices}
-    flops = {
-        "conv1 fwd": 2 * b * 28 * 28 * 9 * 32,
-        "conv1 bwd (kernel grad)": 2 * b * 28 * 28 * 9 * 32,
-        "conv2 fwd": 2 * b * 14 * 14 * 9 * 32 * 64,
-        "conv2 bwd (input+kernel grads)": 4 * b * 14 * 14 * 9 * 32 * 64,
-        "dense fwd+bwd": 6 * b * (3136 * 128 + 128 * 10),
-    }
-    pieces = {
-        "conv1 fwd": (jax.jit(conv_fn), x1, w1),
-        "conv1 bwd (kernel grad)": (jax.jit(vjp_w), x1, w1, g1),
-        "conv2 fwd": (jax.jit(conv_fn), x2, w2),
-        "conv2 bwd (input+kernel grads)": (jax.jit(vjp_xw), x2, w2, g2),
+    return {
         **{
             f"pool{i} fwd+bwd ({name})": (jax.jit(jax.grad(lambda x, f=f: jnp.sum(f(x)))), x)
             for name, f in pools.items()
@@ -412,6 +331,17 @@ def cmd_ops(args):
         "adam update": (jax.jit(adam), state.params, opt_state, state.params),
         "model forward (train)": (jax.jit(forward), state.params, batch["inputs"]),
     }
+
+
+def cmd_ops(args):
+    """Each piece of one ConvNet step timed alone, then their sum against the whole step."""
+    import jax
+
+    b, key = args.batch, jax.random.PRNGKey(0)
+    steps, state, rng = build_step(args.conv, b, args.pool)
+    batch = steps.put_batch(fake_batches(b, 1)[0])
+    pieces, flops = _conv_pieces(args.conv, b, key)
+    pieces.update(_other_pieces(b, key, state, batch))
     total = 0.0
     print(f"ops conv={args.conv} batch={b} (ms per call, median)")
     for name, (fn, *fargs) in pieces.items():
@@ -436,8 +366,8 @@ def cmd_ops(args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", choices=("ops", "step", "hlo", "flags", "step+hlo", "ab"))
-    p.add_argument("--conv", choices=("project", "lax", "im2col"), default="project")
-    p.add_argument("--pool", choices=("project", "reshape", "slices", "window"), default="project")
+    p.add_argument("--conv", choices=CONVS, default="project")
+    p.add_argument("--pool", choices=POOLS, default="project")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--prng", choices=("threefry", "rbg", "unsafe_rbg"), default="threefry")
     p.add_argument("--steps", type=int, default=20)
@@ -447,6 +377,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from fmnist_jax import runtime
+
+    runtime.configure_cpu()  # the project's XLA flag, as its command lines set it (before jax)
     if args.command in ("step", "step+hlo"):
         cmd_step(args)
     if args.command in ("hlo", "step+hlo"):

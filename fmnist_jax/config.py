@@ -140,10 +140,12 @@ def shrink_for_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 def experiments_dir() -> Path:
-    """The experiment files: `experiments/` beside the package in a checkout, else the copy
-    an installed wheel carries as `fmnist_jax/experiments/` (see pyproject.toml)."""
-    checkout = Path(__file__).resolve().parent.parent / "experiments"
-    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "experiments"
+    """The experiment files: the copy an installed wheel carries as `fmnist_jax/experiments/`
+    (see pyproject.toml), else `experiments/` beside the package (a checkout, or an editable
+    install, whose package has no such folder)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "experiments"
+    return installed if installed.is_dir() else here.parent / "experiments"
 
 
 def experiment_names() -> list[str]:
