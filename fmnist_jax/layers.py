@@ -86,6 +86,24 @@ def _kernel_grad_by_patches(x, g, kernel_shape, padding):
 PATCH_KERNEL_GRAD_MAX_COLUMNS = 64  # kh*kw*Cin above this: XLA's own kernel gradient
 
 
+def _patch_gradient_applies(lhs, rhs, window_strides, dilations, dimension_numbers, groups):
+    """Whether `conv_patch_kernel_grad` computes this convolution's kernel gradient by patches:
+    NHWC/HWIO, stride 1, no dilation, one feature group, few patch columns."""
+    kh, kw, cin, _ = rhs.shape
+    ones = (1,) * (lhs.ndim - 2)
+    nhwc = ("NHWC", "HWIO", "NHWC")
+    if lhs.ndim != 4:
+        return False
+    layout = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers or nhwc)
+    return (
+        layout == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc)
+        and tuple(window_strides) == ones
+        and groups == 1
+        and all(d is None or tuple(d) == ones for d in dilations)
+        and kh * kw * cin <= PATCH_KERNEL_GRAD_MAX_COLUMNS
+    )
+
+
 def conv_patch_kernel_grad(
     lhs,
     rhs,
@@ -109,19 +127,12 @@ def conv_patch_kernel_grad(
     feature group; anything else is passed to `lax.conv_general_dilated` unchanged.
     """
     del unused
-    kh, kw, cin, _ = rhs.shape
+    kh, kw, _, _ = rhs.shape
     ones = (1,) * (lhs.ndim - 2)
     nhwc = ("NHWC", "HWIO", "NHWC")
-    layout = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers or nhwc)
-    plain = (
-        lhs.ndim != 4
-        or layout != jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc)
-        or tuple(window_strides) != ones
-        or feature_group_count != 1
-        or any(d is not None and tuple(d) != ones for d in (lhs_dilation, rhs_dilation))
-        or kh * kw * cin > PATCH_KERNEL_GRAD_MAX_COLUMNS
-    )
-    if plain:
+    dilations = (lhs_dilation, rhs_dilation)
+    if not _patch_gradient_applies(lhs, rhs, window_strides, dilations, dimension_numbers,
+                                   feature_group_count):  # fmt: skip
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
             dimension_numbers, feature_group_count, precision=precision,

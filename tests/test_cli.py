@@ -39,6 +39,6 @@ def test_unknown_config_field_reads_as_a_typo_with_its_suggestion():
     config = ml_collections.ConfigDict({"learning_rate": 0.1})
     config.lock()
     with pytest.raises(KeyError) as e:
-        config["lerning_rate"]  # noqa: B018 - the typo ml_collections reports
+        config["lerning_rate"]
     expected = "unknown config field 'lerning_rate' (did you mean 'learning_rate'?)"
     assert cli.describe(e.value) == expected
