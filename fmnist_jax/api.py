@@ -114,6 +114,8 @@ def fit(
     """
     from fmnist_jax import train as train_lib
 
+    if dataset is not None:
+        check_dataset(dataset, config.num_classes)
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"fmnist_{config.name}_"))
     state, records = train_lib.train_and_evaluate(config, workdir, dataset=dataset, on_eval=on_eval)
     keys = [k for k in records[0] if all(r.get(k) is not None for r in records)]
@@ -129,15 +131,55 @@ def restore(workdir: str | Path, step: int | None = None) -> Trained:
     return Trained(*train_lib.load_trained(workdir, step))
 
 
+def check_pixels(images: np.ndarray, what: str = "images") -> None:
+    """ConfigError unless `images` are uint8 grey levels or finite floats in [0, 1], and not
+    an empty batch."""
+    if images.shape[:1] == (0,) or images.size == 0:
+        raise ConfigError(f"{what} is empty: pass at least one image")
+    kind = images.dtype.kind
+    if kind == "b" or (kind in "iu" and images.dtype != np.uint8):
+        raise ConfigError(
+            f"{what} have dtype {images.dtype}: pass uint8 grey levels (0..255) or floats in [0, 1]"
+        )
+    if kind == "f":
+        bad = ~np.isfinite(images)
+        if bad.any():
+            raise ConfigError(f"{what} hold {int(bad.sum())} NaN or infinite pixels")
+        low, high = float(images.min()), float(images.max())
+        if low < 0.0 or high > 1.0:
+            hint = " (0..255 floats? divide by 255, or pass uint8)" if high > 1.0 else ""
+            raise ConfigError(f"{what} must lie in [0, 1], got {low:g}..{high:g}{hint}")
+    elif kind != "u":
+        raise ConfigError(f"{what} have dtype {images.dtype}: pass uint8 or float images")
+
+
 def as_images(images) -> np.ndarray:
-    """uint8 or float images, [N, 28, 28] or [N, 28, 28, 1], as float32 [N, 28, 28, 1] in [0, 1]."""
+    """uint8 or float images, [N, 28, 28] or [N, 28, 28, 1], as float32 [N, 28, 28, 1] in [0, 1];
+    ConfigError for another shape, dtype or range, NaN/Inf pixels or an empty batch."""
     images = np.asarray(images)
     shape = images.shape
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[1:] != (*data_lib.IMAGE_SHAPE, 1):
-        raise ValueError(f"images must be [N, 28, 28] or [N, 28, 28, 1], got {shape}")
+        raise ConfigError(f"images must be [N, 28, 28] or [N, 28, 28, 1], got {shape}")
+    check_pixels(images)
     return data_lib.to_model_inputs(images)
+
+
+def check_dataset(dataset: data_lib.Dataset, num_classes: int) -> None:
+    """ConfigError for a caller's data set the train loop cannot use: empty splits, images
+    out of range (see `check_pixels`), labels outside 0..num_classes-1."""
+    for name in ("train", "test"):
+        split = dataset[name] if isinstance(dataset, dict) else getattr(dataset, name)
+        inputs, targets = np.asarray(split["inputs"]), np.asarray(split["targets"])
+        if len(inputs) != len(targets):
+            raise ConfigError(f"dataset.{name}: {len(inputs)} inputs but {len(targets)} targets")
+        if inputs.ndim == 4:  # images (linear regression's features are free)
+            check_pixels(inputs, f"dataset.{name} images")
+            if targets.size and not 0 <= targets.min() <= targets.max() < num_classes:
+                raise ConfigError(f"dataset.{name} labels must lie in 0..{num_classes - 1}")
+        elif inputs.size == 0:
+            raise ConfigError(f"dataset.{name} is empty")
 
 
 def predict(trained: Trained, images, batch_size: int = 1000) -> np.ndarray:

@@ -64,6 +64,9 @@ def reported(verbose: bool = False, user_error: bool = False):
         yield
     except (KeyboardInterrupt, SystemExit):
         raise
+    except errors.Interrupted as e:  # a clean stop, not a failure: one line, 128 + signal
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except Exception as e:
         if verbose:
             raise

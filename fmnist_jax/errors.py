@@ -28,3 +28,13 @@ class TrainingError(RuntimeError):
 
 
 USER_ERRORS = (ConfigError, DataError, UsageError, RunError, TrainingError)
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C) after
+    saving a checkpoint at the step it reached; the same command resumes. `signum` is the
+    signal: the command line exits with 128 + signum, as a process killed by it would."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -12,9 +12,20 @@ read a run with `read_run` (plain data) and restore checkpoints through `checkpo
 and `finished_steps`. Nothing here imports TensorFlow unless event files are written.
 """
 
+import contextlib
 import dataclasses
+import errno
+import hashlib
 import json
+import os
+import socket
+import time
 from pathlib import Path
+
+try:
+    import fcntl  # POSIX: the writer lock
+except ImportError:  # pragma: no cover - Windows: runs are not locked there
+    fcntl = None
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -26,6 +37,11 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"  # held (flock) by the process training in the workdir
+CHECKSUM_FILE = "checkpoint_checksums.json"  # {step: sha256 of the saved state}
+# A checkpoint's orbax items (fmnist_jax.checkpoints): the TrainState and the train metrics
+# summed since the last evaluation.
+CHECKPOINT_ITEMS = ("state", "train_accumulator")
 COLLECTIONS = ("train", "test")  # event-file folders; record keys are "<collection>_<tag>"
 
 
@@ -77,6 +93,63 @@ def check_same_run(workdir: Path, config: dict, fields) -> None:
 
 def write_summary(workdir: Path, summary: dict) -> None:
     write_json(Path(workdir) / SUMMARY_FILE, summary)
+
+
+# --------------------------------------------------------------------------- the workdir
+
+
+def prepare(workdir: Path) -> None:
+    """Creates `workdir` and checks it can be written, before any training: one RunError
+    naming it otherwise (an existing file, a read-only or foreign folder)."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise RunError(f"{workdir} is a file, not a folder; choose another --workdir")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"{workdir}: cannot write there ({e.strerror}); choose another --workdir")
+
+
+@contextlib.contextmanager
+def writer_lock(workdir: Path):
+    """Holds the workdir's lock while a process trains there: a second training process (or
+    `fit`) is refused with one line naming the holder. The operating system releases an flock
+    when its holder dies, so a lock left behind by a killed process never blocks a new run."""
+    if fcntl is None:
+        yield
+        return
+    path = Path(workdir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RunError(
+                f"{workdir} is being trained by {holder}; wait for it to end or use another"
+                " --workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} since {since}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def disk_full(e: BaseException | None) -> bool:
+    """Whether `e` (or an exception it was raised from) says the disk is full."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "ENOSPC" in str(e):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 # --------------------------------------------------------------------------- metrics.jsonl
@@ -167,7 +240,12 @@ def checkpoint_manager(workdir: str | Path, max_to_keep: int = 3) -> ocp.Checkpo
     return ocp.CheckpointManager(
         (Path(workdir) / CHECKPOINT_DIR).absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_handlers=_item_handlers(),
     )
+
+
+def _item_handlers() -> dict:
+    return {name: ocp.StandardCheckpointHandler() for name in CHECKPOINT_ITEMS}
 
 
 def _finished(manager: ocp.CheckpointManager, path: Path) -> bool:
@@ -185,8 +263,16 @@ def finished_steps(workdir: str | Path) -> list[int]:
     folder = Path(workdir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
-    with ocp.CheckpointManager(folder.absolute()) as manager:
+    with ocp.CheckpointManager(folder.absolute(), item_handlers=_item_handlers()) as manager:
         return sorted(int(p.name) for p in folder.iterdir() if _finished(manager, p))
+
+
+def require_finished(workdir: str | Path) -> list[int]:
+    """`finished_steps`, or RunError when there is none (a reader needs a trained run)."""
+    steps = finished_steps(workdir)
+    if not steps:
+        raise RunError(f"{workdir}/{CHECKPOINT_DIR}: no finished checkpoint here; train first")
+    return steps
 
 
 def set_aside_unfinished(workdir: Path, rename: bool = True) -> None:
@@ -206,6 +292,63 @@ def set_aside_unfinished(workdir: Path, rename: bool = True) -> None:
             aside = path.with_name(f"{path.name}.incomplete")
             logging.warning("checkpoint %s is incomplete; moved to %s", path, aside.name)
             path.rename(aside)
+
+
+def set_aside(workdir: Path, step: int, why: str) -> Path:
+    """Renames checkpoint `step` to `<step>.<why>` (say "damaged"); returns the new path."""
+    path = Path(workdir) / CHECKPOINT_DIR / str(step)
+    aside = path.with_name(f"{step}.{why}")
+    if aside.exists():
+        aside = path.with_name(f"{step}.{why}.{time.time_ns()}")
+    path.rename(aside)
+    return aside
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def _host_leaf(leaf) -> np.ndarray:
+    """A leaf's values on this host: a replicated array's local copy, even when the array
+    spans several processes."""
+    shards = getattr(leaf, "addressable_shards", None)
+    if shards is not None and not getattr(leaf, "is_fully_addressable", True):
+        return np.asarray(shards[0].data)
+    return np.asarray(leaf)
+
+
+def tree_checksum(tree) -> str:
+    """sha256 of a pytree of (replicated) arrays: every leaf's dtype, shape and bytes."""
+    import jax
+
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        value = np.ascontiguousarray(_host_leaf(leaf))
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def record_checksum(workdir: Path, step: int, checksum: str) -> None:
+    """Stores the checksum of the state saved as checkpoint `step` (written before orbax
+    finishes the save: a save cut short is never listed, so its entry is never read)."""
+    path = Path(workdir) / CHECKSUM_FILE
+    table = read_json(path) or {}
+    folder = Path(workdir) / CHECKPOINT_DIR
+    kept = folder.iterdir() if folder.is_dir() else ()
+    # Steps on disk, finished or still being written by orbax in the background ("8.orbax-
+    # checkpoint-tmp-..."); read from the folder, not orbax: only process 0 records.
+    keep = {
+        p.name.split(".")[0] for p in kept if p.name.isdigit() or ocp.utils.is_tmp_checkpoint(p)
+    }
+    keep.add(str(step))
+    table = {k: v for k, v in table.items() if k in keep}
+    table[str(step)] = checksum
+    write_json(path, table)
+
+
+def recorded_checksum(workdir: str | Path, step: int) -> str | None:
+    """The checksum saved with checkpoint `step`, None for a checkpoint saved without one."""
+    return (read_json(Path(workdir) / CHECKSUM_FILE) or {}).get(str(step))
 
 
 # --------------------------------------------------------------------------- the reader

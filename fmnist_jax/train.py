@@ -25,12 +25,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
 
+from fmnist_jax import checkpoints, distributed, models, preemption, rundir, summary
 from fmnist_jax import config as config_lib
 from fmnist_jax import data as data_lib
-from fmnist_jax import distributed, models, rundir, summary
-from fmnist_jax.errors import RunError, TrainingError
+from fmnist_jax.errors import Interrupted, RunError
 from fmnist_jax.steps import (  # noqa: F401 - the names a Flax reader looks for here
     Steps,
+    TrainAccumulator,
     check_divisible,
     create_optimizer,
     create_train_state,
@@ -43,27 +44,6 @@ from fmnist_jax.steps import (  # noqa: F401 - the names a Flax reader looks for
 # Fields whose change makes an existing workdir's checkpoints unusable or its curves meaningless.
 ARCHITECTURE_FIELDS = ("model", "num_classes", "hidden_size", "dataset", "optimizer")
 make_mesh = distributed.make_mesh
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def restore_step(manager, step: int, state):
-    """Checkpoint `step` restored into `state`'s structure (shapes, dtypes, shardings)."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:  # noqa: BLE001 - any failure becomes one clear line
-        raise TrainingError(
-            f"{manager.directory}/{step} cannot be restored into this config's model and"
-            f" optimizer ({str(e).splitlines()[0][:160]}); use another --workdir"
-        ) from None
-
-
-def restore_latest(manager, state):
-    """The latest checkpoint restored into `state`'s structure, or None if there is none."""
-    step = manager.latest_step()
-    return None if step is None else restore_step(manager, step, state)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -112,25 +92,44 @@ def train_and_evaluate(
 
     `dataset` overrides `data.load(config)` (for callers holding their own arrays). `on_eval`
     is called with each evaluation record. Returns the final train state and the evaluation
-    history (the records of metrics.jsonl, the resumed part included).
+    history (the records of metrics.jsonl, the resumed part included). Raises
+    `errors.Interrupted` after saving a checkpoint when SIGTERM or SIGINT asks it to stop.
     """
     config_lib.validate(config)
     workdir, writer = Path(workdir), distributed.is_writer()
+    if writer:
+        rundir.prepare(workdir)
     rundir.check_same_run(workdir, config, ARCHITECTURE_FIELDS)
-    dataset = dataset or _load_data(config)
+    lock = rundir.writer_lock(workdir) if writer else contextlib.nullcontext()
+    try:
+        with lock:
+            return _train(config, workdir, dataset or _load_data(config), on_eval, writer)
+    except Exception as e:
+        if not rundir.disk_full(e):
+            raise
+        kept = rundir.finished_steps(workdir)
+        raise RunError(
+            f"{workdir}: no space left on device; the last finished checkpoint"
+            f" ({f'step {kept[-1]}' if kept else 'none yet'}) is kept and the same command"
+            " resumes from it once there is space"
+        ) from None
+
+
+def _train(config, workdir: Path, dataset, on_eval, writer: bool):
     mesh = make_mesh()
     check_divisible(config, mesh)
     steps = Steps(config, mesh)
     state, dropout_rng = _initial_state(config, dataset, steps)
-    if writer:
-        workdir.mkdir(parents=True, exist_ok=True)
     distributed.barrier("fmnist_workdir_ready")
     rundir.set_aside_unfinished(workdir, rename=writer)
     distributed.barrier("fmnist_checkpoints_checked")
     with rundir.checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
-        restored = restore_latest(manager, state)
-        state = state if restored is None else restored
-        initial_step = int(state.step)
+        acc = steps.empty_accumulator()
+        initial_step, restored = checkpoints.restore_latest_intact(
+            manager, workdir, state, acc, writer
+        )
+        if restored is not None:
+            state, acc = restored[checkpoints.STATE], restored[checkpoints.ACCUMULATOR]
         if initial_step and writer:
             logging.info("resuming %s from step %d", workdir, initial_step)
         history = rundir.read_history(workdir, initial_step)
@@ -141,7 +140,7 @@ def train_and_evaluate(
         run = Run(config, workdir, dataset, steps, manager, writers, history, on_eval, writer)
         try:
             with distributed.exit_on_peer_failure(workdir):
-                state, timing = _loop(run, state, dropout_rng)
+                state, timing = _loop(run, state, acc, dropout_rng)
         finally:
             for w in writers.values():
                 w.close()
@@ -182,33 +181,52 @@ def _actions(run: Run, first_step: int):
     return report, profile
 
 
-def _loop(run: Run, state, dropout_rng):
+def _loop(run: Run, state, acc, dropout_rng):
     """Steps from the state's step to `num_train_steps`; returns (state, timing numbers)."""
     config, initial_step = run.config, int(state.step)
     num_steps, batch_size = config.num_train_steps, config.batch_size
     rows = run.steps.rows(batch_size)
     batches = data_lib.train_batches(run.dataset.train, batch_size, config.seed, initial_step, rows)
     report, profile = _actions(run, initial_step)
-    acc, start, eval_time, first_step_time = run.steps.empty_accumulator(), time.time(), 0.0, 0.0
-    for step in range(initial_step + 1, num_steps + 1):
-        batch = run.steps.batch(next(batches), batch_size)
-        state, acc = run.steps.train(state, batch, dropout_rng, acc)
-        if step == initial_step + 1:
-            jax.block_until_ready(acc)  # the first step includes compilation
-            first_step_time = time.time() - start
-        report(step)
-        profile(step)
-        if step % config.eval_every_steps == 0 or step == num_steps:
-            t = time.time()
-            acc.check_finite()
-            with report.timed("eval"):
-                _evaluate_and_log(run, step, acc.metrics, state)
-            eval_time += time.time() - t
-            acc = run.steps.empty_accumulator()
-        if step % config.checkpoint_every_steps == 0 or step == num_steps:
-            run.manager.save(step, args=ocp.args.StandardSave(state))
+    start, eval_time, first_step_time = time.time(), 0.0, 0.0
+    with preemption.StopRequest() as stop:
+        for step in range(initial_step + 1, num_steps + 1):
+            batch = run.steps.batch(next(batches), batch_size)
+            state, acc = run.steps.train(state, batch, dropout_rng, acc)
+            if step == initial_step + 1:
+                jax.block_until_ready(acc)  # the first step includes compilation
+                first_step_time = time.time() - start
+            report(step)
+            profile(step)
+            if step % config.eval_every_steps == 0 or step == num_steps:
+                t = time.time()
+                acc.check_finite()
+                with report.timed("eval"):
+                    _evaluate_and_log(run, step, acc.metrics, state)
+                eval_time += time.time() - t
+                acc = run.steps.empty_accumulator()
+            saved = step % config.checkpoint_every_steps == 0 or step == num_steps
+            if saved:
+                checkpoints.save(run.manager, run.workdir, step, state, acc, run.writer)
+            if step < num_steps and stop.requested(step):
+                _stop(run, stop, step, state, acc, saved)
     run.manager.wait_until_finished()
     return state, _timing(config, initial_step, time.time() - start, eval_time, first_step_time)
+
+
+def _stop(run: Run, stop, step: int, state, acc, saved: bool) -> None:
+    """Saves the step reached (unless just saved) and raises Interrupted."""
+    if not saved:
+        acc.check_finite()  # never save a non-finite state
+        checkpoints.save(run.manager, run.workdir, step, state, acc, run.writer)
+    run.manager.wait_until_finished()
+    message = (
+        f"{stop.name} at step {step}/{run.config.num_train_steps}: checkpoint saved in"
+        f" {run.workdir}; the same command resumes from it"
+    )
+    if run.writer:
+        logging.warning("%s", message)
+    raise Interrupted(message, stop.signum)
 
 
 def _timing(config, initial_step: int, wall: float, eval_time: float, first_step: float) -> dict:
@@ -251,22 +269,19 @@ def _format_record(record: dict) -> str:
 
 
 def load_trained(workdir: str | Path, step: int | None = None):
-    """(config, model, params) of the run in `workdir`, from its latest (or given) finished
-    checkpoint; RunError when the workdir holds no run or no finished checkpoint."""
+    """(config, model, params) of the run in `workdir`, from its latest (or given) intact
+    finished checkpoint; RunError when the workdir holds no run, no finished checkpoint, or
+    only damaged ones."""
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(rundir.read_config(workdir))
-    steps = rundir.finished_steps(workdir)
-    if not steps:
-        raise RunError(f"{workdir}/checkpoints: no finished checkpoint here; train first")
-    if step is not None and step not in steps:
-        raise RunError(f"{workdir}/checkpoints: no finished checkpoint at step {step}: {steps}")
-    step = steps[-1] if step is None else step
+    rundir.require_finished(workdir)
     model = models.create_model(config)
     if config.model == "linear_regression":
         input_shape = (config.regression.num_features,)
     else:
         input_shape = (*data_lib.IMAGE_SHAPE, 1)
-    state = create_train_state(config, model, input_shape, jax.random.PRNGKey(0))
-    with rundir.checkpoint_manager(workdir, config.get("max_checkpoints_to_keep", 3)) as manager:
-        restored = restore_step(manager, step, state)
+    # As arrays (the step too), like the state the loop saved: the checksum covers dtypes.
+    state = jax.device_put(create_train_state(config, model, input_shape, jax.random.PRNGKey(0)))
+    accumulator = TrainAccumulator.empty(is_regression(config))
+    restored = checkpoints.restore_for_reading(workdir, step, state, accumulator)
     return config, model, restored.params

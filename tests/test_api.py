@@ -216,3 +216,40 @@ def test_fit_on_eight_fake_devices(tmp_path):
     assert "step 2 entries 1" in proc.stdout
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["device_count"] == 8 and summary["steps"] == 2
+
+
+# --------------------------------------------------------------------------- values out of range
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (np.full((2, 28, 28), 255.0, np.float32), r"must lie in \[0, 1\], got 255..255 \(0..255"),
+        (np.full((2, 28, 28), -0.5), r"must lie in \[0, 1\], got -0.5..-0.5"),
+        (np.full((2, 28, 28), np.nan, np.float32), "hold 1568 NaN or infinite pixels"),
+        (np.full((2, 28, 28), np.inf), "NaN or infinite"),
+        (np.zeros((2, 28, 28), np.int64), "dtype int64: pass uint8 grey levels"),
+        (np.zeros((2, 28, 28), bool), "dtype bool"),
+        (np.zeros((0, 28, 28), np.uint8), "images is empty"),
+    ],
+)
+def test_predict_and_attack_refuse_values_out_of_range(trained, images, message):
+    with pytest.raises(ConfigError, match=message):
+        fj.predict(trained, images)
+    with pytest.raises(ConfigError, match=message):
+        fj.attack(trained, images, targets=[1] * len(images))
+
+
+def test_fit_refuses_a_dataset_it_cannot_train_on(snippet, tmp_path):
+    data = snippet["data"]
+    bad = np.array(data.train["inputs"], np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    poisoned = type(data)({**data.train, "inputs": bad}, data.test, "mine", "memory")
+    with pytest.raises(ConfigError, match="dataset.train images hold 1 NaN"):
+        fj.fit(snippet["config"], tmp_path / "run", dataset=poisoned)
+    labels = np.array(data.test["targets"])
+    labels[0] = 10
+    wrong = type(data)(data.train, {**data.test, "targets": labels}, "mine", "memory")
+    with pytest.raises(ConfigError, match="dataset.test labels must lie in 0..9"):
+        fj.fit(snippet["config"], tmp_path / "run", dataset=wrong)
+    assert not (tmp_path / "run").exists()

@@ -1,6 +1,11 @@
-"""The run directory: JSON files, the metrics history, finished checkpoints, the reader."""
+"""The run directory: JSON files, the metrics history, finished checkpoints, the reader, the
+writer lock, the write check, disk-full detection."""
 
+import errno
 import json
+import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -74,7 +79,9 @@ def test_a_workdir_of_another_run_is_refused(tmp_path):
 def test_only_checkpoints_orbax_finished_count_and_the_others_are_set_aside(tmp_path):
     with rundir.checkpoint_manager(tmp_path) as manager:
         for step in (8, 16):
-            manager.save(step, args=ocp.args.StandardSave({"w": jnp.ones(3) * step}))
+            items = {name: {"w": jnp.ones(3) * step} for name in rundir.CHECKPOINT_ITEMS}
+            args = {k: ocp.args.StandardSave(v) for k, v in items.items()}
+            manager.save(step, args=ocp.args.Composite(**args))
     folder = tmp_path / rundir.CHECKPOINT_DIR
     (folder / "24").mkdir()  # empty: orbax would list it as a step
     (folder / "32.orbax-checkpoint-tmp-1234").mkdir()  # a save cut short by a kill
@@ -84,3 +91,90 @@ def test_only_checkpoints_orbax_finished_count_and_the_others_are_set_aside(tmp_
     with rundir.checkpoint_manager(tmp_path) as manager:
         assert manager.latest_step() == 16
     assert rundir.finished_steps(tmp_path / "elsewhere") == []
+
+
+# --------------------------------------------------------------------------- faults
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from fmnist_jax import rundir
+with rundir.writer_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holder_blocks_nothing(
+    tmp_path,
+):
+    from tests.conftest import REPO
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        refused = pytest.raises(RunError, match=f"is being trained by process {holder.pid} on ")
+        with refused, rundir.writer_lock(tmp_path):
+            pass
+    finally:
+        holder.kill()  # kill -9: the operating system releases the lock
+        holder.wait()
+    assert (tmp_path / rundir.LOCK_FILE).exists()  # left behind, and harmless:
+    with rundir.writer_lock(tmp_path):
+        assert f"process {os.getpid()} " in (tmp_path / rundir.LOCK_FILE).read_text()
+
+
+def test_prepare_refuses_a_file_or_a_folder_that_cannot_be_written(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RunError, match="afile is a file, not a folder"):
+        rundir.prepare(tmp_path / "afile")
+    with pytest.raises(RunError, match="cannot write there"):
+        rundir.prepare(tmp_path / "afile" / "run")
+    rundir.prepare(tmp_path / "new" / "run")
+    assert (tmp_path / "new" / "run").is_dir() and not list((tmp_path / "new" / "run").iterdir())
+
+
+def test_disk_full_is_recognised_through_chained_exceptions():
+    full = OSError(errno.ENOSPC, "No space left on device")
+    try:
+        try:
+            raise full
+        except OSError as e:
+            raise ValueError("orbax: commit failed") from e
+    except ValueError as wrapped:
+        assert rundir.disk_full(wrapped)
+    assert rundir.disk_full(RuntimeError("write failed: No space left on device"))
+    assert not rundir.disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not rundir.disk_full(None)
+
+
+def test_a_damaged_json_file_is_one_clear_line_for_every_reader(tmp_path):
+    """config.json that is not valid JSON: the attack, the report and fj.restore stop with one
+    line saying so; the figures skip that run with one warning line saying so."""
+    from tests.conftest import REPO
+
+    run = tmp_path / "runs" / "cnn_dropout"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"model": "cnn", ')
+    (run / "summary.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("")
+    commands = [
+        ["fmnist_jax.adversarial", f"--workdir={run}", f"--output={tmp_path / 'adv'}"],
+        ["fmnist_jax.report", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'R.md'}"],
+        ["fmnist_jax.plotting", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'figs'}"],
+    ]
+    for args in commands:
+        out = subprocess.run(
+            [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+        said = [line for line in out.stderr.splitlines() if "config.json: not valid JSON" in line]
+        assert out.returncode != 0 and "Traceback" not in out.stderr, (args[0], out.stderr)
+        assert len(said) == 1 and said[0].startswith(("error: ", "warning: ")), out.stderr
+    import fmnist_jax as fj
+
+    with pytest.raises(RunError, match="config.json: not valid JSON"):
+        fj.restore(run)

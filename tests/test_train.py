@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, train
+from fmnist_jax import data, rundir, train
 from fmnist_jax.errors import ConfigError, RunError, TrainingError
 from tests.conftest import REPO
 
@@ -244,3 +244,32 @@ def test_profile_steps_write_a_trace_for_tensorboards_profile_plugin(tmp_path):
     with pytest.raises(ConfigError, match="profile_steps must be an integer >= 0"):
         cfg.profile_steps = -1
         config_lib.validate(cfg)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs (CI runs as root); skipped with the reason where none can be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if out.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip() or out.returncode}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_ends_in_one_clear_error_and_keeps_the_last_checkpoint(small_disk):
+    cfg = config_lib.load_experiment("mlp", "test")  # ~5 MB a checkpoint: three fit
+    cfg.num_train_steps, cfg.max_checkpoints_to_keep = 200, 100
+    workdir = small_disk / "run"
+    with pytest.raises(RunError, match="no space left on device; the last finished checkpoint"):
+        train.train_and_evaluate(cfg, workdir)
+    kept = rundir.finished_steps(workdir)
+    assert kept and kept[-1] < 200
+    _, _, params = train.load_trained(workdir)  # the last finished one restores
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+    history = [r["step"] for r in rundir.read_history(workdir)]
+    assert history[: len(kept)] == [8 * (i + 1) for i in range(len(kept))]

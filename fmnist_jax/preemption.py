@@ -1,0 +1,66 @@
+"""Stopping cleanly when asked: SIGTERM (how Cloud TPU, SLURM and Kubernetes announce a
+pre-emption, before a grace period) and SIGINT (Ctrl-C).
+
+The loop asks `StopRequest.requested(step)` after every step. One process: handlers for both
+signals (installed while the loop runs, the previous ones restored afterwards) note the signal;
+the loop finishes the step in flight, saves a checkpoint at that step and stops with
+`errors.Interrupted`; a second Ctrl-C stops at once. Several processes: JAX's pre-emption sync
+point (`multihost_utils.reached_preemption_sync_point`, as orbax uses it): JAX's runtime
+catches SIGTERM on any process and every process gets True at the same step, so they all save
+that step together.
+"""
+
+import signal
+import threading
+
+import jax
+from absl import logging
+
+
+class StopRequest:
+    """Whether (and by which signal) this run was asked to stop; a context manager."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.multi_process = jax.process_count() > 1
+        self._previous: dict = {}
+        self._sync_point = True
+
+    def __enter__(self):
+        if not self.multi_process and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _note(self, signum, frame) -> None:
+        del frame
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.signum = signum
+
+    def requested(self, step: int) -> bool:
+        """True once the run should save at `step` and stop."""
+        if not self.multi_process:
+            return self.signum is not None
+        if not self._sync_point:
+            return False
+        from jax.experimental import multihost_utils
+
+        try:
+            reached = multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError as e:  # no pre-emption service in this runtime
+            logging.warning("no pre-emption sync point (%s): SIGTERM is not handled", e)
+            self._sync_point = False
+            return False
+        if reached:
+            self.signum = signal.SIGTERM
+        return reached
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "a stop request"
