@@ -92,32 +92,36 @@ def load_data(config=None) -> data_lib.Dataset:
 
 
 def print_progress(record: dict) -> None:
-    """One line per evaluation, for notebooks and REPLs (absl's log lines are hidden there)."""
-    values = ", ".join(
-        f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "epoch") and v is not None
-    )
-    print(f"step {record['step']} (epoch {record['epoch']:.2f}): {values}", flush=True)
+    """One line per evaluation (what `fit(progress=True)` prints), as an `on_eval` callback."""
+    from fmnist_jax.progress import format_record
+
+    print(format_record(record), flush=True)
 
 
 def fit(
     config,
     workdir: str | Path | None = None,
     dataset: data_lib.Dataset | None = None,
-    on_eval: Callable[[dict], None] | None = print_progress,
+    on_eval: Callable[[dict], None] | None = None,
+    progress: bool = True,
 ):
     """Trains `config` for `config.num_train_steps` steps; returns (state, history).
 
     `workdir` (default: a new temporary folder) receives checkpoints and logs as from the
     command line, and an existing one is resumed. `history` maps "step", "train_loss",
-    "test_loss" (and the accuracies) to numpy arrays, one entry per evaluation. `on_eval` is
-    called with each evaluation's record as it happens (default: print a line; None: silent).
+    "test_loss" (and the accuracies) to numpy arrays, one entry per evaluation. `progress`
+    shows a live line while it trains (steps done, steps/s, ETA, last evaluation; in Jupyter
+    and Colab one line updated in place) and prints each evaluation; `progress=False` is
+    silent. `on_eval` is called with each evaluation's record as it happens.
     """
     from fmnist_jax import train as train_lib
 
     if dataset is not None:
         check_dataset(dataset, config.num_classes)
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"fmnist_{config.name}_"))
-    state, records = train_lib.train_and_evaluate(config, workdir, dataset=dataset, on_eval=on_eval)
+    state, records = train_lib.train_and_evaluate(
+        config, workdir, dataset=dataset, on_eval=on_eval, progress=progress
+    )
     keys = [k for k in records[0] if all(r.get(k) is not None for r in records)]
     history = {k: np.array([r[k] for r in records]) for k in keys}
     history["workdir"] = str(workdir)

@@ -52,6 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
     # after the run (re)starts, written to the workdir for TensorBoard's profile plugin.
     c.profile_steps = 0
     c.profile_first_step = 10
+    # CLU's progress (steps/s, ETA, and the steps_per_sec scalar): every this many steps, or
+    # every 30 s when 0.
+    c.progress_every_steps = 0
+
+    # Where tensorflow-datasets keeps its data (empty: its default, ~/tensorflow_datasets).
+    c.tfds_data_dir = ""
 
     # Linear regression's synthetic problem (dataset "linear_regression" only).
     c.regression = ml_collections.ConfigDict(
@@ -104,7 +110,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "max_checkpoints_to_keep",
     ):
         _positive_int(config, field)
-    for field in ("profile_steps", "profile_first_step"):
+    for field in ("profile_steps", "profile_first_step", "progress_every_steps"):
         value = config.get(field, 0)
         _require(
             isinstance(value, int) and not isinstance(value, bool) and value >= 0,

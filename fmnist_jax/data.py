@@ -256,7 +256,7 @@ def load(config) -> Dataset:
         return synthetic_images(seed=config.seed)
     if config.dataset == "fashion_mnist":
         folder = config.get("data_dir") or os.environ.get(ENV_DATA_DIR)
-        return load_idx(folder) if folder else load_tfds()
+        return load_idx(folder) if folder else load_tfds(config.get("tfds_data_dir") or None)
     raise DataError(
         f"unknown dataset {config.dataset!r}; choose fashion_mnist, synthetic or linear_regression"
     )

@@ -8,17 +8,31 @@ import jax
 from fmnist_jax import data as data_lib
 from fmnist_jax import runtime
 
-STACK = ("jax", "jaxlib", "flax", "optax", "clu", "orbax-checkpoint", "numpy")
+STACK = (
+    "jax", "jaxlib", "flax", "optax", "clu", "orbax-checkpoint", "ml-collections", "numpy",
+    "tensorflow-datasets", "tensorboard",
+)  # fmt: skip
+# TensorFlow installs under one of these names (tensorflow-cpu on x86-64 Linux).
+TENSORFLOW = ("tensorflow-cpu", "tensorflow", "tensorflow-macos")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def versions() -> dict[str, str]:
-    """Installed versions of the stack, for summaries and reports."""
-    found = {}
-    for name in STACK:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "not installed"
+    """Installed versions of the stack, TensorFlow (whichever build is there) and any jax
+    accelerator plugin (jax-cuda*, libtpu): what decides how a run behaves on a machine."""
+    found = {name: _version(name) or "not installed" for name in STACK}
+    tensorflow = [(name, v) for name in TENSORFLOW if (v := _version(name))]
+    found["tensorflow"] = (
+        f"{tensorflow[0][1]} ({tensorflow[0][0]})" if tensorflow else "not installed"
+    )
+    for plugin in runtime.installed_plugins():
+        found[plugin] = _version(plugin)
     return found
 
 

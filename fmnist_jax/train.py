@@ -28,6 +28,7 @@ from flax.training import train_state
 from fmnist_jax import checkpoints, distributed, models, preemption, rundir, summary
 from fmnist_jax import config as config_lib
 from fmnist_jax import data as data_lib
+from fmnist_jax import progress as progress_lib
 from fmnist_jax.errors import Interrupted, RunError
 from fmnist_jax.steps import (  # noqa: F401 - the names a Flax reader looks for here
     Steps,
@@ -62,6 +63,7 @@ class Run:
     history: list[dict]
     on_eval: Callable[[dict], None] | None = None
     writer: bool = True  # this process writes the run directory's files (process 0)
+    progress: object | None = None  # progress.LiveProgress for API callers
 
 
 def _load_data(config) -> data_lib.Dataset:
@@ -87,11 +89,13 @@ def train_and_evaluate(
     workdir: str | Path,
     dataset: data_lib.Dataset | None = None,
     on_eval: Callable[[dict], None] | None = None,
+    progress: bool = False,
 ) -> tuple[train_state.TrainState, list[dict]]:
     """Trains and evaluates the model `config` describes; resumes from `workdir` if it can.
 
     `dataset` overrides `data.load(config)` (for callers holding their own arrays). `on_eval`
-    is called with each evaluation record. Returns the final train state and the evaluation
+    is called with each evaluation record; `progress` shows a live line (steps/s, ETA, last
+    evaluation) for notebooks and scripts, where absl's progress lines are hidden. Returns the final train state and the evaluation
     history (the records of metrics.jsonl, the resumed part included). Raises
     `errors.Interrupted` after saving a checkpoint when SIGTERM or SIGINT asks it to stop.
     """
@@ -103,7 +107,8 @@ def train_and_evaluate(
     lock = rundir.writer_lock(workdir) if writer else contextlib.nullcontext()
     try:
         with lock:
-            return _train(config, workdir, dataset or _load_data(config), on_eval, writer)
+            live = progress_lib.LiveProgress(config.num_train_steps) if progress else None
+            return _train(config, workdir, dataset or _load_data(config), on_eval, writer, live)
     except Exception as e:
         if not rundir.disk_full(e):
             raise
@@ -115,7 +120,7 @@ def train_and_evaluate(
         ) from None
 
 
-def _train(config, workdir: Path, dataset, on_eval, writer: bool):
+def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
     mesh = make_mesh()
     check_divisible(config, mesh)
     steps = Steps(config, mesh)
@@ -136,14 +141,19 @@ def _train(config, workdir: Path, dataset, on_eval, writer: bool):
         if writer:
             rundir.write_history(workdir, history)
             rundir.write_config(workdir, config.to_dict())
-        writers = rundir.open_writers(workdir, config.to_dict(), history, just_logging=not writer)
-        run = Run(config, workdir, dataset, steps, manager, writers, history, on_eval, writer)
+        writers = rundir.open_writers(
+            workdir, config.to_dict(), history, initial_step, just_logging=not writer
+        )
+        live = live if writer else None
+        run = Run(config, workdir, dataset, steps, manager, writers, history, on_eval, writer, live)
         try:
             with distributed.exit_on_peer_failure(workdir):
                 state, timing = _loop(run, state, acc, dropout_rng)
         finally:
             for w in writers.values():
                 w.close()
+            if live:
+                live.close()
     if writer:
         rundir.write_summary(workdir, summary.summarize(config, history, dataset, timing))
     return state, history
@@ -166,8 +176,12 @@ def _actions(run: Run, first_step: int):
         return _Quiet(), _Quiet()
     from clu import periodic_actions
 
+    every = run.config.get("progress_every_steps", 0)
     report = periodic_actions.ReportProgress(
-        num_train_steps=run.config.num_train_steps, writer=run.writers["train"], every_secs=30
+        num_train_steps=run.config.num_train_steps,
+        writer=run.writers["train"],
+        every_steps=every or None,
+        every_secs=None if every else 30.0,
     )
     if not run.config.profile_steps:
         return report, _Quiet()
@@ -198,6 +212,8 @@ def _loop(run: Run, state, acc, dropout_rng):
                 first_step_time = time.time() - start
             report(step)
             profile(step)
+            if run.progress:
+                run.progress(step)
             if step % config.eval_every_steps == 0 or step == num_steps:
                 t = time.time()
                 acc.check_finite()
@@ -255,6 +271,8 @@ def _evaluate_and_log(run: Run, step: int, train_metrics, state) -> None:
         rundir.append_record(run.workdir, record)
         rundir.write_record(run.writers, record)
         logging.info("step %d/%d: %s", step, config.num_train_steps, _format_record(record))
+    if run.progress:
+        run.progress.evaluated(record)
     if run.on_eval:
         run.on_eval(record)
 

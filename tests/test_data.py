@@ -214,3 +214,12 @@ def test_synthetic_source_is_deterministic():
     a, b = data.synthetic_images(seed=1), data.synthetic_images(seed=1)
     np.testing.assert_array_equal(a.train["inputs"], b.train["inputs"])
     assert a.train["inputs"].shape[1:] == (28, 28, 1) and a.train["inputs"].dtype == np.uint8
+
+
+def test_tfds_data_dir_comes_from_the_config(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
+    monkeypatch.setattr(data, "load_tfds", lambda data_dir=None: seen.append(data_dir))
+    data.load(_config(dataset="fashion_mnist", data_dir="", tfds_data_dir=str(tmp_path)))
+    data.load(_config(dataset="fashion_mnist", data_dir="", tfds_data_dir=""))
+    assert seen == [str(tmp_path), None]

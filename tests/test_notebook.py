@@ -30,8 +30,12 @@ def test_notebook_is_valid_and_stored_without_outputs():
     for cell in code:
         assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
     sources = "\n".join(c.source for c in code)
-    for needed in ("REPO_URL", "FMNIST_NOTEBOOK_STEPS", "fj.fit(", "fj.attack(", "jax.devices()"):
-        assert needed in sources
+    needed = ("REPO_URL", "FMNIST_NOTEBOOK_STEPS", "fj.fit(", "fj.attack(", "jax.devices()")
+    needed += ('"load_ext", "tensorboard"', '"tensorboard", f"--logdir {WORKDIR}"')
+    for word in needed:
+        assert word in sources, word
+    opens = sources.index('"tensorboard", f"--logdir {WORKDIR}"')
+    assert opens < sources.index("fj.fit("), "TensorBoard opens before training"
 
 
 @pytest.fixture
@@ -75,10 +79,15 @@ def test_notebook_runs_headless(venv_kernel, tmp_path, monkeypatch):
 
     probe = nb.cells[0].outputs[0]["text"].strip()
     assert probe == sys.prefix, f"the kernel ran {probe}, not this environment {sys.prefix}"
-    text = "\n".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-    )
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "\n".join(o.get("text", "") for o in outputs)
     assert "trained 20 steps" in text and "success rate" in text
+    assert "TensorBoard: %load_ext tensorboard, then %tensorboard --logdir" in text
+    live = [o["data"]["text/plain"] for o in outputs if "text/plain" in o.get("data", {})]
+    progress = [line for line in live if line.startswith("step 20/20 (100%), ")]
+    assert len(progress) == 1 and " steps/s, ETA " in progress[0], live  # one line, updated
+    assert "| step 20 (epoch " in progress[0]  # with the last evaluation
+    assert "step 5 (epoch " in text and "test_accuracy" in text  # each evaluation printed
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2, "expected the learning curves and Figure 7"
     run = tmp_path / "run"

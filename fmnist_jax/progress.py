@@ -1,0 +1,105 @@
+"""A live progress line for `fj.fit` in notebooks, REPLs and scripts.
+
+The command line keeps CLU's `ReportProgress` (absl log lines); outside `app.run` those are
+hidden, so the API shows its own line: steps done, steps/s, ETA and the last evaluation.
+
+- in Jupyter / Colab: one output line updated in place (`IPython.display` with a display id);
+- in a terminal: one line rewritten with a carriage return;
+- elsewhere (a log file, a pipe): a plain line every `every_secs`.
+
+Each evaluation is also printed as a line of its own, so the history stays on screen.
+"""
+
+import sys
+import time
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def format_record(record: dict) -> str:
+    """An evaluation record as `step 500 (epoch 0.53): train_loss 0.41, ...`."""
+    values = ", ".join(
+        f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "epoch") and v is not None
+    )
+    return f"step {record['step']} (epoch {record['epoch']:.2f}): {values}"
+
+
+class LiveProgress:
+    """Called with each step and each evaluation record by the train loop."""
+
+    def __init__(self, num_steps: int, every_secs: float = 1.0, stream=None):
+        self.num_steps, self.every_secs = num_steps, every_secs
+        self.stream = stream or sys.stdout
+        self.notebook = stream is None and _in_notebook()
+        self.tty = not self.notebook and getattr(self.stream, "isatty", lambda: False)()
+        self._start = self._first_step = None
+        self._last_shown, self._handle, self._last_eval, self._step = 0.0, None, "", 0
+        self._line = ""
+
+    def line(self, step: int, now: float) -> str:
+        """`step 120/2000 (6%), 31.2 steps/s, ETA 1m 00s | last evaluation ...`."""
+        done = step - self._first_step
+        elapsed = max(now - self._start, 1e-9)
+        rate = done / elapsed if done > 0 else 0.0
+        eta = (self.num_steps - step) / rate if rate > 0 else None
+        parts = [f"step {step}/{self.num_steps} ({step / self.num_steps:.0%})"]
+        parts += [f"{rate:.1f} steps/s", f"ETA {_duration(eta)}" if eta is not None else "ETA ?"]
+        text = ", ".join(parts)
+        return f"{text} | {self._last_eval}" if self._last_eval else text
+
+    def __call__(self, step: int) -> None:
+        now = time.monotonic()
+        if self._start is None:
+            self._start, self._first_step = now, step - 1
+        self._step = step
+        if now - self._last_shown >= self.every_secs or step == self.num_steps:
+            self._show(self.line(step, now))
+            self._last_shown = now
+
+    def evaluated(self, record: dict) -> None:
+        self._last_eval = format_record(record)
+        self._print_line(self._last_eval)
+        if self._start is not None and (self.notebook or self.tty):  # the live line shows it
+            self._show(self.line(self._step, time.monotonic()))
+
+    def _show(self, text: str) -> None:
+        self._line = text
+        if self.notebook:
+            from IPython.display import Pretty, display
+
+            if self._handle is None:
+                self._handle = display(Pretty(text), display_id=True)
+            else:
+                self._handle.update(Pretty(text))
+        elif self.tty:
+            self.stream.write("\r\x1b[2K" + text)
+            self.stream.flush()
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def _print_line(self, text: str) -> None:
+        if self.tty and self._line:
+            self.stream.write("\r\x1b[2K")
+        print(text, file=self.stream, flush=True)
+        if self.tty and self._line:
+            self.stream.write(self._line)
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self._line:
+            self.stream.write("\n")
+            self.stream.flush()

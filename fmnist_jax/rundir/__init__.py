@@ -1,0 +1,85 @@
+"""The run directory: the one module that writes and reads a training run's workdir.
+
+    workdir/
+      config.json          the exact config, written when training starts
+      metrics.jsonl        one record per evaluation: the source of truth for every reader
+      summary.json         the final numbers, written when training ends
+      train/, test/        TensorBoard event files (CLU writers), for TensorBoard users
+      checkpoints/<step>/  orbax checkpoints; "finished" is decided by orbax's public API
+
+The train loop writes through the functions here; plotting, the report, the API and the attack
+read a run with `read_run` (plain data) and restore checkpoints through `checkpoint_manager`
+and `finished_steps`. Nothing here imports TensorFlow unless event files are written.
+"""
+
+from fmnist_jax.rundir.checkpoint_files import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_ITEMS,
+    CHECKSUM_FILE,
+    checkpoint_manager,
+    finished_steps,
+    record_checksum,
+    recorded_checksum,
+    require_finished,
+    set_aside,
+    set_aside_unfinished,
+    tree_checksum,
+)
+from fmnist_jax.rundir.events import COLLECTIONS, open_writers, write_record
+from fmnist_jax.rundir.files import (
+    CONFIG_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    Curve,
+    Run,
+    append_record,
+    check_same_run,
+    disk_full,
+    prepare,
+    read_config,
+    read_history,
+    read_json,
+    read_run,
+    write_config,
+    write_history,
+    write_json,
+    write_summary,
+    writer_lock,
+)
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CHECKPOINT_ITEMS",
+    "CHECKSUM_FILE",
+    "COLLECTIONS",
+    "CONFIG_FILE",
+    "LOCK_FILE",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "Curve",
+    "Run",
+    "append_record",
+    "check_same_run",
+    "checkpoint_manager",
+    "disk_full",
+    "finished_steps",
+    "open_writers",
+    "prepare",
+    "read_config",
+    "read_history",
+    "read_json",
+    "read_run",
+    "record_checksum",
+    "recorded_checksum",
+    "require_finished",
+    "set_aside",
+    "set_aside_unfinished",
+    "tree_checksum",
+    "write_config",
+    "write_history",
+    "write_json",
+    "write_record",
+    "write_summary",
+    "writer_lock",
+]

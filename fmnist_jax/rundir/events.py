@@ -1,0 +1,119 @@
+"""The run directory's TensorBoard event files, for TensorBoard users.
+
+- `train/` and `test/`: CLU writers with the same tags (`loss`, `accuracy`), so TensorBoard
+  overlays them; the train writer also carries CLU's progress scalars (`steps_per_sec`,
+  `uptime`).
+- the workdir itself: the run's hyperparameters (a session for TensorBoard's HParams
+  dashboard, whose metrics are the tags of `train/` and `test/`: it lists each run with its
+  test loss and accuracy, tensorboard#3675).
+
+Event files cannot be truncated, so a resumed run replaces them by a replay of what it keeps:
+the evaluations of metrics.jsonl and the scalars logged between them, which `ProgressWriter`
+records in `scalars.jsonl` as they are written, each up to the checkpoint it resumes from.
+"""
+
+import json
+from pathlib import Path
+
+COLLECTIONS = ("train", "test")  # event-file folders; record keys are "<collection>_<tag>"
+SCALARS_FILE = "scalars.jsonl"  # scalars logged between evaluations (CLU's progress)
+EVENTS_GLOB = "events.out.tfevents.*"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A nested config as TensorBoard hparams: dotted names, values bool, int, float or str."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, bool | int | float | str) else str(v)
+    return out
+
+
+class ProgressWriter:
+    """A CLU writer that also appends what is written through it to scalars.jsonl, so that a
+    resumed run can replay it (the train loop hands it to CLU's `ReportProgress`)."""
+
+    def __init__(self, writer, workdir: Path, collection: str, record: bool = True):
+        self.inner, self._path, self._collection = writer, Path(workdir) / SCALARS_FILE, collection
+        self._record = record
+
+    def write_scalars(self, step: int, scalars) -> None:
+        self.inner.write_scalars(step, scalars)
+        if self._record:
+            line = {"collection": self._collection, "step": int(step)}
+            line.update({k: float(v) for k, v in scalars.items()})
+            with open(self._path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def write_record(writers: dict, record: dict) -> None:
+    """One evaluation record into the `train/` and `test/` writers (tags without prefix)."""
+    for prefix, writer in writers.items():
+        scalars = {k[len(prefix) + 1 :]: v for k, v in record.items() if k.startswith(prefix)}
+        getattr(writer, "inner", writer).write_scalars(record["step"], scalars)
+
+
+def kept_scalars(workdir: Path, up_to_step: int) -> list[dict]:
+    """scalars.jsonl's lines up to `up_to_step`, each (collection, step, tag) once (the later
+    line wins); a line cut short by a killed process is skipped."""
+    path = Path(workdir) / SCALARS_FILE
+    latest: dict[tuple, float] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry["step"] <= up_to_step:
+            for tag, value in entry.items():
+                if tag not in ("collection", "step"):
+                    latest[(entry["collection"], entry["step"], tag)] = value
+    lines: dict[tuple, dict] = {}
+    for (collection, step, tag), value in sorted(latest.items()):
+        lines.setdefault((step, collection), {"collection": collection, "step": step})[tag] = value
+    return [lines[k] for k in sorted(lines)]
+
+
+def _replace_event_files(workdir: Path) -> None:
+    for folder in (workdir, *(workdir / name for name in COLLECTIONS)):
+        for old in folder.glob(EVENTS_GLOB):
+            old.unlink()
+
+
+def open_writers(
+    workdir: Path, config: dict, history: list[dict], up_to_step: int, just_logging=False
+) -> dict:
+    """CLU writers for `train/` and `test/` holding exactly the kept `history` and progress
+    scalars up to `up_to_step`, and the run's hparams; `just_logging` (processes other than
+    0) writes no files."""
+    from fmnist_jax import runtime
+
+    runtime.hide_accelerators_from_tensorflow()
+    from clu import metric_writers  # imports TensorFlow: only where a run writes
+
+    workdir = Path(workdir)
+    kept = kept_scalars(workdir, up_to_step)
+    if not just_logging:
+        _replace_event_files(workdir)
+    writers = {
+        name: metric_writers.create_default_writer(
+            workdir, just_logging=just_logging, collection=name
+        )
+        for name in COLLECTIONS
+    }
+    if not just_logging:
+        session = metric_writers.SummaryWriter(str(workdir))
+        session.write_hparams(_flat(config))
+        session.close()
+        (workdir / SCALARS_FILE).write_text("".join(json.dumps(e) + "\n" for e in kept))
+    for record in history:
+        write_record(writers, record)
+    for entry in kept:
+        scalars = {k: v for k, v in entry.items() if k not in ("collection", "step")}
+        writers[entry["collection"]].write_scalars(entry["step"], scalars)
+    writers["train"] = ProgressWriter(writers["train"], workdir, "train", not just_logging)
+    return writers

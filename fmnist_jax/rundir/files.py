@@ -1,0 +1,217 @@
+"""The run directory's files: config.json, metrics.jsonl, summary.json, the writer lock, and
+the reader that returns a finished or running run as plain data."""
+
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from fmnist_jax.errors import RunError
+
+try:
+    import fcntl  # POSIX: the writer lock
+except ImportError:  # pragma: no cover - Windows: runs are not locked there
+    fcntl = None
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"  # held (flock) by the process training in the workdir
+
+
+# --------------------------------------------------------------------------- JSON files
+
+
+def read_json(path: str | Path) -> dict | None:
+    """The object in a JSON file; None when the file does not exist, RunError when it is not
+    valid JSON (a half-written or hand-edited file)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e}); delete or repair it") from None
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Writes `obj` as JSON, atomically (a temporary file renamed over the old one)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    write_json(Path(workdir) / CONFIG_FILE, config)
+
+
+def read_config(workdir: str | Path) -> dict:
+    """config.json of a run; RunError when there is none."""
+    config = read_json(Path(workdir) / CONFIG_FILE)
+    if config is None:
+        raise RunError(f"{workdir}: no {CONFIG_FILE} here; is it a training run's workdir?")
+    return config
+
+
+def check_same_run(workdir: Path, config: dict, fields) -> None:
+    """Refuses a workdir whose saved config differs from `config` in one of `fields`."""
+    saved = read_json(Path(workdir) / CONFIG_FILE) or {}
+    for field in fields:
+        if field in saved and saved[field] != config[field]:
+            raise RunError(
+                f"{workdir} holds a run with {field}={saved[field]!r}, but this config has"
+                f" {field}={config[field]!r}; use another --workdir or delete that one"
+            )
+
+
+def write_summary(workdir: Path, summary: dict) -> None:
+    write_json(Path(workdir) / SUMMARY_FILE, summary)
+
+
+# --------------------------------------------------------------------------- the workdir
+
+
+def prepare(workdir: Path) -> None:
+    """Creates `workdir` and checks it can be written, before any training: one RunError
+    naming it otherwise (an existing file, a read-only or foreign folder)."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise RunError(f"{workdir} is a file, not a folder; choose another --workdir")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"{workdir}: cannot write there ({e.strerror}); choose another --workdir")
+
+
+@contextlib.contextmanager
+def writer_lock(workdir: Path):
+    """Holds the workdir's lock while a process trains there: a second training process (or
+    `fit`) is refused with one line naming the holder. The operating system releases an flock
+    when its holder dies, so a lock left behind by a killed process never blocks a new run."""
+    if fcntl is None:
+        yield
+        return
+    path = Path(workdir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RunError(
+                f"{workdir} is being trained by {holder}; wait for it to end or use another"
+                " --workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} since {since}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def disk_full(e: BaseException | None) -> bool:
+    """Whether `e` (or an exception it was raised from) says the disk is full."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "ENOSPC" in str(e):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+# --------------------------------------------------------------------------- metrics.jsonl
+
+
+def read_history(workdir: str | Path, up_to_step: int | None = None) -> list[dict]:
+    """Evaluation records logged so far, in order, each step once; records after `up_to_step`
+    are dropped (a resumed run repeats the steps after its checkpoint)."""
+    path = Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed process
+            logging.warning("%s: skipping an unreadable line: %.80s", path, line)
+            continue
+        records[record["step"]] = record  # a step logged again: the later line wins
+    return [records[s] for s in sorted(records) if up_to_step is None or s <= up_to_step]
+
+
+def write_history(workdir: Path, history: list[dict]) -> None:
+    """Replaces metrics.jsonl by `history` (atomically)."""
+    tmp = Path(workdir) / (METRICS_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    tmp.replace(Path(workdir) / METRICS_FILE)
+
+
+def append_record(workdir: Path, record: dict) -> None:
+    with open(Path(workdir) / METRICS_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# --------------------------------------------------------------------------- the reader
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """One logged series: increasing steps and their values."""
+
+    steps: np.ndarray
+    values: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What a finished or running run holds, as plain data."""
+
+    path: Path
+    config: dict
+    history: list[dict]  # metrics.jsonl records, step order, each step once
+    summary: dict | None  # None until training has finished
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    def curve(self, key: str) -> Curve | None:
+        """The series of record key `key` ("train_loss", "test_accuracy", ...), or None when
+        it was never logged."""
+        points = [(r["step"], r[key]) for r in self.history if r.get(key) is not None]
+        if not points:
+            return None
+        steps, values = zip(*points, strict=True)
+        return Curve(np.asarray(steps, np.int64), np.asarray(values, np.float64))
+
+
+def read_run(workdir: str | Path) -> Run:
+    """The run in `workdir`: config, metrics history and (once finished) summary.
+
+    Raises RunError when the folder is missing or holds no config.json, or a JSON file there
+    is not valid.
+    """
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise RunError(f"run {workdir} is missing")
+    return Run(
+        workdir, read_config(workdir), read_history(workdir), read_json(workdir / SUMMARY_FILE)
+    )

@@ -1,0 +1,50 @@
+"""The API's live progress line: what it says, and how it shows in a terminal and a log."""
+
+import io
+
+from fmnist_jax import progress
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_line_says_steps_rate_eta_and_the_last_evaluation():
+    live = progress.LiveProgress(num_steps=100, stream=io.StringIO())
+    live._start, live._first_step = 0.0, 0
+    assert live.line(25, now=5.0) == "step 25/100 (25%), 5.0 steps/s, ETA 15s"
+    live.evaluated({"step": 25, "epoch": 0.5, "test_loss": 0.25, "test_accuracy": 0.9})
+    assert live.line(50, now=10.0).endswith(
+        "| step 25 (epoch 0.50): test_loss 0.2500, test_accuracy 0.9000"
+    )
+    assert progress._duration(3725) == "1h 02m" and progress._duration(75) == "1m 15s"
+
+
+def test_a_log_gets_plain_lines_and_each_evaluation():
+    stream = io.StringIO()
+    live = progress.LiveProgress(num_steps=3, every_secs=0.0, stream=stream)
+    for step in (1, 2, 3):
+        live(step)
+    live.evaluated({"step": 3, "epoch": 1.0, "test_loss": 0.5})
+    live.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines[:3]] == [
+        "step 1/3 (33%)",
+        "step 2/3 (67%)",
+        "step 3/3 (100%)",
+    ]
+    assert lines[3] == "step 3 (epoch 1.00): test_loss 0.5000"
+    assert "\r" not in stream.getvalue()
+
+
+def test_a_terminal_gets_one_line_rewritten_in_place():
+    stream = _Tty()
+    live = progress.LiveProgress(num_steps=2, every_secs=0.0, stream=stream)
+    live(1)
+    live.evaluated({"step": 1, "epoch": 0.5, "test_loss": 0.5})
+    live(2)
+    live.close()
+    text = stream.getvalue()
+    assert text.count("\r\x1b[2K") >= 3 and text.endswith("\n")
+    assert "step 1 (epoch 0.50): test_loss 0.5000\n" in text  # the evaluation stays on screen

@@ -1,0 +1,74 @@
+"""Event files: the HParams session TensorBoard reads at the workdir, the test metrics beside
+it, and a resumed run that keeps every scalar it had logged (progress scalars too), once."""
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.util import tensor_util
+
+from fmnist_jax import config as config_lib
+from fmnist_jax import rundir, train
+
+
+def _accumulator(folder):
+    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _scalars(folder, tag):
+    return [
+        (e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+        for e in _accumulator(folder).Tensors(tag)
+    ]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """mlp:test with CLU's progress every 4 steps: straight, and stopped at 16 then resumed."""
+    root = tmp_path_factory.mktemp("events")
+    cfg = config_lib.load_experiment("mlp", "test")
+    cfg.progress_every_steps = 4
+    train.train_and_evaluate(cfg, root / "straight")
+    cfg.num_train_steps = 16
+    train.train_and_evaluate(cfg, root / "resumed")
+    with open(root / "resumed" / "scalars.jsonl", "a") as f:  # logged past the checkpoint
+        f.write(json.dumps({"collection": "train", "step": 20, "steps_per_sec": 1.0}) + "\n")
+    cfg.num_train_steps = 24
+    train.train_and_evaluate(cfg, root / "resumed")
+    return root
+
+
+def test_the_hparams_session_is_at_the_workdir_and_tensorboard_reads_it(runs):
+    content = _accumulator(runs / "straight").PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    session = hparams_metadata.parse_session_start_info_plugin_data(
+        content[hparams_metadata.SESSION_START_INFO_TAG]
+    )
+    assert session.hparams["model"].string_value == "mlp"
+    assert session.hparams["learning_rate"].number_value == pytest.approx(1e-3)
+    assert session.hparams["regression.num_features"].number_value == 20
+    # The dashboard's metrics are the session's sub-runs' tags: test/loss, test/accuracy.
+    summary = json.loads((runs / "straight" / "summary.json").read_text())
+    assert _scalars(runs / "straight" / "test", "loss")[-1] == (
+        24,
+        pytest.approx(summary["final_test_loss"], rel=1e-6),
+    )
+    assert _scalars(runs / "straight" / "test", "accuracy")[-1][0] == 24
+    train_tags = _accumulator(runs / "straight" / "train").Tags()["tensors"]
+    assert hparams_metadata.SESSION_START_INFO_TAG not in train_tags  # no second session
+
+
+def test_a_resumed_run_keeps_its_progress_scalars_each_step_once(runs):
+    for tag in ("steps_per_sec", "uptime", "loss"):
+        straight = [s for s, _ in _scalars(runs / "straight" / "train", tag)]
+        resumed = [s for s, _ in _scalars(runs / "resumed" / "train", tag)]
+        assert resumed == sorted(set(resumed)), tag  # each step once
+        assert straight == resumed, tag
+    resumed = dict(_scalars(runs / "resumed" / "train", "steps_per_sec"))
+    assert sorted(resumed) == [4, 8, 12, 16, 20, 24]
+    assert resumed[20] != 1.0  # the line logged past the checkpoint was dropped, not replayed
+    kept = rundir.events.kept_scalars(runs / "resumed", 24)
+    assert [e["step"] for e in kept] == [4, 8, 12, 16, 20, 24]
+    assert all({"steps_per_sec", "uptime"} <= set(e) for e in kept)
