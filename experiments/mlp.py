@@ -21,4 +21,7 @@ def get_config(variant: str = ""):
     c.num_train_steps = 20_000
     c.eval_every_steps = 250
     c.checkpoint_every_steps = 2_000
+    # Each evaluation interval as one program on data held on the device: 1.47x the per-step
+    # loop's speed here (fmnist_jax/feeds.py; metrics equal to float rounding, ~4e-7).
+    c.steps_per_chunk = 250
     return shrink_for_test(c) if variant == "test" else c

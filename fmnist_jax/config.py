@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_train_steps = 10_000
     c.eval_every_steps = 250
     c.checkpoint_every_steps = 1000  # a multiple of eval_every_steps
+    # Steps run as one program on data held on the device (fmnist_jax/feeds.py); 1: a jitted
+    # step per host batch. Rounded down to a divisor of eval_every_steps.
+    c.steps_per_chunk = 1
     c.max_checkpoints_to_keep = 3
     c.seed = 0
 
@@ -108,6 +111,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "eval_every_steps",
         "checkpoint_every_steps",
         "max_checkpoints_to_keep",
+        "steps_per_chunk",
     ):
         _positive_int(config, field)
     for field in ("profile_steps", "profile_first_step", "progress_every_steps"):

@@ -272,6 +272,34 @@ def to_model_inputs(inputs: np.ndarray) -> np.ndarray:
     return inputs.astype(np.float32, copy=False)
 
 
+def epoch_indices(
+    num_examples: int,
+    batch_size: int,
+    *,
+    seed: int | None = None,
+    epoch: int = 0,
+    remainder: str = "drop",
+    first_batch: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(example indices, mask) of each batch of one pass, as `epoch_batches` builds them."""
+    if remainder not in ("drop", "pad"):
+        raise ValueError(f"remainder must be 'drop' or 'pad', got {remainder!r}")
+    n = num_examples
+    order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
+    stop = n - n % batch_size if remainder == "drop" else n
+    for start in range(first_batch * batch_size, stop, batch_size):
+        idx = order[start : start + batch_size]
+        valid = len(idx)
+        if valid < batch_size:
+            idx = np.concatenate([idx, np.full(batch_size - valid, order[0])])
+        yield idx, np.arange(batch_size) < valid
+
+
+def gather(split: Split, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The batch of examples `idx`, inputs as the model takes them."""
+    return {"inputs": to_model_inputs(split["inputs"][idx]), "targets": split["targets"][idx]}
+
+
 def epoch_batches(
     split: Split,
     batch_size: int,
@@ -292,23 +320,14 @@ def epoch_batches(
     first batches of the pass without building them. `rows` keeps only those rows of each
     batch (a process's share of a global batch; the others are never built).
     """
-    if remainder not in ("drop", "pad"):
-        raise ValueError(f"remainder must be 'drop' or 'pad', got {remainder!r}")
     n = len(split["targets"])
-    order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
-    stop = n - n % batch_size if remainder == "drop" else n
-    for start in range(first_batch * batch_size, stop, batch_size):
-        idx = order[start : start + batch_size]
-        valid = len(idx)
-        if valid < batch_size:
-            idx = np.concatenate([idx, np.full(batch_size - valid, order[0])])
-        mask = np.arange(batch_size) < valid
+    passes = epoch_indices(
+        n, batch_size, seed=seed, epoch=epoch, remainder=remainder, first_batch=first_batch
+    )
+    for idx, mask in passes:
         if rows is not None:
             idx, mask = idx[rows], mask[rows]
-        batch = {
-            "inputs": to_model_inputs(split["inputs"][idx]),
-            "targets": split["targets"][idx],
-        }
+        batch = gather(split, idx)
         if remainder == "pad":
             batch["mask"] = mask
         yield batch
@@ -319,22 +338,29 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
     return len(split["targets"]) // batch_size
 
 
-def train_batches(
-    split: Split, batch_size: int, seed: int, start_step: int = 0, rows: slice | None = None
-) -> Iterator[dict[str, np.ndarray]]:
-    """Endless stream of shuffled full batches, epoch after epoch, from global step `start_step`.
-
-    Step s always gets the same batch for the same seed, so a resumed run sees exactly the
-    batches an uninterrupted one would; `rows` as in `epoch_batches`.
-    """
-    per_epoch = steps_per_epoch(split, batch_size)
+def train_indices(
+    num_examples: int, batch_size: int, seed: int, start_step: int = 0
+) -> Iterator[np.ndarray]:
+    """Endless example indices of each training step's batch, epoch after epoch, from global
+    step `start_step`: step s always gets the same batch for the same seed, so a resumed run
+    sees exactly the batches an uninterrupted one would."""
+    per_epoch = num_examples // batch_size
     if per_epoch == 0:
         raise DataError(
-            f"batch size {batch_size} is larger than the {len(split['targets'])} training examples"
+            f"batch size {batch_size} is larger than the {num_examples} training examples"
         )
     epoch, skip = divmod(start_step, per_epoch)
     while True:
-        yield from epoch_batches(
-            split, batch_size, seed=seed, epoch=epoch, first_batch=skip, rows=rows
-        )
+        for idx, _ in epoch_indices(
+            num_examples, batch_size, seed=seed, epoch=epoch, first_batch=skip
+        ):
+            yield idx
         epoch, skip = epoch + 1, 0
+
+
+def train_batches(
+    split: Split, batch_size: int, seed: int, start_step: int = 0, rows: slice | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """The batches of `train_indices`, built on the host; `rows` as in `epoch_batches`."""
+    for idx in train_indices(len(split["targets"]), batch_size, seed, start_step):
+        yield gather(split, idx if rows is None else idx[rows])

@@ -134,6 +134,47 @@ def accumulate_train_step(state, batch, dropout_rng, acc: TrainAccumulator, *, r
     )
 
 
+# --------------------------------------------------------------------------- device-resident
+
+
+def _device_batch(images, targets, idx, sharding):
+    """The batch of examples `idx` gathered from splits held on the device, inputs as
+    `data.to_model_inputs` makes them, split over the mesh like a host batch."""
+    x = images[idx]
+    if x.dtype == jnp.uint8:
+        x = x.astype(jnp.float32) / 255.0
+    return jax.lax.with_sharding_constraint({"inputs": x, "targets": targets[idx]}, sharding)
+
+
+def train_chunk(state, acc, idx, images, targets, dropout_rng, *, regression: bool, sharding):
+    """`len(idx)` train steps as one `lax.scan`, step k on the examples `idx[k]` of the
+    training split held on the device: the same steps as `accumulate_train_step` on host
+    batches, with no host round-trip between them."""
+
+    def body(carry, step_idx):
+        state, acc = carry
+        batch = _device_batch(images, targets, step_idx, sharding)
+        return accumulate_train_step(state, batch, dropout_rng, acc, regression=regression), None
+
+    (state, acc), _ = jax.lax.scan(body, (state, acc), idx)
+    return state, acc
+
+
+def evaluate_resident(state, idx, mask, images, targets, *, regression: bool, sharding):
+    """`eval_step` over every padded batch of a split held on the device, merged in order,
+    as one `lax.scan`."""
+    collection = RegressionMetrics if regression else ClassificationMetrics
+
+    def body(total, xs):
+        batch_idx, batch_mask = xs
+        batch = _device_batch(images, targets, batch_idx, sharding)
+        batch["mask"] = jax.lax.with_sharding_constraint(batch_mask, sharding)
+        return total.merge(eval_step(state, batch, regression=regression)), None
+
+    total, _ = jax.lax.scan(body, collection.empty(), (idx, mask))
+    return total
+
+
 # --------------------------------------------------------------------------- devices
 
 
@@ -171,6 +212,16 @@ class Steps:
             partial(eval_step, regression=self.regression),
             in_shardings=(rep, shard),
             out_shardings=rep,
+        )
+        resident = {"regression": self.regression, "sharding": shard}
+        self.train_chunk = jax.jit(
+            partial(train_chunk, **resident),
+            in_shardings=(rep,) * 6,
+            out_shardings=(rep, rep),
+            donate_argnums=(0, 1),
+        )
+        self.evaluate_resident = jax.jit(
+            partial(evaluate_resident, **resident), in_shardings=(rep,) * 5, out_shardings=rep
         )
 
     def rows(self, batch_size: int) -> slice | None:

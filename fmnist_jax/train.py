@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
 
-from fmnist_jax import checkpoints, distributed, models, preemption, rundir, summary
+from fmnist_jax import checkpoints, distributed, feeds, models, preemption, rundir, summary
 from fmnist_jax import config as config_lib
 from fmnist_jax import data as data_lib
 from fmnist_jax import progress as progress_lib
@@ -198,27 +198,28 @@ def _actions(run: Run, first_step: int):
 def _loop(run: Run, state, acc, dropout_rng):
     """Steps from the state's step to `num_train_steps`; returns (state, timing numbers)."""
     config, initial_step = run.config, int(state.step)
-    num_steps, batch_size = config.num_train_steps, config.batch_size
-    rows = run.steps.rows(batch_size)
-    batches = data_lib.train_batches(run.dataset.train, batch_size, config.seed, initial_step, rows)
+    num_steps = config.num_train_steps
+    feed = feeds.make_feed(run.steps, run.dataset, config, initial_step)
     report, profile = _actions(run, initial_step)
-    start, eval_time, first_step_time = time.time(), 0.0, 0.0
+    start, eval_time, first = time.time(), 0.0, None
+    step = initial_step
     with preemption.StopRequest() as stop:
-        for step in range(initial_step + 1, num_steps + 1):
-            batch = run.steps.batch(next(batches), batch_size)
-            state, acc = run.steps.train(state, batch, dropout_rng, acc)
-            if step == initial_step + 1:
-                jax.block_until_ready(acc)  # the first step includes compilation
-                first_step_time = time.time() - start
-            report(step)
-            profile(step)
+        for end in feeds.chunk_ends(step, num_steps, feed.chunk, config.eval_every_steps):
+            state, acc = feed.train(state, acc, dropout_rng, end - step)
+            if first is None:
+                jax.block_until_ready(acc)  # the first chunk includes compilation
+                first = (end - step, time.time() - start)
+            for s in range(step + 1, end + 1):
+                report(s)
+                profile(s)
+            step = end
             if run.progress:
                 run.progress(step)
             if step % config.eval_every_steps == 0 or step == num_steps:
+                acc.check_finite()  # a host read: waits for the steps in flight
                 t = time.time()
-                acc.check_finite()
                 with report.timed("eval"):
-                    _evaluate_and_log(run, step, acc.metrics, state)
+                    _evaluate_and_log(run, step, acc.metrics, state, feed)
                 eval_time += time.time() - t
                 acc = run.steps.empty_accumulator()
             saved = step % config.checkpoint_every_steps == 0 or step == num_steps
@@ -227,7 +228,8 @@ def _loop(run: Run, state, acc, dropout_rng):
             if step < num_steps and stop.requested(step):
                 _stop(run, stop, step, state, acc, saved)
     run.manager.wait_until_finished()
-    return state, _timing(config, initial_step, time.time() - start, eval_time, first_step_time)
+    timing = _timing(config, initial_step, time.time() - start, eval_time, first or (0, 0.0))
+    return state, {**timing, "steps_per_chunk": feed.chunk}
 
 
 def _stop(run: Run, stop, step: int, state, acc, saved: bool) -> None:
@@ -245,25 +247,28 @@ def _stop(run: Run, stop, step: int, state, acc, saved: bool) -> None:
     raise Interrupted(message, stop.signum)
 
 
-def _timing(config, initial_step: int, wall: float, eval_time: float, first_step: float) -> dict:
-    timed_steps = config.num_train_steps - initial_step - 1  # the first includes compilation
-    steady = wall - eval_time - first_step
+def _timing(config, initial_step: int, wall: float, eval_time: float, first: tuple) -> dict:
+    """Wall time and speed; the first chunk (`first` = (steps, seconds)) includes compilation
+    and is left out of the rates."""
+    first_steps, first_s = first
+    timed_steps = config.num_train_steps - initial_step - first_steps
+    steady = wall - eval_time - first_s
     rate = timed_steps * config.batch_size / steady if timed_steps > 0 and steady > 0 else None
     return {
         "resumed_from_step": initial_step,
         "wall_time_s": round(wall, 2),
-        "first_step_s": round(first_step, 3),
+        "first_step_s": round(first_s, 3),
         "eval_time_s": round(eval_time, 2),
         "images_per_sec": None if rate is None else round(rate, 1),
         "steps_per_sec": None if rate is None else round(rate / config.batch_size, 2),
     }
 
 
-def _evaluate_and_log(run: Run, step: int, train_metrics, state) -> None:
+def _evaluate_and_log(run: Run, step: int, train_metrics, state, feed) -> None:
     """Test-split evaluation at `step`, logged everywhere a reader looks."""
     config = run.config
     train = {f"train_{k}": float(v) for k, v in train_metrics.compute().items()}
-    test = evaluate(run.steps, state, run.dataset.test, config.eval_batch_size)
+    test = feed.evaluate(state)
     epoch = step / data_lib.steps_per_epoch(run.dataset.train, config.batch_size)
     record = {"step": step, "epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()}}
     run.history.append(record)

@@ -17,7 +17,8 @@ from fmnist_jax import distributed
 from fmnist_jax.errors import ConfigError
 from tests.conftest import REPO
 
-TRAIN = ["--config", "mlp_dropout:test"]  # batch 32, eval batch 64: divisible by 2
+# batch 32, eval batch 64: divisible by 2; host batches in both (several processes feed theirs)
+TRAIN = ["--config", "mlp_dropout:test", "--config.steps_per_chunk=1"]
 
 
 def _free_port() -> int:

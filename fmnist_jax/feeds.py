@@ -1,0 +1,92 @@
+"""Where the train loop's batches come from.
+
+- `HostFeed`: each step's batch built on the host (`data.train_batches`) and handed to the
+  jitted step; with several processes each builds its rows of the global batch.
+- `DeviceFeed` (`config.steps_per_chunk` > 1, one process): the training and test splits live
+  on the device (uint8: ~47 MB for Fashion-MNIST's training images) and K steps run as one
+  `lax.scan` (`steps.train_chunk`) on batches gathered on the device by the same permutation
+  (`data.train_indices`), evaluation as one scan over the test split. No host round-trip and
+  no Python per step: what the small models need, whose steps take microseconds.
+
+Both give the loop the same interface: `train(state, acc, rng, count)` and `evaluate(state)`.
+"""
+
+import jax
+import numpy as np
+
+from fmnist_jax import data as data_lib
+from fmnist_jax import steps as steps_lib
+
+
+class HostFeed:
+    """Batches built on the host, one jitted step each."""
+
+    chunk = 1
+
+    def __init__(self, steps: steps_lib.Steps, dataset, config, start_step: int):
+        self.steps, self.batch_size = steps, config.batch_size
+        self.test, self.eval_batch_size = dataset.test, config.eval_batch_size
+        rows = steps.rows(config.batch_size)
+        self.batches = data_lib.train_batches(
+            dataset.train, config.batch_size, config.seed, start_step, rows
+        )
+
+    def train(self, state, acc, dropout_rng, count: int):
+        for _ in range(count):
+            batch = self.steps.batch(next(self.batches), self.batch_size)
+            state, acc = self.steps.train(state, batch, dropout_rng, acc)
+        return state, acc
+
+    def evaluate(self, state) -> dict[str, float]:
+        return steps_lib.evaluate(self.steps, state, self.test, self.eval_batch_size)
+
+
+class DeviceFeed:
+    """Both splits on the device; `chunk` steps as one scan."""
+
+    def __init__(self, steps: steps_lib.Steps, dataset, config, start_step: int, chunk: int):
+        self.steps, self.chunk = steps, chunk
+
+        def put(split):
+            return tuple(jax.device_put(split[k], steps.replicated) for k in ("inputs", "targets"))
+
+        self.train_split, self.test_split = put(dataset.train), put(dataset.test)
+        n = len(dataset.train["targets"])
+        self.indices = data_lib.train_indices(n, config.batch_size, config.seed, start_step)
+        batches = data_lib.epoch_indices(
+            len(dataset.test["targets"]), config.eval_batch_size, remainder="pad"
+        )
+        idx, mask = zip(*batches, strict=True)
+        self.eval_idx, self.eval_mask = np.stack(idx).astype(np.int32), np.stack(mask)
+
+    def train(self, state, acc, dropout_rng, count: int):
+        idx = np.stack([next(self.indices) for _ in range(count)]).astype(np.int32)
+        return self.steps.train_chunk(state, acc, idx, *self.train_split, dropout_rng)
+
+    def evaluate(self, state) -> dict[str, float]:
+        total = self.steps.evaluate_resident(state, self.eval_idx, self.eval_mask, *self.test_split)
+        return {k: float(v) for k, v in total.compute().items()}
+
+
+def chunk_size(requested: int, eval_every: int) -> int:
+    """The largest divisor of `eval_every` up to `requested`: every chunk then has the same
+    length (one compilation) and evaluations fall on chunk ends."""
+    return max(d for d in range(1, max(requested, 1) + 1) if eval_every % d == 0)
+
+
+def make_feed(steps: steps_lib.Steps, dataset, config, start_step: int):
+    """A DeviceFeed where `config.steps_per_chunk` asks for one and one process trains (a
+    multi-process run checks JAX's pre-emption sync point every step), else a HostFeed."""
+    chunk = chunk_size(config.get("steps_per_chunk", 1), config.eval_every_steps)
+    if chunk > 1 and not steps.multi_process:
+        return DeviceFeed(steps, dataset, config, start_step, chunk)
+    return HostFeed(steps, dataset, config, start_step)
+
+
+def chunk_ends(start: int, num_steps: int, chunk: int, eval_every: int):
+    """The steps after which the loop looks up: chunk ends, never past an evaluation."""
+    step = start
+    while step < num_steps:
+        boundary = min((step // eval_every + 1) * eval_every, num_steps)
+        step = min(step + chunk, boundary)
+        yield step
