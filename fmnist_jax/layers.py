@@ -123,9 +123,8 @@ def conv_patch_kernel_grad(
     kernel gradient as a convolution with an image-sized window, after transposing input and
     output gradient (~4.5 ms of the step at batch 128); one product over the nine-column patch
     matrix is ~2x cheaper (whole step ~1.05x). Forward pass and input gradient are XLA's own,
-    and so is everything on GPU and TPU (`lax.platform_dependent`). Stride 1, no dilation, one
-    feature group; anything else is passed to `lax.conv_general_dilated` unchanged.
-    """
+    and so is everything on GPU and TPU (`lax.platform_dependent`). Other strides, dilations
+    or groups go to `lax.conv_general_dilated` unchanged (`_patch_gradient_applies`)."""
     del unused
     kh, kw, _, _ = rhs.shape
     ones = (1,) * (lhs.ndim - 2)
