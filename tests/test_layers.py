@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmnist_jax import layers, models, theory
+from fmnist_jax import layers, models
 
 
 def reference_pool(x):
@@ -74,11 +74,6 @@ def test_convnet_gradient_is_unchanged_by_the_new_pool(monkeypatch):
     assert len(traced) == 2  # both pools of the ConvNet went through the reference
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-
-
-def test_models_and_theory_share_the_pool():
-    assert models.max_pool_2x2 is layers.max_pool_2x2
-    assert theory.max_pool_2x2 is layers.max_pool_2x2
 
 
 # --------------------------------------------------------------------------- convolution
