@@ -10,7 +10,8 @@ LINT_PATHS = fmnist_jax experiments benchmarks tests
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 # XLA:CPU's per-step buffers on transparent huge pages: ~1.3x faster CPU training, read by glibc
-# at process start (see fmnist_jax/runtime.py; the training command also sets it itself).
+# at process start (see fmnist_jax/runtime.py; started without it, the training command logs
+# one line saying so).
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 EXPERIMENTS = linreg mlp mlp-dropout cnn cnn-dropout

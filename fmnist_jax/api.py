@@ -91,13 +91,6 @@ def load_data(config=None) -> data_lib.Dataset:
     return data_lib.load(config or get_config("cnn"))
 
 
-def print_progress(record: dict) -> None:
-    """One line per evaluation (what `fit(progress=True)` prints), as an `on_eval` callback."""
-    from fmnist_jax.progress import format_record
-
-    print(format_record(record), flush=True)
-
-
 def fit(
     config,
     workdir: str | Path | None = None,
@@ -174,7 +167,7 @@ def check_dataset(dataset: data_lib.Dataset, num_classes: int) -> None:
     """ConfigError for a caller's data set the train loop cannot use: empty splits, images
     out of range (see `check_pixels`), labels outside 0..num_classes-1."""
     for name in ("train", "test"):
-        split = dataset[name] if isinstance(dataset, dict) else getattr(dataset, name)
+        split = getattr(dataset, name)
         inputs, targets = np.asarray(split["inputs"]), np.asarray(split["targets"])
         if len(inputs) != len(targets):
             raise ConfigError(f"dataset.{name}: {len(inputs)} inputs but {len(targets)} targets")

@@ -5,8 +5,8 @@ A checkpoint holds two orbax items, `state` (the flax TrainState) and `train_acc
 train metrics summed since the last evaluation, so a run stopped between evaluations, say on
 SIGTERM, resumes to the same curves). The sha256 of both is recorded in the run directory when
 the save starts (`rundir.record_checksum`). A restore recomputes it: a checkpoint whose bytes
-changed after it was written (disk errors, a half-copied folder) gives other values and is set
-aside as `<step>.damaged` with one warning line; the previous finished checkpoint is used, and
+changed after it was written (disk errors) gives other values, and one that orbax cannot read
+(a half-copied folder) fails; either is set aside as `<step>.damaged` with one warning line; the previous finished checkpoint is used, and
 with none left the run stops with one clear error. It never trains on from damaged state.
 """
 
@@ -40,8 +40,8 @@ def restore(manager, step: int, state, accumulator) -> dict:
     except Exception as e:  # noqa: BLE001 - any failure becomes one clear line
         raise TrainingError(
             f"{manager.directory}/{step} cannot be restored into this config's model and"
-            f" optimizer ({str(e).splitlines()[0][:160]}); it is damaged or belongs to another"
-            " model: use another --workdir"
+            f" optimizer ({(str(e).splitlines() or [type(e).__name__])[0][:160]}); it is"
+            " damaged or belongs to another model: use another --workdir"
         ) from None
     return {k: restored[k] for k in items}
 
@@ -66,12 +66,20 @@ def restore_latest_intact(manager, workdir, state, accumulator, writer: bool = T
     the writer renames); RunError when every checkpoint is damaged."""
     steps = rundir.finished_steps(workdir)
     for step in reversed(steps):
-        restored = restore(manager, step, state, accumulator)
-        if is_intact(workdir, step, restored):
+        try:  # the workdir's config matches (check_same_run): a failure is the checkpoint's
+            restored, why = restore(manager, step, state, accumulator), None
+        except TrainingError as e:
+            restored, why = None, str(e).split(" (", 1)[-1].split(")", 1)[0]
+        if restored is not None and is_intact(workdir, step, restored):
             return step, restored
         if writer:
             aside = rundir.set_aside(workdir, step, "damaged")
-            logging.warning("%s; set aside as %s", _damaged_line(workdir, step), aside.name)
+            line = (
+                _damaged_line(workdir, step)
+                if why is None
+                else (f"checkpoint {workdir}/{rundir.CHECKPOINT_DIR}/{step} cannot be read ({why})")
+            )
+            logging.warning("%s; set aside as %s", line, aside.name)
         distributed.barrier(f"fmnist_set_aside_{step}")
         manager.reload()
     if steps:
@@ -82,10 +90,10 @@ def restore_latest_intact(manager, workdir, state, accumulator, writer: bool = T
     return 0, None
 
 
-def restore_for_reading(workdir, step: int | None, state, accumulator):
-    """The params-bearing state of checkpoint `step` (default: the latest intact one) for a
-    reader (`fj.restore`, the attack), which refuses damaged checkpoints and renames nothing."""
-    finished = rundir.require_finished(workdir)
+def restore_for_reading(workdir, step: int | None, state, accumulator, finished: list[int]):
+    """The params-bearing state of checkpoint `step` (default: the latest intact one of the
+    `finished` steps) for a reader (`fj.restore`, the attack), which refuses damaged
+    checkpoints and renames nothing."""
     if step is not None and step not in finished:
         raise RunError(f"{workdir}/checkpoints: no finished checkpoint at step {step}: {finished}")
     candidates = [step] if step is not None else list(reversed(finished))

@@ -47,8 +47,9 @@ def unknown_field(e: Exception) -> str:
 
 def describe(e: BaseException) -> str:
     """One line saying what went wrong."""
-    if isinstance(e, (KeyError, AttributeError)) and e.args:  # ml_collections' unknown field
-        return unknown_field(e)
+    typo = ("Did you mean", "does not exist", "cannot be added")
+    if isinstance(e, (KeyError, AttributeError)) and any(w in str(e) for w in typo):
+        return unknown_field(e)  # ml_collections' unknown config field
     text = str(e).strip().splitlines()
     message = text[0] if text else type(e).__name__
     if isinstance(e, (errors.USER_ERRORS, flags.Error)):
@@ -62,8 +63,13 @@ def reported(verbose: bool = False, user_error: bool = False):
     for any error when `user_error`); `verbose` lets it through with its traceback."""
     try:
         yield
-    except (KeyboardInterrupt, SystemExit):
+    except SystemExit:
         raise
+    except KeyboardInterrupt:  # outside the train loop's handler, or a second Ctrl-C
+        if verbose:
+            raise
+        print("stopped: SIGINT (Ctrl-C); the last finished checkpoint is kept", file=sys.stderr)
+        sys.exit(130)
     except errors.Interrupted as e:  # a clean stop, not a failure: one line, 128 + signal
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)

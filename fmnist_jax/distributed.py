@@ -103,15 +103,17 @@ def initialize(launch: Launch) -> None:
         f" {address or 'the cluster'} within {timeout} s (is every process started, with the"
         " same --coordinator_address and --num_processes?)",
     )
-    jax.distributed.initialize(
-        coordinator_address=address,
-        num_processes=launch.num_processes,
-        process_id=launch.process_id,
-        initialization_timeout=timeout,
-        heartbeat_timeout_seconds=launch.heartbeat_timeout_seconds,
-        coordinator_bind_address=bind,
-    )
-    done.set()
+    try:
+        jax.distributed.initialize(
+            coordinator_address=address,
+            num_processes=launch.num_processes,
+            process_id=launch.process_id,
+            initialization_timeout=timeout,
+            heartbeat_timeout_seconds=launch.heartbeat_timeout_seconds,
+            coordinator_bind_address=bind,
+        )
+    finally:  # joined, or failed with an exception of its own: no watchdog line then
+        done.set()
 
 
 def is_writer() -> bool:

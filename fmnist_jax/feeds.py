@@ -75,10 +75,11 @@ def chunk_size(requested: int, eval_every: int) -> int:
 
 
 def make_feed(steps: steps_lib.Steps, dataset, config, start_step: int):
-    """A DeviceFeed where `config.steps_per_chunk` asks for one and one process trains (a
-    multi-process run checks JAX's pre-emption sync point every step), else a HostFeed."""
+    """A DeviceFeed where `config.steps_per_chunk` asks for one, one process trains (a
+    multi-process run checks JAX's pre-emption sync point every step) and no profile is taken
+    (a trace wants steps, not one program), else a HostFeed."""
     chunk = chunk_size(config.get("steps_per_chunk", 1), config.eval_every_steps)
-    if chunk > 1 and not steps.multi_process:
+    if chunk > 1 and not steps.multi_process and not config.get("profile_steps", 0):
         return DeviceFeed(steps, dataset, config, start_step, chunk)
     return HostFeed(steps, dataset, config, start_step)
 

@@ -61,10 +61,15 @@ class LiveProgress:
         text = ", ".join(parts)
         return f"{text} | {self._last_eval}" if self._last_eval else text
 
+    def start(self, step: int) -> None:
+        """The clock starts at `step` (the loop's first step is compiled: included)."""
+        self._start, self._first_step = time.monotonic(), step
+        self._last_shown = self._start
+
     def __call__(self, step: int) -> None:
-        now = time.monotonic()
         if self._start is None:
-            self._start, self._first_step = now, step - 1
+            self.start(step - 1)
+        now = time.monotonic()
         self._step = step
         if now - self._last_shown >= self.every_secs or step == self.num_steps:
             self._show(self.line(step, now))

@@ -122,6 +122,13 @@ class TrainAccumulator:
             )
 
 
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """Whether every value of a pytree (the params) is finite, as one device boolean."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def accumulate_train_step(state, batch, dropout_rng, acc: TrainAccumulator, *, regression: bool):
     """`train_step`, its metrics merged into `acc` on the device."""
     state, step_metrics = train_step(state, batch, dropout_rng, regression=regression)

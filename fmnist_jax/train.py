@@ -15,6 +15,7 @@ check (checkpoints fall on evaluation steps).
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,8 @@ from fmnist_jax import checkpoints, distributed, feeds, models, preemption, rund
 from fmnist_jax import config as config_lib
 from fmnist_jax import data as data_lib
 from fmnist_jax import progress as progress_lib
-from fmnist_jax.errors import Interrupted, RunError
+from fmnist_jax import steps as steps_lib
+from fmnist_jax.errors import Interrupted, RunError, TrainingError
 from fmnist_jax.steps import (  # noqa: F401 - the names a Flax reader looks for here
     Steps,
     TrainAccumulator,
@@ -112,7 +114,7 @@ def train_and_evaluate(
     except Exception as e:
         if not rundir.disk_full(e):
             raise
-        kept = rundir.finished_steps(workdir)
+        kept = rundir.finalized_step_folders(workdir)  # no orbax manager: one process
         raise RunError(
             f"{workdir}: no space left on device; the last finished checkpoint"
             f" ({f'step {kept[-1]}' if kept else 'none yet'}) is kept and the same command"
@@ -135,9 +137,15 @@ def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
         )
         if restored is not None:
             state, acc = restored[checkpoints.STATE], restored[checkpoints.ACCUMULATOR]
+        history = rundir.read_history(workdir, initial_step)
+        if initial_step >= config.num_train_steps and rundir.read_json(
+            workdir / rundir.SUMMARY_FILE
+        ):
+            if writer:
+                logging.info("%s is trained to step %d already", workdir, initial_step)
+            return state, history
         if initial_step and writer:
             logging.info("resuming %s from step %d", workdir, initial_step)
-        history = rundir.read_history(workdir, initial_step)
         if writer:
             rundir.write_history(workdir, history)
             rundir.write_config(workdir, config.to_dict())
@@ -203,6 +211,8 @@ def _loop(run: Run, state, acc, dropout_rng):
     report, profile = _actions(run, initial_step)
     start, eval_time, first = time.time(), 0.0, None
     step = initial_step
+    if run.progress:
+        run.progress.start(initial_step)
     with preemption.StopRequest() as stop:
         for end in feeds.chunk_ends(step, num_steps, feed.chunk, config.eval_every_steps):
             state, acc = feed.train(state, acc, dropout_rng, end - step)
@@ -235,7 +245,12 @@ def _loop(run: Run, state, acc, dropout_rng):
 def _stop(run: Run, stop, step: int, state, acc, saved: bool) -> None:
     """Saves the step reached (unless just saved) and raises Interrupted."""
     if not saved:
-        acc.check_finite()  # never save a non-finite state
+        acc.check_finite()  # never save a non-finite state: the losses, then the weights
+        if not bool(steps_lib.all_finite(state.params)):
+            raise TrainingError(
+                f"the weights after step {step} are not finite; stopped on {stop.name} without"
+                " saving this state (the last good checkpoint is kept)"
+            )
         checkpoints.save(run.manager, run.workdir, step, state, acc, run.writer)
     run.manager.wait_until_finished()
     message = (
@@ -269,23 +284,23 @@ def _evaluate_and_log(run: Run, step: int, train_metrics, state, feed) -> None:
     config = run.config
     train = {f"train_{k}": float(v) for k, v in train_metrics.compute().items()}
     test = feed.evaluate(state)
+    if not all(math.isfinite(v) for v in test.values()):
+        raise TrainingError(
+            f"the weights after step {step} are not finite (test loss {test['loss']}); stopped"
+            " without saving this state (lower the learning rate; the last good checkpoint is"
+            " kept)"
+        )
     epoch = step / data_lib.steps_per_epoch(run.dataset.train, config.batch_size)
     record = {"step": step, "epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()}}
     run.history.append(record)
     if run.writer:
         rundir.append_record(run.workdir, record)
         rundir.write_record(run.writers, record)
-        logging.info("step %d/%d: %s", step, config.num_train_steps, _format_record(record))
+        logging.info("%s of %d", progress_lib.format_record(record), config.num_train_steps)
     if run.progress:
         run.progress.evaluated(record)
     if run.on_eval:
         run.on_eval(record)
-
-
-def _format_record(record: dict) -> str:
-    return ", ".join(
-        f"{k}={v:.4f}" for k, v in record.items() if k not in ("step", "epoch") and v is not None
-    )
 
 
 # --------------------------------------------------------------------------- trained models
@@ -297,7 +312,7 @@ def load_trained(workdir: str | Path, step: int | None = None):
     only damaged ones."""
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(rundir.read_config(workdir))
-    rundir.require_finished(workdir)
+    finished = rundir.require_finished(workdir)
     model = models.create_model(config)
     if config.model == "linear_regression":
         input_shape = (config.regression.num_features,)
@@ -306,5 +321,5 @@ def load_trained(workdir: str | Path, step: int | None = None):
     # As arrays (the step too), like the state the loop saved: the checksum covers dtypes.
     state = jax.device_put(create_train_state(config, model, input_shape, jax.random.PRNGKey(0)))
     accumulator = TrainAccumulator.empty(is_regression(config))
-    restored = checkpoints.restore_for_reading(workdir, step, state, accumulator)
+    restored = checkpoints.restore_for_reading(workdir, step, state, accumulator, finished)
     return config, model, restored.params

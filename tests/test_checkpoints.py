@@ -82,3 +82,15 @@ def test_with_every_checkpoint_damaged_training_stops_with_one_clear_error(run16
         "16.damaged",
         "8.damaged",
     ]
+
+
+def test_a_checkpoint_orbax_cannot_read_is_set_aside_like_a_damaged_one(run16, tmp_path):
+    cfg, workdir = run16
+    files = [p for p in (workdir / "checkpoints" / "16" / "state").rglob("*") if p.is_file()]
+    max(files, key=lambda p: p.stat().st_size).write_bytes(b"")  # a half-copied folder
+    cfg.num_train_steps = 24
+    train.train_and_evaluate(cfg, workdir)
+    assert json.loads((workdir / "summary.json").read_text())["resumed_from_step"] == 8
+    assert (workdir / "checkpoints" / "16.damaged").is_dir()
+    train.train_and_evaluate(cfg, tmp_path / "straight")
+    assert _history(workdir) == _history(tmp_path / "straight")

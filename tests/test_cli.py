@@ -42,3 +42,20 @@ def test_unknown_config_field_reads_as_a_typo_with_its_suggestion():
         config["lerning_rate"]
     expected = "unknown config field 'lerning_rate' (did you mean 'learning_rate'?)"
     assert cli.describe(e.value) == expected
+
+
+def test_a_bug_raising_key_error_is_not_called_a_config_typo(capsys):
+    with pytest.raises(SystemExit) as e, cli.reported():
+        {}["step"]
+    assert e.value.code == cli.EXIT_INTERNAL_ERROR
+    assert capsys.readouterr().err.splitlines()[0] == "error: KeyError: 'step'"
+
+
+def test_ctrl_c_outside_the_train_loop_is_one_line_and_exit_130(capsys):
+    with pytest.raises(SystemExit) as e, cli.reported():
+        raise KeyboardInterrupt
+    assert e.value.code == 130
+    assert (
+        capsys.readouterr().err
+        == "stopped: SIGINT (Ctrl-C); the last finished checkpoint is kept\n"
+    )

@@ -273,3 +273,23 @@ def test_a_full_disk_ends_in_one_clear_error_and_keeps_the_last_checkpoint(small
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
     history = [r["step"] for r in rundir.read_history(workdir)]
     assert history[: len(kept)] == [8 * (i + 1) for i in range(len(kept))]
+
+
+def test_weights_that_blow_up_in_the_last_step_of_an_interval_are_never_saved(tmp_path):
+    cfg = config_lib.load_experiment("mlp", "test")
+    cfg.num_train_steps = 16
+    train.train_and_evaluate(cfg, tmp_path)
+    cfg.num_train_steps, cfg.eval_every_steps, cfg.learning_rate = 17, 1, 1e38
+    with pytest.raises(TrainingError, match="the weights after step 17 are not finite"):
+        train.train_and_evaluate(cfg, tmp_path)  # step 17's loss is finite, its update is not
+    assert rundir.finished_steps(tmp_path) == [8, 16]
+    assert [r["step"] for r in rundir.read_history(tmp_path)] == [8, 16]
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path):
+    cfg = config_lib.load_experiment("linreg", "test")
+    train.train_and_evaluate(cfg, tmp_path)
+    before = (tmp_path / "summary.json").read_text(), (tmp_path / "metrics.jsonl").read_text()
+    state, history = train.train_and_evaluate(cfg, tmp_path)
+    after = (tmp_path / "summary.json").read_text(), (tmp_path / "metrics.jsonl").read_text()
+    assert after == before and int(state.step) == 24 and [r["step"] for r in history] == [8, 16, 24]

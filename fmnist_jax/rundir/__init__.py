@@ -8,8 +8,9 @@
       checkpoints/<step>/  orbax checkpoints; "finished" is decided by orbax's public API
 
 The train loop writes through the functions here; plotting, the report, the API and the attack
-read a run with `read_run` (plain data) and restore checkpoints through `checkpoint_manager`
-and `finished_steps`. Nothing here imports TensorFlow unless event files are written.
+read a run with `read_run` (plain data) and restore checkpoints through
+`fmnist_jax.checkpoints`, which uses `checkpoint_manager` and `finished_steps` from here. Only
+`open_writers` (event files) imports TensorFlow.
 """
 
 from fmnist_jax.rundir.checkpoint_files import (
@@ -17,6 +18,7 @@ from fmnist_jax.rundir.checkpoint_files import (
     CHECKPOINT_ITEMS,
     CHECKSUM_FILE,
     checkpoint_manager,
+    finalized_step_folders,
     finished_steps,
     record_checksum,
     recorded_checksum,
@@ -63,6 +65,7 @@ __all__ = [
     "check_same_run",
     "checkpoint_manager",
     "disk_full",
+    "finalized_step_folders",
     "finished_steps",
     "open_writers",
     "prepare",

@@ -52,6 +52,19 @@ def finished_steps(workdir: str | Path) -> list[int]:
         return sorted(int(p.name) for p in folder.iterdir() if _finished(manager, p))
 
 
+def finalized_step_folders(workdir: str | Path) -> list[int]:
+    """Step folders orbax finalized, read from the folder alone (no manager, so no collective:
+    for one process's error messages); `finished_steps` also checks their step metadata."""
+    folder = Path(workdir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(
+        int(p.name)
+        for p in folder.iterdir()
+        if p.name.isdigit() and ocp.utils.is_checkpoint_finalized(p)
+    )
+
+
 def require_finished(workdir: str | Path) -> list[int]:
     """`finished_steps`, or RunError when there is none (a reader needs a trained run)."""
     steps = finished_steps(workdir)
