@@ -30,12 +30,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def format_record(record: dict) -> str:
-    """An evaluation record as `step 500 (epoch 0.53): train_loss 0.41, ...`."""
+def format_record(record: dict, num_steps: int | None = None) -> str:
+    """An evaluation record as `step 500 (epoch 0.53): train_loss 0.41, ...` (`step 500/2000`
+    with `num_steps`)."""
     values = ", ".join(
         f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "epoch") and v is not None
     )
-    return f"step {record['step']} (epoch {record['epoch']:.2f}): {values}"
+    step = f"{record['step']}/{num_steps}" if num_steps else record["step"]
+    return f"step {step} (epoch {record['epoch']:.2f}): {values}"
 
 
 class LiveProgress:

@@ -296,7 +296,7 @@ def _evaluate_and_log(run: Run, step: int, train_metrics, state, feed) -> None:
     if run.writer:
         rundir.append_record(run.workdir, record)
         rundir.write_record(run.writers, record)
-        logging.info("%s of %d", progress_lib.format_record(record), config.num_train_steps)
+        logging.info("%s", progress_lib.format_record(record, config.num_train_steps))
     if run.progress:
         run.progress.evaluated(record)
     if run.on_eval:

@@ -96,7 +96,7 @@ def test_only_process_0_writes_and_logs(runs):
     assert summary["local_device_count"] == 1
     for sub in ("train", "test"):
         assert len(list((runs["two"] / sub).glob("events.out.tfevents.*"))) == 1
-    progress = [err.count("step 8/16:") for err in runs["logs"]]
+    progress = [err.count("step 8/16 (epoch ") for err in runs["logs"]]
     assert progress == [1, 0], progress
 
 
