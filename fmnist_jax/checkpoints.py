@@ -60,11 +60,10 @@ def _damaged_line(workdir, step: int) -> str:
     )
 
 
-def restore_latest_intact(manager, workdir, state, accumulator, writer: bool = True):
-    """(step, restored items) of the latest intact finished checkpoint, (0, None) for a workdir
-    without checkpoints. Damaged ones are set aside on the way (every process calls this; only
-    the writer renames); RunError when every checkpoint is damaged."""
-    steps = rundir.finished_steps(workdir)
+def restore_latest_intact(manager, workdir, steps, state, accumulator, writer: bool = True):
+    """(step, restored items) of the latest intact of the finished `steps`, (0, None) for a
+    workdir without checkpoints. Damaged ones are set aside on the way (every process calls
+    this; only the writer renames); RunError when every checkpoint is damaged."""
     for step in reversed(steps):
         try:  # the workdir's config matches (check_same_run): a failure is the checkpoint's
             restored, why = restore(manager, step, state, accumulator), None

@@ -128,12 +128,12 @@ def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
     steps = Steps(config, mesh)
     state, dropout_rng = _initial_state(config, dataset, steps)
     distributed.barrier("fmnist_workdir_ready")
-    rundir.set_aside_unfinished(workdir, rename=writer)
+    finished = rundir.set_aside_unfinished(workdir, rename=writer)
     distributed.barrier("fmnist_checkpoints_checked")
     with rundir.checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
         acc = steps.empty_accumulator()
         initial_step, restored = checkpoints.restore_latest_intact(
-            manager, workdir, state, acc, writer
+            manager, workdir, finished, state, acc, writer
         )
         if restored is not None:
             state, acc = restored[checkpoints.STATE], restored[checkpoints.ACCUMULATOR]

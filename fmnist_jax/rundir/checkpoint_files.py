@@ -73,23 +73,23 @@ def require_finished(workdir: str | Path) -> list[int]:
     return steps
 
 
-def set_aside_unfinished(workdir: Path, rename: bool = True) -> None:
+def set_aside_unfinished(workdir: Path, rename: bool = True) -> list[int]:
     """Renames step directories orbax never finished (say emptied or copied by hand) to
     `<step>.incomplete`, so they are neither picked as the latest step nor block saving that
     step anew. Saves cut short by a kill are never listed anyway: orbax writes them under a
     temporary name. With several processes every one calls it (orbax's manager synchronises
-    them) and only process 0 passes `rename`."""
+    them) and only process 0 passes `rename`. Returns the finished steps, oldest first."""
     folder = Path(workdir) / CHECKPOINT_DIR
     if not folder.is_dir():
-        return
-    finished = set(finished_steps(workdir))
-    if not rename:
-        return
-    for path in folder.iterdir():
-        if path.name.isdigit() and int(path.name) not in finished:
-            aside = path.with_name(f"{path.name}.incomplete")
-            logging.warning("checkpoint %s is incomplete; moved to %s", path, aside.name)
-            path.rename(aside)
+        return []
+    finished = finished_steps(workdir)
+    if rename:
+        for path in folder.iterdir():
+            if path.name.isdigit() and int(path.name) not in finished:
+                aside = path.with_name(f"{path.name}.incomplete")
+                logging.warning("checkpoint %s is incomplete; moved to %s", path, aside.name)
+                path.rename(aside)
+    return finished
 
 
 def set_aside(workdir: Path, step: int, why: str) -> Path:
