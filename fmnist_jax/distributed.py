@@ -21,6 +21,7 @@ so a watchdog prints the line and exits first.
 
 import contextlib
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -129,9 +130,19 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def make_mesh() -> Mesh:
-    """A 1-D mesh named `data` over every device of every process."""
-    return Mesh(np.array(jax.devices()), ("data",))
+def replica_axis_size(num_replicas: int, num_devices: int, num_processes: int = 1) -> int:
+    """How many devices the mesh's `replica` axis spans: the most that divide both the
+    replicas and the devices (each device then holds whole replicas), 1 with several
+    processes (every process then feeds its rows of every replica's batch)."""
+    return 1 if num_processes > 1 else math.gcd(num_replicas, num_devices)
+
+
+def make_mesh(num_replicas: int = 1) -> Mesh:
+    """A 2-D mesh (`replica`, `data`) over every device of every process: replicas split
+    over `replica` where the devices allow (`replica_axis_size`), each batch over `data`."""
+    devices = np.array(jax.devices())
+    size = replica_axis_size(num_replicas, len(devices), jax.process_count())
+    return Mesh(devices.reshape(size, len(devices) // size), ("replica", "data"))
 
 
 def local_rows(batch_size: int) -> slice:
@@ -144,11 +155,15 @@ def local_rows(batch_size: int) -> slice:
     return slice(index * share, (index + 1) * share)
 
 
-def to_global(batch: dict, sharding: NamedSharding, batch_size: int) -> dict:
-    """A process's rows of a batch as one global array per field (multi-process only; one
-    process hands its numpy batch to jit as it is)."""
+def to_global(batch: dict, sharding: NamedSharding, batch_size: int, axis: int = 0) -> dict:
+    """A process's rows (along `axis`) of a batch as one global array per field
+    (multi-process only; one process hands its numpy batch to jit as it is)."""
+
+    def global_shape(v):
+        return (*v.shape[:axis], batch_size, *v.shape[axis + 1 :])
+
     return {
-        k: jax.make_array_from_process_local_data(sharding, v, (batch_size, *v.shape[1:]))
+        k: jax.make_array_from_process_local_data(sharding, v, global_shape(v))
         for k, v in batch.items()
     }
 

@@ -8,14 +8,24 @@
   (`data.train_indices`), evaluation as one scan over the test split. No host round-trip and
   no Python per step: what the small models need, whose steps take microseconds.
 
-Both give the loop the same interface: `train(state, acc, rng, count)` and `evaluate(state)`.
+Both give the loop the same interface: `train(state, acc, rng, count)` and `evaluate(state)`
+(one metrics dict per replica). With R replicas each step takes R batches, replica k's in the
+order of its own seed (`replicas.replica_seed`), stacked on a leading axis.
 """
 
 import jax
 import numpy as np
 
 from fmnist_jax import data as data_lib
+from fmnist_jax import replicas
 from fmnist_jax import steps as steps_lib
+
+
+def _stacked(batches: list[dict]) -> dict:
+    """One batch per replica as arrays with a leading replica axis (one: a free view)."""
+    if len(batches) == 1:
+        return {k: v[None] for k, v in batches[0].items()}
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
 class HostFeed:
@@ -27,17 +37,20 @@ class HostFeed:
         self.steps, self.batch_size = steps, config.batch_size
         self.test, self.eval_batch_size = dataset.test, config.eval_batch_size
         rows = steps.rows(config.batch_size)
-        self.batches = data_lib.train_batches(
-            dataset.train, config.batch_size, config.seed, start_step, rows
-        )
+        self.batches = [
+            data_lib.train_batches(dataset.train, config.batch_size, seed, start_step, rows)
+            for seed in replicas.seeds(config.seed, steps.num_replicas)
+        ]
 
     def train(self, state, acc, dropout_rng, count: int):
         for _ in range(count):
-            batch = self.steps.batch(next(self.batches), self.batch_size)
-            state, acc = self.steps.train(state, batch, dropout_rng, acc)
+            batch = _stacked([next(b) for b in self.batches])
+            state, acc = self.steps.train(
+                state, self.steps.batch(batch, self.batch_size), dropout_rng, acc
+            )
         return state, acc
 
-    def evaluate(self, state) -> dict[str, float]:
+    def evaluate(self, state) -> list[dict[str, float]]:
         return steps_lib.evaluate(self.steps, state, self.test, self.eval_batch_size)
 
 
@@ -52,7 +65,10 @@ class DeviceFeed:
 
         self.train_split, self.test_split = put(dataset.train), put(dataset.test)
         n = len(dataset.train["targets"])
-        self.indices = data_lib.train_indices(n, config.batch_size, config.seed, start_step)
+        self.indices = [
+            data_lib.train_indices(n, config.batch_size, seed, start_step)
+            for seed in replicas.seeds(config.seed, steps.num_replicas)
+        ]
         batches = data_lib.epoch_indices(
             len(dataset.test["targets"]), config.eval_batch_size, remainder="pad"
         )
@@ -60,12 +76,15 @@ class DeviceFeed:
         self.eval_idx, self.eval_mask = np.stack(idx).astype(np.int32), np.stack(mask)
 
     def train(self, state, acc, dropout_rng, count: int):
-        idx = np.stack([next(self.indices) for _ in range(count)]).astype(np.int32)
+        # [count, replicas, batch]: step k of replica r gathers the examples idx[k, r].
+        idx = np.stack([np.stack([next(i) for i in self.indices]) for _ in range(count)]).astype(
+            np.int32
+        )
         return self.steps.train_chunk(state, acc, idx, *self.train_split, dropout_rng)
 
-    def evaluate(self, state) -> dict[str, float]:
+    def evaluate(self, state) -> list[dict[str, float]]:
         total = self.steps.evaluate_resident(state, self.eval_idx, self.eval_mask, *self.test_split)
-        return {k: float(v) for k, v in total.compute().items()}
+        return steps_lib.per_replica(total)
 
 
 def chunk_size(requested: int, eval_every: int) -> int:

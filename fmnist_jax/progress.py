@@ -34,10 +34,30 @@ def format_record(record: dict, num_steps: int | None = None) -> str:
     """An evaluation record as `step 500 (epoch 0.53): train_loss 0.41, ...` (`step 500/2000`
     with `num_steps`)."""
     values = ", ".join(
-        f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "epoch") and v is not None
+        f"{k} {v:.4f}"
+        for k, v in record.items()
+        if k not in ("step", "epoch", "replica") and v is not None
     )
     step = f"{record['step']}/{num_steps}" if num_steps else record["step"]
     return f"step {step} (epoch {record['epoch']:.2f}): {values}"
+
+
+def format_records(records: list[dict], num_steps: int | None = None) -> str:
+    """One evaluation's records (one per replica) as one line: `format_record` for one
+    replica; for several each value's mean and range, `train_loss 0.4100 (0.4000-0.4200)`."""
+    if len(records) == 1:
+        return format_record(records[0], num_steps)
+    first = records[0]
+    keys = [k for k in first if k not in ("step", "epoch", "replica") and first[k] is not None]
+    values = []
+    for k in keys:
+        vs = [r[k] for r in records]
+        values.append(f"{k} {sum(vs) / len(vs):.4f} ({min(vs):.4f}-{max(vs):.4f})")
+    step = f"{first['step']}/{num_steps}" if num_steps else first["step"]
+    return (
+        f"step {step} (epoch {first['epoch']:.2f}), {len(records)} replicas, mean (range):"
+        f" {', '.join(values)}"
+    )
 
 
 class LiveProgress:
@@ -77,8 +97,9 @@ class LiveProgress:
             self._show(self.line(step, now))
             self._last_shown = now
 
-    def evaluated(self, record: dict) -> None:
-        self._last_eval = format_record(record)
+    def evaluated(self, records: list[dict]) -> None:
+        """One evaluation's records (one per replica)."""
+        self._last_eval = format_records(records)
         self._print_line(self._last_eval)
         if self._start is not None and (self.notebook or self.tty):  # the live line shows it
             self._show(self.line(self._step, time.monotonic()))

@@ -3,9 +3,11 @@
     python -m fmnist_jax.report --runs runs --figures figures --out REPORT.md
 
 Everything is read back from what the runs left in their workdirs, through `fmnist_jax.rundir`
-(`summary.json`, `metrics.jsonl`, `runs/adversarial/summary.json` and `figure.png`); nothing
-is rerun and no TensorFlow is imported. The claims are checked by `fmnist_jax.claims`: each is
-marked "holds" or "does not hold" with the numbers behind it, or "not checked" with the reason.
+(`summary.json`, `metrics.jsonl`, `runs/adversarial/summary.json` and `figure.png`,
+`runs/theory.json` from `make theory`, `runs/sweep/sweep.json` from `make sweep`); nothing is
+rerun and no TensorFlow is imported. The claims are checked by `fmnist_jax.verdicts` on every
+replica: each is marked "holds in k of R" with the effect's interval, or "not checked" with the
+reason. A number of a run with several replicas is their mean with its 95 % interval.
 """
 
 import os
@@ -15,10 +17,11 @@ from pathlib import Path
 
 from absl import flags
 
-from fmnist_jax import claims, cli, rundir, splits
-from fmnist_jax.claims import ADVERSARIAL_RUN, Verdict
+from fmnist_jax import claims, cli, replicas, rundir, splits, verdicts
+from fmnist_jax.claims import ADVERSARIAL_RUN
 from fmnist_jax.plotting.curves import FIGURES
 from fmnist_jax.rundir import Run
+from fmnist_jax.verdicts import Verdict
 
 RUN_NAMES = ("linreg", "mlp", "mlp_dropout", "cnn", "cnn_dropout")
 
@@ -33,7 +36,8 @@ FIGURE_CAPTIONS = {
     "fig6": "Figure 6: ConvNet without vs with dropout; blue / orange = train / test without "
     "dropout, green / pink = train / test with dropout.",
 }
-FIG7_CAPTION = "Figure 7: adversarial examples: original, added noise, adversarial image."
+THEORY_FILE = "theory.json"  # written by `make theory` into the runs folder
+SWEEP_DIR = "sweep"  # `make sweep`'s folder in the runs folder: sweep.json, sweep.png
 
 
 SPLITS = {  # an IDX folder's `split`, and what the report says of it
@@ -113,6 +117,7 @@ RESULTS_HEADER = (
     "run",
     "model",
     "dropout",
+    "replicas",
     "steps",
     "final test acc",
     "best test acc (step)",
@@ -123,28 +128,50 @@ RESULTS_HEADER = (
 )
 
 
-def _at_step(summary: Mapping, key: str, kind: str) -> str:
-    value = _fmt(summary.get(key), kind)
-    return value if value == "—" else f"{value} (step {_fmt(summary.get(key + '_step'), 'step')})"
+def _stat(s: Mapping, key: str, kind: str) -> str:
+    """A result of summary.json: the value of a run of one, else the mean over the replicas
+    with its 95 % interval, `93.40% [93.10%, 93.70%]`."""
+    stats = (s.get("statistics") or {}).get(key)
+    results = s.get("replicas") or [s]
+    if stats is None or stats.get("n", 1) <= 1:
+        return _fmt(results[0].get(key), kind)
+    low, high = stats["interval"]
+    return f"{_fmt(stats['mean'], kind)} [{_fmt(low, kind)}, {_fmt(high, kind)}]"
+
+
+def _at_step(s: Mapping, key: str, kind: str) -> str:
+    value = _stat(s, key, kind)
+    step = _stat(s, key + "_step", "step")
+    return value if value == "—" else f"{value} (step {step})"
+
+
+def _gap(s: Mapping) -> str:
+    gaps = []
+    for result in s.get("replicas") or [s]:
+        try:
+            gaps.append(claims.final_gap(result))
+        except claims.MissingData:
+            return "—"
+    if len(gaps) == 1:
+        return _fmt(gaps[0])
+    low, high = replicas.interval(gaps)
+    return f"{_fmt(sum(gaps) / len(gaps))} [{_fmt(low)}, {_fmt(high)}]"
 
 
 def summary_row(name: str, s: Mapping) -> list[str]:
     """One row of the results table (columns RESULTS_HEADER) from a run's summary.json."""
-    try:
-        gap = claims.final_gap(s)
-    except claims.MissingData:
-        gap = None
     return [
         name,
         str(s.get("model", "?")),
         _fmt(s.get("dropout_rate"), "number"),
+        str(s.get("num_replicas", 1)),
         _fmt(s.get("steps"), "step"),
-        _fmt(s.get("final_test_accuracy"), "accuracy"),
+        _stat(s, "final_test_accuracy", "accuracy"),
         _at_step(s, "best_test_accuracy", "accuracy"),
-        _fmt(s.get("final_test_loss")),
+        _stat(s, "final_test_loss", "loss"),
         _at_step(s, "min_test_loss", "loss"),
-        _fmt(s.get("final_train_loss")),
-        _fmt(gap),
+        _stat(s, "final_train_loss", "loss"),
+        _gap(s),
     ]
 
 
@@ -187,12 +214,14 @@ def device_section(runs: Mapping[str, Run | None]) -> str:
         s = run.summary
         device = f"{s.get('device_kind', '?')} × {s.get('device_count', '?')}"
         speed = [_fmt(s.get("wall_time_s"), "number"), _fmt(s.get("images_per_sec"), "number")]
-        rows.append([name, str(s.get("backend", "?")), device, *speed])
+        count = str(s.get("num_replicas", 1))
+        rows.append([name, str(s.get("backend", "?")), device, count, *speed])
         line = ", ".join(f"{k} {v}" for k, v in sorted((s.get("versions") or {}).items()))
         versions.setdefault(line or "versions not recorded", []).append(name)
     if not rows:
         return "*No finished run.*"
-    table = _table(["run", "backend", "device × count", "wall time (s)", "images/s"], rows)
+    header = ["run", "backend", "device × count", "replicas", "wall time (s)", "images/s (all)"]
+    table = _table(header, rows)
     version_lines = [f"- {line} ({', '.join(names)})" for line, names in versions.items()]
     return table + "\n\nVersions:\n\n" + "\n".join(version_lines)
 
@@ -235,6 +264,16 @@ def figures_section(figures_dir: Path, out_dir: Path) -> str:
     return "\n\n".join(blocks)
 
 
+def fig7_caption(adversarial: Mapping | None) -> str:
+    """Figure 7's caption, naming the method that drew it (the attack's default)."""
+    name = (adversarial or {}).get("default_method")
+    result = ((adversarial or {}).get("methods") or {}).get(name) or {}
+    rule = f" by the method {name!r}" if name else ""
+    budget = f", at most {result['max_steps']:,} steps" if result.get("max_steps") else ""
+    reading = f", L1 read as its {result['l1_reduction']}" if result.get("l1_reduction") else ""
+    return f"Figure 7: adversarial examples{rule}{budget}{reading}: original, noise, adversarial."
+
+
 def adversarial_section(adversarial: Mapping | None, runs_dir: Path, out_dir: Path) -> str:
     """The attack's per-method table (or a note) and Figure 7."""
     adv_dir = runs_dir / ADVERSARIAL_RUN
@@ -242,8 +281,60 @@ def adversarial_section(adversarial: Mapping | None, runs_dir: Path, out_dir: Pa
         table = f"*Not run yet: no {adv_dir / rundir.SUMMARY_FILE}.*"
     else:
         table = adversarial_table(adversarial)
-    fig7 = _image(adv_dir / "figure.png", FIG7_CAPTION, out_dir, f"no {adv_dir / 'figure.png'}")
+    caption = fig7_caption(adversarial)
+    fig7 = _image(adv_dir / "figure.png", caption, out_dir, f"no {adv_dir / 'figure.png'}")
     return table + "\n\n" + fig7
+
+
+def theory_section(theory: Mapping | None) -> str:
+    """Exercise §1 from `make theory`'s runs/theory.json (a note when it has not run)."""
+    if theory is None:
+        return f"*Not run yet: `make theory` writes runs/{THEORY_FILE}.*"
+    counts = theory["jaxpr_equations"]
+    folds = [[name, f"{diff:.3g}"] for name, diff in theory["fold_differences"].items()]
+    gap = theory["same_padding_conv1_gap"]
+    tails = [
+        [f"{float(x):g}", f"{naive:g}", f"{custom:g}"]
+        for x, (naive, custom) in theory["sigmoid_tail_gradients"].items()
+    ]
+    return "\n\n".join(
+        [
+            (
+                "**1.1 A parameterized ReLU max{t, o} adds nothing:** max{t, o} = relu(o − t) + t,"
+                " so the thresholds fold into the biases (b ← b − t, the next layer's bias absorbs"
+                " Σ w t). Largest |logit difference| between random thresholded nets and their"
+                " folded ReLU twins (float64, dropout off):"
+            ),
+            _table(["case", "max |difference|"], folds),
+            (
+                f"Exact in every case but SAME convolutions padded with 0 (largest exact case"
+                f" {theory['max_difference_exact']:.3g}): there the border taps see 0 where the"
+                f" folded net needs the shift, an error of up to {gap['border']:.3g} on the border"
+                f" of the second conv's pre-activation ({gap['interior']:.3g} inside), which"
+                " `theory.same_padding_gap` predicts exactly (|measured − predicted| ≤"
+                f" {theory['same_padding_prediction_error']:.3g}); padding with t restores it."
+            ),
+            (
+                "**1.2 The sigmoid's backward pass reuses the forward value** (σ' = σ − σ²):"
+                f" `jax.grad`'s jaxpr has {counts['custom']} equations against the naive"
+                f" 1/(1+e^−x)'s {counts['naive']}, and the gradient stays finite in float32 where"
+                " the naive chain rule gives NaN:"
+            ),
+            _table(["x", "naive gradient", "σ − σ² gradient"], tails),
+        ]
+    )
+
+
+def sweep_section(runs_dir: Path, out_dir: Path) -> str:
+    """`make sweep`'s table, verdicts and figure (a note when it has not run)."""
+    from fmnist_jax import sweep
+
+    folder = runs_dir / SWEEP_DIR
+    result = rundir.read_json(folder / sweep.RESULT_FILE)
+    if result is None:
+        return f"*Not run yet: `make sweep` writes {folder / sweep.RESULT_FILE}.*"
+    figure = _image(folder / sweep.FIGURE_FILE, sweep.CAPTION, out_dir, "figure missing")
+    return sweep.format_markdown(result) + "\n\n" + figure
 
 
 def render_report(
@@ -261,10 +352,12 @@ def render_report(
             "every number is read from the runs' `summary.json` and `metrics.jsonl`."
         ),
         "## Data\n\n" + data_section(runs),
-        "## Claims of the exercise\n\n" + claims_table(claims.check_claims(runs, adversarial)),
+        "## Theory (exercise §1)\n\n" + theory_section(rundir.read_json(runs_dir / THEORY_FILE)),
+        "## Claims of the exercise\n\n" + claims_table(verdicts.check_claims(runs, adversarial)),
         "## Results\n\n" + results_table(runs),
         "## Figures\n\n" + figures_section(figures_dir, out_dir),
         "## Adversarial examples\n\n" + adversarial_section(adversarial, runs_dir, out_dir),
+        "## Dropout-rate sweep (exercise §2.4)\n\n" + sweep_section(runs_dir, out_dir),
         "## Device and versions\n\n" + device_section(runs),
     ]
     return "\n\n".join(sections) + "\n"

@@ -12,13 +12,14 @@ from functools import partial
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from clu import metrics
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fmnist_jax import data as data_lib
-from fmnist_jax import distributed
+from fmnist_jax import distributed, replicas
 from fmnist_jax.errors import ConfigError, TrainingError
 
 # --------------------------------------------------------------------------- metrics
@@ -111,15 +112,21 @@ class TrainAccumulator:
         return cls(collection.empty(), jnp.array(-1, jnp.int32), jnp.array(0.0, jnp.float32))
 
     def check_finite(self) -> None:
-        """Raises TrainingError naming the first step whose loss was not finite (a host read:
-        the loop calls it at evaluations only)."""
-        step = int(self.first_nonfinite_step)
-        if step >= 0:
-            raise TrainingError(
-                f"the training loss became {float(self.nonfinite_loss)} at step {step}; stopped"
-                " without saving a state past the last checkpoint (lower the learning rate; the"
-                " last good checkpoint is kept)"
-            )
+        """Raises TrainingError naming the first step whose loss was not finite, and with
+        several replicas the replica (a host read: the loop calls it at evaluations only).
+        Fields may carry a leading replica axis."""
+        steps = np.atleast_1d(np.asarray(self.first_nonfinite_step))
+        bad = np.flatnonzero(steps >= 0)
+        if not len(bad):
+            return
+        replica = int(bad[np.argmin(steps[bad])])
+        loss = float(np.atleast_1d(np.asarray(self.nonfinite_loss))[replica])
+        which = f" of replica {replica} (of {len(steps)})" if len(steps) > 1 else ""
+        raise TrainingError(
+            f"the training loss{which} became {loss} at step {int(steps[replica])}; stopped"
+            " without saving a state past the last checkpoint (lower the learning rate; the"
+            " last good checkpoint is kept)"
+        )
 
 
 @jax.jit
@@ -186,49 +193,60 @@ def evaluate_resident(state, idx, mask, images, targets, *, regression: bool, sh
 
 
 def check_divisible(config, mesh: Mesh) -> None:
-    n = mesh.size
+    n = mesh.shape["data"]
     for field in ("batch_size", "eval_batch_size"):
         if config[field] % n:
             raise ConfigError(
-                f"config.{field}={config[field]} is not divisible by the {n} devices; choose a"
-                f" multiple of {n} (batches are split evenly across devices, never padded)"
+                f"config.{field}={config[field]} is not divisible by the {n} devices of the"
+                f" mesh's data axis; choose a multiple of {n} (batches are split evenly across"
+                " devices, never padded)"
             )
 
 
 class Steps:
-    """The jitted train and eval steps for one config and mesh.
+    """The jitted train and eval steps for one config and mesh, over the replica axis.
 
-    One process hands its numpy batches straight to them (placed by `in_shardings` in C++,
-    ~170 us a step cheaper than a Python-side `device_put`); with several processes each
-    feeds its rows of the global batch (`batch`).
+    Train state, accumulator and dropout keys carry a leading replica axis (sharded over the
+    mesh's `replica` axis), train batches are [replicas, batch, ...] (batch over `data`), and
+    a test batch is shared by every replica. One process hands its numpy batches straight to
+    them (placed by `in_shardings` in C++, ~170 us a step cheaper than a Python-side
+    `device_put`); with several processes each feeds its rows of the global batch (`batch`).
     """
 
     def __init__(self, config, mesh: Mesh):
         self.regression = is_regression(config)
+        self.num_replicas = r = config.get("num_replicas", 1)
         self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.sharded = NamedSharding(mesh, PartitionSpec("data"))
+        self.per_replica = NamedSharding(mesh, PartitionSpec("replica"))
+        self.sharded = NamedSharding(mesh, PartitionSpec("replica", "data"))
+        self.eval_sharded = NamedSharding(mesh, PartitionSpec("data"))
         self.multi_process = jax.process_count() > 1
-        rep, shard = self.replicated, self.sharded
+        rep, own, shard = self.replicated, self.per_replica, self.sharded
+        regression = {"regression": self.regression}
         self.train = jax.jit(
-            partial(accumulate_train_step, regression=self.regression),
-            in_shardings=(rep, shard, rep, rep),
-            out_shardings=(rep, rep),
+            replicas.over_replicas(partial(accumulate_train_step, **regression), r, (0,) * 4),
+            in_shardings=(own, shard, own, own),
+            out_shardings=(own, own),
             donate_argnums=(0, 3),
         )
         self.eval = jax.jit(
-            partial(eval_step, regression=self.regression),
-            in_shardings=(rep, shard),
-            out_shardings=rep,
+            replicas.over_replicas(partial(eval_step, **regression), r, (0, None)),
+            in_shardings=(own, self.eval_sharded),
+            out_shardings=own,
         )
-        resident = {"regression": self.regression, "sharding": shard}
+        resident = {**regression, "sharding": NamedSharding(mesh, PartitionSpec("data"))}
         self.train_chunk = jax.jit(
-            partial(train_chunk, **resident),
-            in_shardings=(rep,) * 6,
-            out_shardings=(rep, rep),
+            replicas.over_replicas(partial(train_chunk, **resident), r, (0, 0, 1, None, None, 0)),
+            in_shardings=(own, own, rep, rep, rep, own),
+            out_shardings=(own, own),
             donate_argnums=(0, 1),
         )
         self.evaluate_resident = jax.jit(
-            partial(evaluate_resident, **resident), in_shardings=(rep,) * 5, out_shardings=rep
+            replicas.over_replicas(
+                partial(evaluate_resident, **resident), r, (0, None, None, None, None)
+            ),
+            in_shardings=(own, rep, rep, rep, rep),
+            out_shardings=own,
         )
 
     def rows(self, batch_size: int) -> slice | None:
@@ -236,21 +254,41 @@ class Steps:
         return distributed.local_rows(batch_size) if self.multi_process else None
 
     def batch(self, batch: dict, batch_size: int):
-        """What the jitted steps take: the numpy batch, or with several processes this
-        process's rows as global arrays."""
+        """What the train step takes: the numpy batch [replicas, rows, ...], or with several
+        processes this process's rows as global arrays."""
         if not self.multi_process:
             return batch
-        return distributed.to_global(batch, self.sharded, batch_size)
+        return distributed.to_global(batch, self.sharded, batch_size, axis=1)
+
+    def eval_batch(self, batch: dict, batch_size: int):
+        """What the eval step takes (one test batch for every replica)."""
+        if not self.multi_process:
+            return batch
+        return distributed.to_global(batch, self.eval_sharded, batch_size)
+
+    def place(self, tree):
+        """Host values with a leading replica axis as the steps' per-replica arrays."""
+        return distributed.replicate(tree, self.per_replica)
 
     def empty_accumulator(self) -> TrainAccumulator:
-        return distributed.replicate(TrainAccumulator.empty(self.regression), self.replicated)
+        empty = TrainAccumulator.empty(self.regression)
+        return self.place(replicas.stack([empty] * self.num_replicas))
 
 
-def evaluate(steps: Steps, state, split, batch_size: int) -> dict[str, float]:
-    """Loss (and accuracy) over a whole split, every example counted once."""
+def per_replica(collection: metrics.Collection) -> list[dict[str, float]]:
+    """A metrics collection with a leading replica axis, computed per replica (CLU computes
+    an unreplicated collection: `vmap` hands it each replica's), one {name: float} each."""
+    values = jax.vmap(type(collection).compute)(collection)
+    arrays = {k: np.asarray(v) for k, v in values.items()}
+    count = len(next(iter(arrays.values())))
+    return [{k: float(v[i]) for k, v in arrays.items()} for i in range(count)]
+
+
+def evaluate(steps: Steps, state, split, batch_size: int) -> list[dict[str, float]]:
+    """Loss (and accuracy) of each replica over a whole split, every example counted once."""
     total = None
     rows = steps.rows(batch_size)
     for batch in data_lib.epoch_batches(split, batch_size, remainder="pad", rows=rows):
-        m = steps.eval(state, steps.batch(batch, batch_size))
+        m = steps.eval(state, steps.eval_batch(batch, batch_size))
         total = m if total is None else total.merge(m)
-    return {k: float(v) for k, v in total.compute().items()}
+    return per_replica(total)

@@ -1,12 +1,16 @@
 """summary.json: the numbers a reader wants from a finished run, from its evaluation history
-and where it ran (backend, devices, processes, data, versions, process settings)."""
+and where it ran (backend, devices, processes, data, versions, process settings).
+
+Results are per replica (`replicas`: one entry per replica, its seed and the fields of
+`RESULT_FIELDS`) with, for each field, its mean, standard deviation and 95 % interval over the
+replicas (`statistics`, see `replicas.describe`)."""
 
 import importlib.metadata
 
 import jax
 
 from fmnist_jax import data as data_lib
-from fmnist_jax import runtime
+from fmnist_jax import replicas, runtime
 
 STACK = (
     "jax", "jaxlib", "flax", "optax", "clu", "orbax-checkpoint", "ml-collections", "numpy",
@@ -36,6 +40,13 @@ def versions() -> dict[str, str]:
     return found
 
 
+RESULT_FIELDS = (
+    "final_test_loss", "min_test_loss", "min_test_loss_step", "final_train_loss",
+    "final_test_accuracy", "best_test_accuracy", "best_test_accuracy_step",
+    "final_train_accuracy",
+)  # fmt: skip
+
+
 def _results(config, history: list[dict]) -> dict:
     last = history[-1]
     min_loss = min(history, key=lambda r: r["test_loss"])
@@ -56,15 +67,38 @@ def _results(config, history: list[dict]) -> dict:
     return results
 
 
+def replica_results(config, history: list[dict]) -> list[dict]:
+    """`_results` of each replica's records, with its index and seed."""
+    count = config.get("num_replicas", 1)
+    seeds = replicas.seeds(config.seed, count)
+    return [
+        {
+            "replica": k,
+            "seed": seeds[k],
+            **_results(config, [r for r in history if r.get("replica", 0) == k]),
+        }
+        for k in range(count)
+    ]
+
+
+def statistics(results: list[dict]) -> dict:
+    """Each result field's statistics over the replicas (None for a field the model lacks)."""
+    return {f: replicas.describe([r[f] for r in results]) for f in RESULT_FIELDS}
+
+
 def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: dict) -> dict:
-    """The run's summary: identity, results, `timing`, and where and with what it ran."""
+    """The run's summary: identity, per-replica results and their statistics, `timing`, and
+    where and with what it ran."""
+    results = replica_results(config, history)
     summary = {
         "name": config.name,
         "model": config.model,
         "dropout_rate": config.dropout_rate,
+        "num_replicas": len(results),
         "steps": history[-1]["step"],
         "steps_per_epoch": data_lib.steps_per_epoch(dataset.train, config.batch_size),
-        **_results(config, history),
+        "replicas": results,
+        "statistics": statistics(results),
         **timing,
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,

@@ -20,6 +20,7 @@ sigmoid from `fmnist_jax.layers`.)
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import flax.linen as nn
@@ -358,14 +359,17 @@ def fold_report(seed: int = 0) -> dict:
     """
     with jax.enable_x64(True):
         diffs = {name: fold_difference(*case, seed=seed) for name, case in fold_cases().items()}
-        gap = _border_and_interior(conv1_gap(*fold_cases()[COUNTEREXAMPLE], seed=seed)[0])
+        measured, predicted = conv1_gap(*fold_cases()[COUNTEREXAMPLE], seed=seed)
+        gap = _border_and_interior(measured)
+        prediction_error = float(jnp.max(jnp.abs(measured - predicted)))
     return {
         "jaxpr_equations": jaxpr_equation_counts(),
         "fold_differences": diffs,
         "max_difference_exact": max(v for k, v in diffs.items() if k != COUNTEREXAMPLE),
         "max_difference_same_zero_padding": diffs[COUNTEREXAMPLE],
         "same_padding_conv1_gap": gap,
-        "sigmoid_tail_gradients": sigmoid_tail_gradients(),
+        "same_padding_prediction_error": prediction_error,
+        "sigmoid_tail_gradients": {str(x): v for x, v in sigmoid_tail_gradients().items()},
     }
 
 
@@ -377,7 +381,7 @@ def format_report(report: dict) -> str:
     lines += [f"  {'custom_vjp, sigma - sigma^2':44s} {counts['custom']:>10d}"]
     lines += [f"{'1.2 float32 gradient at large |x|':46s} {'naive':>10s} {'custom':>10s}"]
     for x, (naive, custom) in report["sigmoid_tail_gradients"].items():
-        lines += [f"  x = {x:<40g} {naive:>10g} {custom:>10g}"]
+        lines += [f"  x = {float(x):<40g} {naive:>10g} {custom:>10g}"]
     lines += ["1.1 folding max{t, .} into ReLU: max |logit difference| (float64, dropout off)"]
     for name, diff in report["fold_differences"].items():
         lines += [f"  {name:44s} {diff:>10.3g}"]
@@ -385,13 +389,29 @@ def format_report(report: dict) -> str:
     lines += ["1.1 SAME padded with 0: max |error| of the folded second conv's pre-activation"]
     for where, value in report["same_padding_conv1_gap"].items():
         lines += [f"  {where:44s} {value:>10.3g}"]
+    error = report["same_padding_prediction_error"]
+    lines += [f"  {'|measured - same_padding_gap prediction|':44s} {error:>10.3g}"]
     return "\n".join(lines)
 
 
 def main() -> None:
-    """Prints `fold_report()` as a table."""
-    print(format_report(fold_report()))
+    """Prints `fold_report()` as a table and, with --out, writes it as JSON (what REPORT.md's
+    theory section reads)."""
+    from absl import flags
+
+    from fmnist_jax import rundir
+
+    report = fold_report()
+    print(format_report(report))
+    out = flags.FLAGS.out
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(out, report)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
+    from absl import flags
+
+    flags.DEFINE_string("out", "", "Also write the numbers as JSON here (runs/theory.json).")
     cli.run(main)

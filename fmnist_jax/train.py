@@ -26,12 +26,21 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
 
-from fmnist_jax import checkpoints, distributed, feeds, models, preemption, rundir, summary
+from fmnist_jax import (
+    checkpoints,
+    distributed,
+    feeds,
+    models,
+    preemption,
+    replicas,
+    rundir,
+    summary,
+)
 from fmnist_jax import config as config_lib
 from fmnist_jax import data as data_lib
 from fmnist_jax import progress as progress_lib
 from fmnist_jax import steps as steps_lib
-from fmnist_jax.errors import Interrupted, RunError, TrainingError
+from fmnist_jax.errors import Interrupted, RunError, TrainingError, UsageError
 from fmnist_jax.steps import (  # noqa: F401 - the names a Flax reader looks for here
     Steps,
     TrainAccumulator,
@@ -45,7 +54,9 @@ from fmnist_jax.steps import (  # noqa: F401 - the names a Flax reader looks for
 )
 
 # Fields whose change makes an existing workdir's checkpoints unusable or its curves meaningless.
-ARCHITECTURE_FIELDS = ("model", "num_classes", "hidden_size", "dataset", "optimizer")
+ARCHITECTURE_FIELDS = (
+    "model", "num_classes", "hidden_size", "dataset", "optimizer", "num_replicas",
+)  # fmt: skip
 make_mesh = distributed.make_mesh
 
 
@@ -79,11 +90,18 @@ def _load_data(config) -> data_lib.Dataset:
     return dataset
 
 
-def _initial_state(config, dataset, steps: Steps):
-    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+def initial_state(config, input_shape, steps: Steps):
+    """(state, dropout keys): each replica's initial train state for inputs shaped
+    [batch, *input_shape] and its dropout key, from its seed as for a plain run of that seed,
+    stacked on a leading replica axis and placed for `steps`."""
     model = models.create_model(config)
-    state = create_train_state(config, model, dataset.train["inputs"].shape[1:], init_rng)
-    return distributed.replicate(state, steps.replicated), dropout_rng
+    states, dropout_rngs = [], []
+    for seed in replicas.seeds(config.seed, steps.num_replicas):
+        init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+        states.append(create_train_state(config, model, input_shape, init_rng))
+        dropout_rngs.append(dropout_rng)
+    state = replicas.stack(states)
+    return steps.place(state), steps.place(replicas.stack(dropout_rngs))
 
 
 def train_and_evaluate(
@@ -97,8 +115,10 @@ def train_and_evaluate(
 
     `dataset` overrides `data.load(config)` (for callers holding their own arrays). `on_eval`
     is called with each evaluation record; `progress` shows a live line (steps/s, ETA, last
-    evaluation) for notebooks and scripts, where absl's progress lines are hidden. Returns the final train state and the evaluation
-    history (the records of metrics.jsonl, the resumed part included). Raises
+    evaluation) for notebooks and scripts, where absl's progress lines are hidden. Returns the
+    final train state (with `config.num_replicas` > 1 a leading replica axis:
+    `replicas.take(state, k)` is replica k) and the evaluation history (the records of metrics.jsonl, one per evaluation and replica,
+    the resumed part included). Raises
     `errors.Interrupted` after saving a checkpoint when SIGTERM or SIGINT asks it to stop.
     """
     config_lib.validate(config)
@@ -123,10 +143,10 @@ def train_and_evaluate(
 
 
 def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
-    mesh = make_mesh()
+    mesh = make_mesh(config.num_replicas)
     check_divisible(config, mesh)
     steps = Steps(config, mesh)
-    state, dropout_rng = _initial_state(config, dataset, steps)
+    state, dropout_rng = initial_state(config, dataset.train["inputs"].shape[1:], steps)
     distributed.barrier("fmnist_workdir_ready")
     finished = rundir.set_aside_unfinished(workdir, rename=writer)
     distributed.barrier("fmnist_checkpoints_checked")
@@ -143,7 +163,7 @@ def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
         ):
             if writer:
                 logging.info("%s is trained to step %d already", workdir, initial_step)
-            return state, history
+            return _returned(state, config), history
         if initial_step and writer:
             logging.info("resuming %s from step %d", workdir, initial_step)
         if writer:
@@ -164,7 +184,13 @@ def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
                 live.close()
     if writer:
         rundir.write_summary(workdir, summary.summarize(config, history, dataset, timing))
-    return state, history
+    return _returned(state, config), history
+
+
+def _returned(state, config):
+    """The state `train_and_evaluate` returns: with one replica that replica, as a plain
+    run's (no replica axis), else all replicas stacked."""
+    return replicas.take(state, 0) if config.num_replicas == 1 else state
 
 
 class _Quiet:
@@ -187,7 +213,7 @@ def _actions(run: Run, first_step: int):
     every = run.config.get("progress_every_steps", 0)
     report = periodic_actions.ReportProgress(
         num_train_steps=run.config.num_train_steps,
-        writer=run.writers["train"],
+        writer=rundir.progress_writer(run.writers),
         every_steps=every or None,
         every_secs=None if every else 30.0,
     )
@@ -205,7 +231,7 @@ def _actions(run: Run, first_step: int):
 
 def _loop(run: Run, state, acc, dropout_rng):
     """Steps from the state's step to `num_train_steps`; returns (state, timing numbers)."""
-    config, initial_step = run.config, int(state.step)
+    config, initial_step = run.config, int(state.step[0])  # every replica is at this step
     num_steps = config.num_train_steps
     feed = feeds.make_feed(run.steps, run.dataset, config, initial_step)
     report, profile = _actions(run, initial_step)
@@ -269,49 +295,73 @@ def _timing(config, initial_step: int, wall: float, eval_time: float, first: tup
     timed_steps = config.num_train_steps - initial_step - first_steps
     steady = wall - eval_time - first_s
     rate = timed_steps * config.batch_size / steady if timed_steps > 0 and steady > 0 else None
+    count = config.get("num_replicas", 1)
     return {
         "resumed_from_step": initial_step,
         "wall_time_s": round(wall, 2),
         "first_step_s": round(first_s, 3),
         "eval_time_s": round(eval_time, 2),
-        "images_per_sec": None if rate is None else round(rate, 1),
+        # Every replica's images: what the program trains per second.
+        "images_per_sec": None if rate is None else round(rate * count, 1),
+        "images_per_sec_per_replica": None if rate is None else round(rate, 1),
         "steps_per_sec": None if rate is None else round(rate / config.batch_size, 2),
     }
 
 
 def _evaluate_and_log(run: Run, step: int, train_metrics, state, feed) -> None:
-    """Test-split evaluation at `step`, logged everywhere a reader looks."""
+    """Test-split evaluation at `step`, each replica's record logged everywhere a reader
+    looks."""
     config = run.config
-    train = {f"train_{k}": float(v) for k, v in train_metrics.compute().items()}
-    test = feed.evaluate(state)
-    if not all(math.isfinite(v) for v in test.values()):
-        raise TrainingError(
-            f"the weights after step {step} are not finite (test loss {test['loss']}); stopped"
-            " without saving this state (lower the learning rate; the last good checkpoint is"
-            " kept)"
-        )
+    trains = steps_lib.per_replica(train_metrics)
+    tests = feed.evaluate(state)
+    for replica, test in enumerate(tests):
+        if not all(math.isfinite(v) for v in test.values()):
+            which = f" of replica {replica}" if len(tests) > 1 else ""
+            raise TrainingError(
+                f"the weights{which} after step {step} are not finite (test loss"
+                f" {test['loss']}); stopped without saving this state (lower the learning"
+                " rate; the last good checkpoint is kept)"
+            )
     epoch = step / data_lib.steps_per_epoch(run.dataset.train, config.batch_size)
-    record = {"step": step, "epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()}}
-    run.history.append(record)
+    records = [
+        {
+            "step": step,
+            "epoch": epoch,
+            "replica": replica,
+            **{f"train_{k}": v for k, v in train.items()},
+            **{f"test_{k}": v for k, v in test.items()},
+        }
+        for replica, (train, test) in enumerate(zip(trains, tests, strict=True))
+    ]
+    run.history.extend(records)
     if run.writer:
-        rundir.append_record(run.workdir, record)
-        rundir.write_record(run.writers, record)
-        logging.info("%s", progress_lib.format_record(record, config.num_train_steps))
+        for record in records:
+            rundir.append_record(run.workdir, record)
+            rundir.write_record(run.writers, record)
+        logging.info("%s", progress_lib.format_records(records, config.num_train_steps))
     if run.progress:
-        run.progress.evaluated(record)
+        run.progress.evaluated(records)
     if run.on_eval:
-        run.on_eval(record)
+        for record in records:
+            run.on_eval(record)
 
 
 # --------------------------------------------------------------------------- trained models
 
 
-def load_trained(workdir: str | Path, step: int | None = None):
-    """(config, model, params) of the run in `workdir`, from its latest (or given) intact
-    finished checkpoint; RunError when the workdir holds no run, no finished checkpoint, or
-    only damaged ones."""
+def load_trained(workdir: str | Path, step: int | None = None, replica: int = 0):
+    """(config, model, params) of replica `replica` of the run in `workdir`, from its latest
+    (or given) intact finished checkpoint; RunError when the workdir holds no run, no
+    finished checkpoint, or only damaged ones, UsageError for a replica it does not have."""
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(rundir.read_config(workdir))
+    # A run from before replicas (no num_replicas in its config) saved one unstacked state.
+    count = config.get("num_replicas")
+    if not 0 <= replica < (count or 1):
+        raise UsageError(
+            f"{workdir} holds {count or 1} replica(s) (0 to {(count or 1) - 1}); replica"
+            f" {replica} does not exist"
+        )
     finished = rundir.require_finished(workdir)
     model = models.create_model(config)
     if config.model == "linear_regression":
@@ -319,7 +369,14 @@ def load_trained(workdir: str | Path, step: int | None = None):
     else:
         input_shape = (*data_lib.IMAGE_SHAPE, 1)
     # As arrays (the step too), like the state the loop saved: the checksum covers dtypes.
-    state = jax.device_put(create_train_state(config, model, input_shape, jax.random.PRNGKey(0)))
+    one = create_train_state(config, model, input_shape, jax.random.PRNGKey(0))
     accumulator = TrainAccumulator.empty(is_regression(config))
+    if count is not None:
+        one = replicas.stack([one] * count)
+        accumulator = replicas.stack([accumulator] * count)
+    # Placed on this process's device: orbax restores into the target's sharding (a host
+    # array has none, and orbax would use the saved one, of another topology).
+    state, accumulator = jax.device_put((one, accumulator))
     restored = checkpoints.restore_for_reading(workdir, step, state, accumulator, finished)
-    return config, model, restored.params
+    params = restored.params if count is None else replicas.take(restored.params, replica)
+    return config, model, params

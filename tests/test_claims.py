@@ -1,12 +1,13 @@
-"""Tests of fmnist_jax.claims: each claim check on fabricated summaries and curves, and which
-failures make a claim "not checked" (missing runs, fields, curves) and which raise (bugs)."""
+"""Tests of fmnist_jax.claims and fmnist_jax.verdicts: each claim check on fabricated summaries
+and curves, which failures make a claim "not checked" (missing runs, fields, curves) and which
+raise (bugs), and the k-of-R verdicts over fabricated replicas."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fmnist_jax import claims
+from fmnist_jax import claims, verdicts
 from fmnist_jax.rundir import Curve, Run
 
 STEPS = np.arange(1000, 20001, 1000)
@@ -50,25 +51,26 @@ ADVERSARIAL = {  # the shape the attack writes: per-method numbers and its defau
 
 
 def verdicts_by_claim(runs, adversarial=None):
-    return {v.claim: v for v in claims.check_claims(runs, adversarial)}
+    return {v.claim: v for v in verdicts.check_claims(runs, adversarial)}
 
 
 # --------------------------------------------------------------------------- single claims
 
 
 def test_overfitting_holds_when_test_loss_rises_while_train_loss_falls():
-    holds, evidence = claims.check_overfits(summary(), Curve(STEPS, FALLING))
-    assert holds
+    check = claims.check_overfits(summary(), Curve(STEPS, FALLING))
+    holds, evidence = check.holds, check.evidence
+    assert holds and check.effect == pytest.approx(0.1 / 0.3)
     # Train loss at the test minimum (step 10,000, index 9) is 0.8 - 9 * 0.7 / 19.
     assert "+33.3%" in evidence and "0.4684 → 0.1500" in evidence
 
 
 def test_overfitting_does_not_hold_for_a_small_rise_or_a_train_loss_that_stopped_falling():
     flat = summary(final_test=0.31)  # +3.3 %: under the 5 % margin
-    holds, evidence = claims.check_overfits(flat, Curve(STEPS, FALLING))
-    assert not holds and "+3.3%" in evidence
+    check = claims.check_overfits(flat, Curve(STEPS, FALLING))
+    assert not check.holds and "+3.3%" in check.evidence
     stalled = summary(final_train=0.5)  # train loss ends above its value at the test minimum
-    assert not claims.check_overfits(stalled, Curve(STEPS, FALLING))[0]
+    assert not claims.check_overfits(stalled, Curve(STEPS, FALLING)).holds
 
 
 def test_turn_step_is_found_on_the_smoothed_curve():
@@ -80,30 +82,50 @@ def test_turn_step_is_found_on_the_smoothed_curve():
 
 
 def test_turn_step_near_10000_holds_and_far_or_absent_does_not():
-    holds, evidence = claims.check_turn_step(Curve(STEPS, V_LOSS), steps_per_epoch=1000)
-    assert holds and "lowest at step 11,000 (epoch 11.0) of 20,000" in evidence
+    check = claims.check_turn_step(Curve(STEPS, V_LOSS), steps_per_epoch=1000)
+    assert check.holds and "lowest at step 11,000 (epoch 11.0) of 20,000" in check.evidence
+    assert check.effect == 11_000
     early = np.abs(STEPS - 3000) / 10_000 + 0.3
-    assert not claims.check_turn_step(Curve(STEPS, early))[0]
-    holds, evidence = claims.check_turn_step(Curve(STEPS, FALLING))  # never turns
-    assert not holds and "lowest at step 20,000 of 20,000" in evidence
+    assert not claims.check_turn_step(Curve(STEPS, early)).holds
+    check = claims.check_turn_step(Curve(STEPS, FALLING))  # never turns
+    assert not check.holds and "lowest at step 20,000 of 20,000" in check.evidence
 
 
 def test_dropout_must_narrow_the_gap_and_lower_the_test_loss_by_the_margin():
     base = summary(final_test=0.40, final_train=0.15)  # gap 0.25
     better = summary(final_test=0.33, final_train=0.28, dropout_rate=0.25)  # gap 0.05
-    holds, evidence = claims.check_dropout_gap(base, better)
-    assert holds and "0.2500 without dropout, 0.0500 with dropout 0.25" in evidence
-    assert claims.check_dropout_test_loss(base, better)[0]
+    check = claims.check_dropout_gap(base, better)
+    assert check.holds and "0.2500 without dropout, 0.0500 with dropout 0.25" in check.evidence
+    assert check.effect == pytest.approx(-0.2)
+    assert claims.check_dropout_test_loss(base, better).holds
     barely = summary(final_test=0.395, final_train=0.15)  # gap down by 0.005 < 0.01
-    assert not claims.check_dropout_gap(base, barely)[0]
-    assert not claims.check_dropout_test_loss(base, barely)[0]
+    assert not claims.check_dropout_gap(base, barely).holds
+    assert not claims.check_dropout_test_loss(base, barely).holds
+
+
+def test_the_accuracy_claims_read_their_margins():
+    base = summary(final_test_accuracy=0.900, final_train_accuracy=0.98)
+    same = summary(final_test_accuracy=0.905, final_train_accuracy=0.92)
+    assert claims.check_same_accuracy(base, same).holds
+    assert claims.check_same_accuracy(base, same).effect == pytest.approx(0.005)
+    assert not claims.check_same_accuracy(base, summary(final_test_accuracy=0.915)).holds
+    assert claims.check_slight_rise(base, same).holds
+    assert not claims.check_slight_rise(base, summary(final_test_accuracy=0.899)).holds
+    assert not claims.check_slight_rise(base, summary(final_test_accuracy=0.930)).holds
+    check = claims.check_train_test_same(same)
+    assert check.holds and check.effect == pytest.approx(0.015)
+    assert not claims.check_train_test_same(base).holds  # 8 points apart
 
 
 def test_adversarial_claim_is_judged_on_the_summarys_default_method():
-    holds, evidence = claims.check_adversarial(ADVERSARIAL)
-    assert holds
-    assert "'gd': success rate 80.0%" in evidence and "mean p(target) 0.97" in evidence
-    assert not claims.check_adversarial({**ADVERSARIAL, "default_method": "fgsm"})[0]
+    check = claims.check_adversarial(ADVERSARIAL)
+    assert check.holds
+    assert "'gd': success rate 80.0%" in check.evidence
+    assert "mean p(target) 0.97" in check.evidence
+    assert not claims.check_adversarial({**ADVERSARIAL, "default_method": "fgsm"}).holds
+    # With the number of images, the success rate's 95 % Wilson interval (80 of 100).
+    check = claims.check_adversarial({**ADVERSARIAL, "num_images": 100})
+    assert "80.0% [71.1%, 86.7%] of 100 images" in check.evidence
 
 
 @pytest.mark.parametrize(
@@ -116,14 +138,14 @@ def test_adversarial_claim_is_judged_on_the_summarys_default_method():
     ],
 )
 def test_adversarial_claim_without_a_default_method_result_is_not_checked(adversarial):
-    (verdict,) = claims.check_claims({}, adversarial)[-1:]
-    assert verdict.status == claims.NOT_CHECKED_INCOMPLETE
+    (verdict,) = verdicts.check_claims({}, adversarial)[-1:]
+    assert verdict.status == verdicts.NOT_CHECKED_INCOMPLETE
     assert "default_method" in verdict.evidence
 
 
 def test_adversarial_claim_at_a_lower_threshold_is_not_checked():
-    (verdict,) = claims.check_claims({}, {**ADVERSARIAL, "threshold": 0.5})[-1:]
-    assert verdict.status == claims.NOT_CHECKED_INCOMPLETE
+    (verdict,) = verdicts.check_claims({}, {**ADVERSARIAL, "threshold": 0.5})[-1:]
+    assert verdict.status == verdicts.NOT_CHECKED_INCOMPLETE
     assert verdict.evidence == "the attack stopped at p(target) ≥ 0.5, below 0.95"
 
 
@@ -133,13 +155,17 @@ def test_adversarial_claim_at_a_lower_threshold_is_not_checked():
 def test_check_claims_marks_missing_and_unfinished_runs_not_checked():
     unfinished = Run(Path("cnn_dropout"), {}, [], None)  # no summary.json yet
     runs = {"mlp": run(summary()), "mlp_dropout": dropout_run(), "cnn": run(summary())}
-    verdicts = verdicts_by_claim({**runs, "cnn_dropout": unfinished})
-    statuses = [v.status for v in verdicts.values()]
-    assert statuses == [claims.HOLDS] * 5 + [claims.NOT_CHECKED_MISSING_RUN] * 3
-    gap = verdicts["Dropout 0.25 reduces the ConvNet's final train–test loss gap"]
+    found = verdicts_by_claim({**runs, "cnn_dropout": unfinished})
+    statuses = [v.status for v in found.values()]
+    one = f"{verdicts.HOLDS} (1 run)"
+    incomplete, missing = verdicts.NOT_CHECKED_INCOMPLETE, verdicts.NOT_CHECKED_MISSING_RUN
+    # MLP: over-fits, gap, test loss hold; the accuracy claim lacks its field. ConvNet:
+    # over-fits and turns; four claims need cnn_dropout; the attack is missing.
+    assert statuses == [one] * 3 + [incomplete] + [one] * 2 + [missing] * 5
+    gap = found["Dropout 0.25 reduces the ConvNet's final train–test loss gap"]
     assert gap.evidence == "missing: cnn_dropout"
-    assert verdicts_by_claim({**runs, "cnn_dropout": None}) == verdicts
-    adversarial = verdicts["Adversarial examples reach p(target) ≥ 0.95"]
+    assert verdicts_by_claim({**runs, "cnn_dropout": None}) == found
+    adversarial = found["Adversarial examples reach p(target) ≥ 0.95"]
     assert adversarial.evidence == "missing: adversarial"
 
 
@@ -148,13 +174,13 @@ def test_a_missing_curve_or_summary_field_is_not_checked_with_its_reason():
     incomplete = summary()
     del incomplete["min_test_loss"]
     runs = {"mlp": no_curves, "cnn": run(summary(final_test=0.301)), "cnn_dropout": None}
-    verdicts = claims.check_claims(runs, adversarial=None)
-    assert verdicts[0].status == claims.NOT_CHECKED_INCOMPLETE
-    assert verdicts[0].evidence == "mlp: metrics.jsonl has no train_loss"
-    assert verdicts[3].status == claims.FAILS  # cnn's test loss rose by 0.3 % only
-    verdicts = claims.check_claims({"cnn": run(incomplete)}, adversarial=None)
-    assert verdicts[3].status == claims.NOT_CHECKED_INCOMPLETE
-    assert verdicts[3].evidence == "summary.json has no min_test_loss"
+    found = verdicts.check_claims(runs, adversarial=None)
+    assert found[0].status == verdicts.NOT_CHECKED_INCOMPLETE
+    assert found[0].evidence == "mlp: metrics.jsonl has no train_loss"
+    assert found[4].status == f"{verdicts.FAILS} (1 run)"  # cnn's test loss rose 0.3 % only
+    found = verdicts.check_claims({"cnn": run(incomplete)}, adversarial=None)
+    assert found[4].status == verdicts.NOT_CHECKED_INCOMPLETE
+    assert found[4].evidence == "summary.json has no min_test_loss"
 
 
 @pytest.mark.parametrize("bug", [KeyError, TypeError, ValueError, IndexError, ZeroDivisionError])
@@ -162,13 +188,55 @@ def test_a_bug_in_a_claim_check_raises(monkeypatch, bug):
     def broken(*args, **kwargs):
         raise bug("a bug in the check")
 
-    monkeypatch.setattr(claims, "check_dropout_gap", broken)
+    monkeypatch.setattr(verdicts, "check_dropout_gap", broken)
     runs = {"mlp": run(summary()), "mlp_dropout": dropout_run()}
     with pytest.raises(bug, match="a bug in the check"):
-        claims.check_claims(runs, ADVERSARIAL)
+        verdicts.check_claims(runs, ADVERSARIAL)
 
 
 def test_a_bug_reading_a_curve_raises(monkeypatch):
     monkeypatch.setattr(claims, "value_at", lambda curve, step: curve.values[len(curve.values)])
     with pytest.raises(IndexError):
-        claims.check_claims({"mlp": run(summary())}, None)
+        verdicts.check_claims({"mlp": run(summary())}, None)
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+def replicated_run(per_replica: list[dict], name: str, dropout_rate: float = 0.0) -> Run:
+    """A finished run of len(per_replica) replicas: summary.json's per-replica list, and
+    each replica's records (the same falling train / V-shaped test loss) in metrics.jsonl."""
+    history = [
+        {"step": int(step), "replica": k, "train_loss": float(a), "test_loss": float(b)}
+        for step, a, b in zip(STEPS, FALLING, V_LOSS, strict=True)
+        for k in range(len(per_replica))
+    ]
+    s = {"dropout_rate": dropout_rate, "num_replicas": len(per_replica), "replicas": per_replica}
+    return Run(Path(name), {"num_replicas": len(per_replica)}, history, s)
+
+
+def test_a_claim_holding_in_some_replicas_says_k_of_r_with_the_effects_interval():
+    base = replicated_run([summary(final_test=0.40, final_train=0.15)] * 3, "mlp")
+    # Gaps with dropout 0.05, 0.10, 0.245: changes -0.20, -0.15, -0.005 (the last under 0.01).
+    drop = replicated_run(
+        [summary(final_test=0.33, final_train=t) for t in (0.28, 0.23, 0.085)], "mlp_dropout", 0.25
+    )
+    verdict = verdicts_by_claim({"mlp": base, "mlp_dropout": drop})[
+        "Dropout 0.25 reduces the MLP's final train–test loss gap"
+    ]
+    assert verdict.status == "holds in 2 of 3" and (verdict.held, verdict.total) == (2, 3)
+    changes = np.array([-0.20, -0.15, -0.005])
+    half = 4.302652729911275 * changes.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 dof)
+    low, high = changes.mean() - half, changes.mean() + half
+    assert f"by {changes.mean():+.4f} [{low:+.4f}, {high:+.4f}] nats" in verdict.evidence
+    assert "over 3 replicas" in verdict.evidence
+
+
+def test_replica_k_is_paired_with_replica_k_and_all_or_none_read_as_such():
+    base = replicated_run([summary(final_test=0.40, final_train=0.15)] * 2, "mlp")
+    same = replicated_run([summary(final_test=0.40, final_train=0.15)] * 2, "mlp_dropout", 0.25)
+    better = replicated_run([summary(final_test=0.2, final_train=0.15)] * 2, "mlp_dropout", 0.25)
+    claim = "Dropout lowers the MLP's final test loss"
+    assert verdicts_by_claim({"mlp": base, "mlp_dropout": same})[claim].status == "holds in 0 of 2"
+    verdict = verdicts_by_claim({"mlp": base, "mlp_dropout": better})[claim]
+    assert verdict.status == "holds in 2 of 2" and "-0.2000 [-0.2000, -0.2000]" in verdict.evidence

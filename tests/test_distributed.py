@@ -114,6 +114,18 @@ def test_one_process_restores_the_two_process_checkpoint(runs):
     np.testing.assert_allclose(fj.predict(two, images), fj.predict(one, images), atol=1e-5)
 
 
+def test_two_processes_train_replicas_as_one_process_does(tmp_path):
+    """Replicas with several processes: every process feeds its rows of every replica's batch
+    (the mesh's replica axis is 1 then); the curves are one process's with two devices."""
+    args = ["--config.num_train_steps=16", "--config.num_replicas=2"]
+    _two_processes(tmp_path / "two", *args)
+    _one_process_two_devices(tmp_path / "one", *args)
+    two, one = _history(tmp_path / "two"), _history(tmp_path / "one")
+    assert [(r["step"], r["replica"]) for r in two] == [(8, 0), (8, 1), (16, 0), (16, 1)]
+    _assert_same_curves(two, one)
+    assert two[-1]["test_loss"] != two[-2]["test_loss"]  # the replicas differ
+
+
 def test_a_peer_that_never_starts_ends_in_one_line_within_the_timeout(tmp_path):
     address = f"127.0.0.1:{_free_port()}"
     start = time.perf_counter()

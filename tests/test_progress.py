@@ -14,7 +14,7 @@ def test_the_line_says_steps_rate_eta_and_the_last_evaluation():
     live = progress.LiveProgress(num_steps=100, stream=io.StringIO())
     live._start, live._first_step = 0.0, 0
     assert live.line(25, now=5.0) == "step 25/100 (25%), 5.0 steps/s, ETA 15s"
-    live.evaluated({"step": 25, "epoch": 0.5, "test_loss": 0.25, "test_accuracy": 0.9})
+    live.evaluated([{"step": 25, "epoch": 0.5, "test_loss": 0.25, "test_accuracy": 0.9}])
     assert live.line(50, now=10.0).endswith(
         "| step 25 (epoch 0.50): test_loss 0.2500, test_accuracy 0.9000"
     )
@@ -26,7 +26,7 @@ def test_a_log_gets_plain_lines_and_each_evaluation():
     live = progress.LiveProgress(num_steps=3, every_secs=0.0, stream=stream)
     for step in (1, 2, 3):
         live(step)
-    live.evaluated({"step": 3, "epoch": 1.0, "test_loss": 0.5})
+    live.evaluated([{"step": 3, "epoch": 1.0, "test_loss": 0.5}])
     live.close()
     lines = stream.getvalue().splitlines()
     assert [line.split(",")[0] for line in lines[:3]] == [
@@ -42,9 +42,20 @@ def test_a_terminal_gets_one_line_rewritten_in_place():
     stream = _Tty()
     live = progress.LiveProgress(num_steps=2, every_secs=0.0, stream=stream)
     live(1)
-    live.evaluated({"step": 1, "epoch": 0.5, "test_loss": 0.5})
+    live.evaluated([{"step": 1, "epoch": 0.5, "test_loss": 0.5}])
     live(2)
     live.close()
     text = stream.getvalue()
     assert text.count("\r\x1b[2K") >= 3 and text.endswith("\n")
     assert "step 1 (epoch 0.50): test_loss 0.5000\n" in text  # the evaluation stays on screen
+
+
+def test_several_replicas_make_one_line_of_means_and_ranges():
+    records = [
+        {"step": 8, "epoch": 0.5, "replica": k, "test_loss": v} for k, v in enumerate((0.2, 0.4))
+    ]
+    line = progress.format_records(records, 24)
+    assert (
+        line == "step 8/24 (epoch 0.50), 2 replicas, mean (range): test_loss 0.3000 (0.2000-0.4000)"
+    )
+    assert progress.format_records(records[:1], 24) == "step 8/24 (epoch 0.50): test_loss 0.2000"

@@ -169,28 +169,70 @@ def test_report_links_figures_relative_to_itself(report_text):
 
 
 def test_report_has_the_results_table_and_provenance(report_text):
-    assert "| run | model | dropout | steps | final test acc |" in report_text
-    row = "| mlp | mlp | 0 | 20,000 | 88.50% | 89.30% (step 8,000) | 0.4000 | 0.3000 (step 10,000)"
+    assert "| run | model | dropout | replicas | steps | final test acc |" in report_text
+    row = "| mlp | mlp | 0 | 1 | 20,000 | 88.50% | 89.30% (step 8,000) | 0.4000 | 0.3000 (step 10,000)"
     assert row + " | 0.1500 | 0.2500 |" in report_text
     assert "non-official split: per class the first 1,000 of 7,000 are test" in report_text
     assert "60,000 train / 10,000 test" in report_text
-    assert "| cpu | cpu × 1 | 321 | 900 |" in report_text and "jax 0.10.2" in report_text
+    assert "| cpu | cpu × 1 | 1 | 321 | 900 |" in report_text and "jax 0.10.2" in report_text
     assert "| gd | 0.8 | 0.97 | 12.5 | — |" in report_text
     assert "`summary.json` and `metrics.jsonl`" in report_text
 
 
 def test_report_gives_each_claim_a_verdict(report_text):
     lines = {line.split(" | ")[0]: line for line in report_text.splitlines() if "| **" in line}
-    assert (
-        "**holds**"
-        in lines["| The MLP without dropout over-fits (train loss falls, test loss rises)"]
-    )
+    one = "**holds (1 run)**"
+    assert one in lines["| The MLP without dropout over-fits (train loss falls, test loss rises)"]
     turn = lines["| The ConvNet's test loss turns after about 10,000 iterations"]
-    assert "**holds**" in turn and "step 11,000 (epoch 11.7)" in turn
-    assert "**holds**" in lines["| Dropout 0.25 reduces the MLP's final train–test loss gap"]
+    assert one in turn and "step 11,000 (epoch 11.7)" in turn
+    assert one in lines["| Dropout 0.25 reduces the MLP's final train–test loss gap"]
     cnn_gap = lines["| Dropout 0.25 reduces the ConvNet's final train–test loss gap"]
     assert "**not checked (run missing)**" in cnn_gap and "missing: cnn_dropout" in cnn_gap
-    assert "**holds**" in lines["| Adversarial examples reach p(target) ≥ 0.95"]
+    assert "**holds (1 model)**" in lines["| Adversarial examples reach p(target) ≥ 0.95"]
+
+
+def test_a_run_of_replicas_shows_each_number_as_mean_and_interval():
+    results = [
+        {"final_test_accuracy": a, "final_test_loss": l, "final_train_loss": 0.1}
+        for a, l in ((0.90, 0.30), (0.92, 0.32), (0.91, 0.31))
+    ]
+    stats = {
+        "final_test_accuracy": report.replicas.describe([0.90, 0.92, 0.91]),
+        "final_test_loss": report.replicas.describe([0.30, 0.32, 0.31]),
+    }
+    s = {"model": "mlp", "num_replicas": 3, "replicas": results, "statistics": stats}
+    row = report.summary_row("mlp", s)
+    half = 4.302652729911275 * 0.01 / np.sqrt(3)  # t(0.975, 2) * std / sqrt(3)
+    assert row[3] == "3"
+    assert row[5] == f"91.00% [{0.91 - half:.2%}, {0.91 + half:.2%}]"
+    assert row[7] == f"0.3100 [{0.31 - half:.4f}, {0.31 + half:.4f}]"
+    assert row[10] == f"0.2100 [{0.21 - half:.4f}, {0.21 + half:.4f}]"  # gaps 0.20, 0.22, 0.21
+
+
+def test_figure_7s_caption_names_the_method_its_budget_and_l1_reading():
+    adversarial = {
+        "default_method": "exercise",
+        "methods": {"exercise": {"max_steps": 3000, "l1_reduction": "mean"}},
+    }
+    caption = report.fig7_caption(adversarial)
+    assert "by the method 'exercise', at most 3,000 steps, L1 read as its mean" in caption
+
+
+def test_the_theory_section_shows_make_theorys_numbers():
+    theory = {
+        "jaxpr_equations": {"naive": 10, "custom": 4},
+        "fold_differences": {"MLP, 3 hidden layers": 9.4e-16, "ConvNet, SAME, padded with 0": 0.48},
+        "max_difference_exact": 9.4e-16,
+        "same_padding_conv1_gap": {"interior": 1.8e-15, "border": 2.01},
+        "same_padding_prediction_error": 3e-16,
+        "sigmoid_tail_gradients": {"-1000.0": [float("nan"), 0.0]},
+    }
+    text = report.theory_section(theory)
+    assert "| ConvNet, SAME, padded with 0 | 0.48 |" in text
+    assert "up to 2.01 on the border" in text and "≤ 3e-16" in text
+    assert "4 equations against the naive 1/(1+e^−x)'s 10" in text
+    assert "| -1000 | nan | 0 |" in text
+    assert "Not run yet" in report.theory_section(None)
 
 
 # --------------------------------------------------------------------------- no TensorFlow, CLI

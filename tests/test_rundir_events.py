@@ -53,7 +53,7 @@ def test_the_hparams_session_is_at_the_workdir_and_tensorboard_reads_it(runs):
     summary = json.loads((runs / "straight" / "summary.json").read_text())
     assert _scalars(runs / "straight" / "test", "loss")[-1] == (
         24,
-        pytest.approx(summary["final_test_loss"], rel=1e-6),
+        pytest.approx(summary["replicas"][0]["final_test_loss"], rel=1e-6),
     )
     assert _scalars(runs / "straight" / "test", "accuracy")[-1][0] == 24
     train_tags = _accumulator(runs / "straight" / "train").Tags()["tensors"]
@@ -72,3 +72,26 @@ def test_a_resumed_run_keeps_its_progress_scalars_each_step_once(runs):
     kept = rundir.events.kept_scalars(runs / "resumed", 24)
     assert [e["step"] for e in kept] == [4, 8, 12, 16, 20, 24]
     assert all({"steps_per_sec", "uptime"} <= set(e) for e in kept)
+
+
+def test_each_replica_is_a_tensorboard_run_of_its_own(tmp_path):
+    cfg = config_lib.load_experiment("mlp", "test")
+    cfg.num_replicas = 2
+    train.train_and_evaluate(cfg, tmp_path / "two")
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert not (tmp_path / "two" / "test").exists()
+    finals = []
+    for k in range(2):
+        loss = _scalars(tmp_path / "two" / f"replica_{k}" / "test", "loss")
+        assert [s for s, _ in loss] == [8, 16, 24]
+        assert loss[-1][1] == pytest.approx(summary["replicas"][k]["final_test_loss"], rel=1e-6)
+        finals.append(loss[-1][1])
+    assert finals[0] != finals[1]
+    # CLU's progress scalars go with the first replica's train writer only.
+    assert (
+        "steps_per_sec" in _accumulator(tmp_path / "two" / "replica_0" / "train").Tags()["tensors"]
+    )
+    assert (
+        "steps_per_sec"
+        not in _accumulator(tmp_path / "two" / "replica_1" / "train").Tags()["tensors"]
+    )

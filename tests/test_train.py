@@ -46,12 +46,15 @@ def test_every_experiment_trains_and_writes_its_files(tiny_runs, name):
     assert saved["name"] == name and saved["num_train_steps"] == 24
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["steps"] == 24 and summary["name"] == name
-    assert summary["final_test_loss"] == history[-1]["test_loss"]
-    assert summary["min_test_loss"] == min(r["test_loss"] for r in history)
+    (results,) = summary["replicas"]
+    assert summary["num_replicas"] == 1 and results["seed"] == 0
+    assert results["final_test_loss"] == history[-1]["test_loss"]
+    assert results["min_test_loss"] == min(r["test_loss"] for r in history)
+    assert summary["statistics"]["final_test_loss"]["mean"] == results["final_test_loss"]
     assert summary["backend"] == jax.default_backend() and summary["device_count"] >= 1
     assert summary["data"]["source"] in ("synthetic", "linear_regression")
     if name != "linreg":
-        assert summary["best_test_accuracy"] == max(r["test_accuracy"] for r in history)
+        assert results["best_test_accuracy"] == max(r["test_accuracy"] for r in history)
 
 
 def test_event_files_hold_the_logged_scalars(tiny_runs):
@@ -132,7 +135,7 @@ def test_convnet_on_the_offline_copy_passes_80_percent(offline_dir, tmp_path, mo
     train.train_and_evaluate(cfg, tmp_path / "cnn")
     summary = json.loads((tmp_path / "cnn" / "summary.json").read_text())
     assert summary["data"]["source"] == "idx"
-    assert summary["final_test_accuracy"] > 0.80, summary
+    assert summary["replicas"][0]["final_test_accuracy"] > 0.80, summary
 
 
 EIGHT_DEVICES = textwrap.dedent(
@@ -173,9 +176,9 @@ def test_batch_not_divisible_by_devices_is_refused():
     cfg = config_lib.load_experiment("cnn", "test")
     cfg.batch_size = 30
     with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
-        train.check_divisible(cfg, SimpleNamespace(size=8))
+        train.check_divisible(cfg, SimpleNamespace(shape={"data": 8}))
     cfg.batch_size = 32
-    train.check_divisible(cfg, SimpleNamespace(size=8))
+    train.check_divisible(cfg, SimpleNamespace(shape={"data": 8}))
 
 
 def test_workdir_of_another_model_is_refused(tmp_path):

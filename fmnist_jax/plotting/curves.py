@@ -3,8 +3,10 @@
 Nothing here trains or evaluates anything: a run is read back through `fmnist_jax.rundir`
 (`metrics.jsonl`, `summary.json`, `config.json`), and no TensorFlow is imported. Curves are
 smoothed exactly as TensorBoard's scalar dashboard does, with the raw curve drawn faintly
-behind. One colour convention for every figure, the exercise's: blue / orange = train / test
-without dropout, green / pink = train / test with dropout.
+behind. A run of several replicas draws, per series, the mean over replicas of the smoothed
+curves with a band from their minimum to their maximum (the raw mean faint). One colour
+convention for every figure, the exercise's: blue / orange = train / test without dropout,
+green / pink = train / test with dropout.
 """
 
 import math
@@ -29,6 +31,7 @@ COLORS = {
     ("test", True): "tab:pink",
 }
 RAW_ALPHA = 0.25  # the raw curve is drawn faintly, as in TensorBoard
+BAND_ALPHA = 0.2  # the min-max band over replicas
 FIGURES = {  # key: (file name, runs it needs, title); the second run, if any, has dropout
     "fig2": ("fig2_linreg_loss.png", ("linreg",), "Figure 2: linear regression loss"),
     "fig3": ("fig3_mlp.png", ("mlp",), "Figure 3: Multi-Layer-Perceptron"),
@@ -103,6 +106,37 @@ def draw_curve(ax, curve: Curve, color: str, label: str, smoothing: float, x_sca
     ax.plot(x, tensorboard_smooth(curve.values, smoothing), color=color, linewidth=1.8, label=label)
 
 
+def replica_curves(run: Run, key: str) -> list[Curve]:
+    """Each replica's series `key` (replicas that never logged it left out)."""
+    return [c for r in run.replicas() if (c := r.curve(key)) is not None]
+
+
+def band(curves: Sequence[Curve], smoothing: float) -> tuple[np.ndarray, ...]:
+    """(steps, raw mean, mean of the smoothed curves, their min, their max) over replicas, on
+    the steps every replica logged."""
+    steps = curves[0].steps
+    for c in curves[1:]:
+        steps = np.intersect1d(steps, c.steps)
+    raw = np.stack([c.values[np.isin(c.steps, steps)] for c in curves])
+    smooth = np.stack([tensorboard_smooth(v, smoothing) for v in raw])
+    return steps, raw.mean(0), smooth.mean(0), smooth.min(0), smooth.max(0)
+
+
+def draw_series(ax, run: Run, key: str, color: str, label: str, smoothing: float, x_scale=1.0):
+    """`draw_curve` for a run of one replica; for several, the mean of the replicas' smoothed
+    curves with a min-max band and the raw mean faint. Nothing when never logged."""
+    curves = replica_curves(run, key)
+    if len(curves) <= 1:
+        if curves:
+            draw_curve(ax, curves[0], color, label, smoothing, x_scale)
+        return
+    steps, raw, mean, low, high = band(curves, smoothing)
+    x = steps / x_scale
+    ax.plot(x, raw, color=color, alpha=RAW_ALPHA, linewidth=1.0, label=f"_{label} raw")
+    ax.fill_between(x, low, high, color=color, alpha=BAND_ALPHA, linewidth=0)
+    ax.plot(x, mean, color=color, linewidth=1.8, label=f"{label} (mean of {len(curves)})")
+
+
 def _series_label(collection: str, run: Run, with_dropout: bool) -> str:
     if not with_dropout:
         return collection
@@ -114,15 +148,20 @@ def _panel(ax, runs: Sequence[Run], tag: str, smoothing: float, compare: bool) -
     """One panel: `tag` for train and test of each run (the second run, if any, is dropout)."""
     for dropout_index, run in enumerate(runs):
         for collection in COLLECTIONS:
-            curve = run.curve(f"{collection}_{tag}")
-            if curve is None:
-                continue
             color = COLORS[(collection, dropout_index > 0)]
-            draw_curve(ax, curve, color, _series_label(collection, run, compare), smoothing)
+            label = _series_label(collection, run, compare)
+            draw_series(ax, run, f"{collection}_{tag}", color, label, smoothing)
     ax.set_xlabel("iteration (training step)")
     ax.set_ylabel(tag)
     ax.grid(alpha=0.3)
     ax.legend()
+
+
+def _band_note(runs: Sequence[Run]) -> str:
+    counts = sorted({r.num_replicas for r in runs})
+    if counts == [1]:
+        return "raw curves faint"
+    return f"{'/'.join(map(str, counts))} replicas: mean, min-max band, raw mean faint"
 
 
 def plot_accuracy_and_loss(
@@ -138,7 +177,7 @@ def plot_accuracy_and_loss(
     for ax, tag, letter in zip(axes, ("accuracy", "loss"), "ab", strict=True):
         _panel(ax, runs, tag, smoothing, compare=len(runs) > 1)
         ax.set_title(f"({letter}) {tag}")
-    fig.suptitle(f"{title} (TensorBoard smoothing {smoothing:g}, raw curves faint)")
+    fig.suptitle(f"{title} (TensorBoard smoothing {smoothing:g}, {_band_note(runs)})")
     return fig
 
 
@@ -150,16 +189,13 @@ def plot_linreg_loss(
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
     for collection in COLLECTIONS:
-        curve = run.curve(f"{collection}_loss")
-        if curve is not None:
-            draw_curve(
-                ax, curve, COLORS[(collection, False)], collection, smoothing, per_epoch or 1
-            )
+        color = COLORS[(collection, False)]
+        draw_series(ax, run, f"{collection}_loss", color, collection, smoothing, per_epoch or 1)
     ax.set_xlabel("epoch" if per_epoch else "iteration (training step; steps per epoch unknown)")
     ax.set_ylabel("mean loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"{title} (smoothing {smoothing:g}, raw curves faint)")
+    ax.set_title(f"{title} (smoothing {smoothing:g}, {_band_note([run])})")
     return fig
 
 

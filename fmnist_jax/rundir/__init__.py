@@ -2,9 +2,12 @@
 
     workdir/
       config.json          the exact config, written when training starts
-      metrics.jsonl        one record per evaluation: the source of truth for every reader
-      summary.json         the final numbers, written when training ends
+      metrics.jsonl        one record per evaluation and replica: the source of truth for
+                           every reader
+      summary.json         the final numbers (per replica, and their statistics), written
+                           when training ends
       train/, test/        TensorBoard event files (CLU writers), for TensorBoard users
+                           (replica_<k>/train, replica_<k>/test with several replicas)
       checkpoints/<step>/  orbax checkpoints; "finished" is decided by orbax's public API
 
 The train loop writes through the functions here; plotting, the report, the API and the attack
@@ -27,7 +30,13 @@ from fmnist_jax.rundir.checkpoint_files import (
     set_aside_unfinished,
     tree_checksum,
 )
-from fmnist_jax.rundir.events import COLLECTIONS, open_writers, write_record
+from fmnist_jax.rundir.events import (
+    COLLECTIONS,
+    folders,
+    open_writers,
+    progress_writer,
+    write_record,
+)
 from fmnist_jax.rundir.files import (
     CONFIG_FILE,
     LOCK_FILE,
@@ -67,8 +76,10 @@ __all__ = [
     "disk_full",
     "finalized_step_folders",
     "finished_steps",
+    "folders",
     "open_writers",
     "prepare",
+    "progress_writer",
     "read_config",
     "read_history",
     "read_json",

@@ -1,8 +1,9 @@
 """The run directory's TensorBoard event files, for TensorBoard users.
 
 - `train/` and `test/`: CLU writers with the same tags (`loss`, `accuracy`), so TensorBoard
-  overlays them; the train writer also carries CLU's progress scalars (`steps_per_sec`,
-  `uptime`).
+  overlays them; the (first) train writer also carries CLU's progress scalars
+  (`steps_per_sec`, `uptime`). A run of R > 1 replicas has `replica_<k>/train` and
+  `replica_<k>/test` for each replica instead: separate TensorBoard runs, overlaid.
 - the workdir itself: the run's hyperparameters (a session for TensorBoard's HParams
   dashboard, whose metrics are the tags of `train/` and `test/`: it lists each run with its
   test loss and accuracy, tensorboard#3675).
@@ -15,7 +16,7 @@ records in `scalars.jsonl` as they are written, each up to the checkpoint it res
 import json
 from pathlib import Path
 
-COLLECTIONS = ("train", "test")  # event-file folders; record keys are "<collection>_<tag>"
+COLLECTIONS = ("train", "test")  # record keys are "<collection>_<tag>"
 SCALARS_FILE = "scalars.jsonl"  # scalars logged between evaluations (CLU's progress)
 EVENTS_GLOB = "events.out.tfevents.*"
 
@@ -51,11 +52,31 @@ class ProgressWriter:
         return getattr(self.inner, name)
 
 
+def folders(num_replicas: int) -> list[str]:
+    """The event-file folders of a run: `train`, `test`, or per replica `replica_<k>/...`."""
+    if num_replicas == 1:
+        return list(COLLECTIONS)
+    return [f"replica_{k}/{c}" for k in range(num_replicas) for c in COLLECTIONS]
+
+
+def _folder(record: dict, collection: str, writers: dict) -> str:
+    nested = f"replica_{record.get('replica', 0)}/{collection}"
+    return nested if nested in writers else collection
+
+
 def write_record(writers: dict, record: dict) -> None:
-    """One evaluation record into the `train/` and `test/` writers (tags without prefix)."""
-    for prefix, writer in writers.items():
-        scalars = {k[len(prefix) + 1 :]: v for k, v in record.items() if k.startswith(prefix)}
+    """One evaluation record into its replica's `train` and `test` writers (tags without
+    prefix)."""
+    for collection in COLLECTIONS:
+        prefix = collection + "_"
+        scalars = {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
+        writer = writers[_folder(record, collection, writers)]
         getattr(writer, "inner", writer).write_scalars(record["step"], scalars)
+
+
+def progress_writer(writers: dict):
+    """The writer CLU's progress scalars go to (the first train folder's)."""
+    return next(w for name, w in writers.items() if name.endswith("train"))
 
 
 def kept_scalars(workdir: Path, up_to_step: int) -> list[dict]:
@@ -78,8 +99,8 @@ def kept_scalars(workdir: Path, up_to_step: int) -> list[dict]:
     return [lines[k] for k in sorted(lines)]
 
 
-def _replace_event_files(workdir: Path) -> None:
-    for folder in (workdir, *(workdir / name for name in COLLECTIONS)):
+def _replace_event_files(workdir: Path, names: list[str]) -> None:
+    for folder in (workdir, *(workdir / name for name in names)):
         for old in folder.glob(EVENTS_GLOB):
             old.unlink()
 
@@ -87,9 +108,9 @@ def _replace_event_files(workdir: Path) -> None:
 def open_writers(
     workdir: Path, config: dict, history: list[dict], up_to_step: int, just_logging=False
 ) -> dict:
-    """CLU writers for `train/` and `test/` holding exactly the kept `history` and progress
-    scalars up to `up_to_step`, and the run's hparams; `just_logging` (processes other than
-    0) writes no files."""
+    """CLU writers for each event-file folder (`folders`) holding exactly the kept `history`
+    and progress scalars up to `up_to_step`, and the run's hparams; `just_logging` (processes
+    other than 0) writes no files."""
     from fmnist_jax import runtime
 
     runtime.hide_accelerators_from_tensorflow()
@@ -97,13 +118,14 @@ def open_writers(
 
     workdir = Path(workdir)
     kept = kept_scalars(workdir, up_to_step)
+    names = folders(int(config.get("num_replicas") or 1))
     if not just_logging:
-        _replace_event_files(workdir)
+        _replace_event_files(workdir, names)
     writers = {
         name: metric_writers.create_default_writer(
             workdir, just_logging=just_logging, collection=name
         )
-        for name in COLLECTIONS
+        for name in names
     }
     if not just_logging:
         session = metric_writers.SummaryWriter(str(workdir))
@@ -115,5 +137,6 @@ def open_writers(
     for entry in kept:
         scalars = {k: v for k, v in entry.items() if k not in ("collection", "step")}
         writers[entry["collection"]].write_scalars(entry["step"], scalars)
-    writers["train"] = ProgressWriter(writers["train"], workdir, "train", not just_logging)
+    first = names[0]
+    writers[first] = ProgressWriter(writers[first], workdir, first, not just_logging)
     return writers

@@ -137,8 +137,9 @@ def disk_full(e: BaseException | None) -> bool:
 
 
 def read_history(workdir: str | Path, up_to_step: int | None = None) -> list[dict]:
-    """Evaluation records logged so far, in order, each step once; records after `up_to_step`
-    are dropped (a resumed run repeats the steps after its checkpoint)."""
+    """Evaluation records logged so far, in order (step, then replica), each (step, replica)
+    once; records after `up_to_step` are dropped (a resumed run repeats the steps after its
+    checkpoint). A record without `replica` (a run from before replicas) is replica 0's."""
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
@@ -149,8 +150,9 @@ def read_history(workdir: str | Path, up_to_step: int | None = None) -> list[dic
         except json.JSONDecodeError:  # a line cut short by a killed process
             logging.warning("%s: skipping an unreadable line: %.80s", path, line)
             continue
-        records[record["step"]] = record  # a step logged again: the later line wins
-    return [records[s] for s in sorted(records) if up_to_step is None or s <= up_to_step]
+        key = (record["step"], record.setdefault("replica", 0))
+        records[key] = record  # a step logged again: the later line wins
+    return [records[k] for k in sorted(records) if up_to_step is None or k[0] <= up_to_step]
 
 
 def write_history(workdir: Path, history: list[dict]) -> None:
@@ -178,11 +180,16 @@ class Curve:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """What a finished or running run holds, as plain data."""
+    """What a finished or running run holds, as plain data.
+
+    A run of R replicas keeps every replica's records in `history` and its results in
+    `summary["replicas"]`; `replica(k)` is replica k alone, as a run of one: its history, and
+    a summary with that replica's results in place of the list.
+    """
 
     path: Path
     config: dict
-    history: list[dict]  # metrics.jsonl records, step order, each step once
+    history: list[dict]  # metrics.jsonl records, (step, replica) order, each once
     summary: dict | None  # None until training has finished
 
     @property
@@ -193,10 +200,35 @@ class Run:
     def finished(self) -> bool:
         return self.summary is not None
 
+    @property
+    def num_replicas(self) -> int:
+        return int(self.config.get("num_replicas") or 1)
+
+    def replica(self, k: int) -> "Run":
+        """Replica `k` as a run of its own (IndexError for one the run does not have)."""
+        if not 0 <= k < self.num_replicas:
+            raise IndexError(f"{self.path} has {self.num_replicas} replica(s), not {k + 1}")
+        summary = None
+        if self.summary is not None:
+            results = (self.summary.get("replicas") or [{}])[k]
+            summary = {**self.summary, **results}
+            summary.pop("replicas", None)
+            summary.pop("statistics", None)
+        history = [r for r in self.history if r.get("replica", 0) == k]
+        config = {**self.config, "num_replicas": 1}
+        return Run(self.path, config, history, summary)
+
+    def replicas(self) -> list["Run"]:
+        return [self.replica(k) for k in range(self.num_replicas)]
+
     def curve(self, key: str) -> Curve | None:
-        """The series of record key `key` ("train_loss", "test_accuracy", ...), or None when
-        it was never logged."""
-        points = [(r["step"], r[key]) for r in self.history if r.get(key) is not None]
+        """The series of record key `key` ("train_loss", "test_accuracy", ...) of replica 0
+        (`replica(k).curve` for another), or None when it was never logged."""
+        points = [
+            (r["step"], r[key])
+            for r in self.history
+            if r.get(key) is not None and r.get("replica", 0) == 0
+        ]
         if not points:
             return None
         steps, values = zip(*points, strict=True)

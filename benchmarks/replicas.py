@@ -1,0 +1,87 @@
+"""What replicas cost: training images per second per replica at R = 1, 3, 5, paired.
+
+    python benchmarks/replicas.py [--models mlp,cnn] [--replicas 1,3,5] [--rounds 3]
+
+Each model trains at its experiment's batch size (64) through the project's own loop path:
+`feeds.make_feed` (the MLP's steps as device-resident chunks, the ConvNet's as one jitted step
+per host batch) and the jitted `steps.Steps` of the experiment config with
+`num_replicas` = R. Every R is compiled and warmed up first; then the rounds time a block of
+steps for each R in turn (R = 1, 3, 5, 1, 3, 5, ...), so that the machine's drift hits every R
+alike, and the median over the rounds is printed with its ratio to R = 1 (per replica: 1.00
+means a replica costs as much as a plain run; lower is dearer).
+"""
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workers import data_dir
+
+MODELS = {"mlp": ("mlp_dropout", 500), "cnn": ("cnn_dropout", 60)}  # experiment, block steps
+
+_MODELS = flags.DEFINE_string("models", "mlp,cnn", "Models: mlp, cnn.")
+_REPLICAS = flags.DEFINE_string("replicas", "1,3,5", "Replica counts R.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed blocks per R.")
+
+
+def prepare(experiment: str, num_replicas: int, block: int):
+    """(feed, state, accumulator, keys, steps) of the experiment with R replicas, compiled."""
+    import jax
+
+    from fmnist_jax import config as config_lib
+    from fmnist_jax import data, distributed, feeds, steps, train
+
+    config = config_lib.load_experiment(experiment)
+    config.data_dir, config.num_replicas = str(data_dir()), num_replicas
+    config.eval_every_steps = config.steps_per_chunk = block if config.steps_per_chunk > 1 else 1
+    dataset = data.load(config)
+    s = steps.Steps(config, distributed.make_mesh(num_replicas))
+    state, keys = train.initial_state(config, dataset.train["inputs"].shape[1:], s)
+    feed = feeds.make_feed(s, dataset, config, 0)
+    acc = s.empty_accumulator()
+    state, acc = feed.train(state, acc, keys, feed.chunk)  # compiles
+    jax.block_until_ready(acc)
+    return {"feed": feed, "state": state, "acc": acc, "keys": keys, "batch": config.batch_size}
+
+
+def timed_block(entry: dict, block: int) -> float:
+    """Seconds for `block` steps of every replica."""
+    import jax
+
+    feed, start = entry["feed"], time.perf_counter()
+    state, acc = entry["state"], entry["acc"]
+    for _ in range(block // feed.chunk):
+        state, acc = feed.train(state, acc, entry["keys"], feed.chunk)
+    jax.block_until_ready(acc)
+    entry["state"], entry["acc"] = state, acc
+    return time.perf_counter() - start
+
+
+def main(argv) -> None:
+    del argv
+    counts = [int(r) for r in _REPLICAS.value.split(",")]
+    print(f"{'model':8s} {'R':>3s} {'img/s per replica':>18s} {'img/s (all)':>12s} {'vs R=1':>7s}")
+    for model in _MODELS.value.split(","):
+        experiment, block = MODELS[model]
+        entries = {r: prepare(experiment, r, block) for r in counts}
+        times = {r: [] for r in counts}
+        for _ in range(_ROUNDS.value):
+            for r in counts:
+                times[r].append(timed_block(entries[r], block))
+        base = None
+        for r in counts:
+            per_replica = block * entries[r]["batch"] / statistics.median(times[r])
+            base = base or per_replica
+            print(
+                f"{model + '@64':8s} {r:3d} {per_replica:18,.0f} {per_replica * r:12,.0f}"
+                f" {per_replica / base:7.2f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,105 @@
+"""Replicas: R models that differ only in their seeds, trained as one program.
+
+`config.num_replicas` = R. Replica k's seed is `replica_seed(config.seed, k)` (replica 0 keeps
+the config's seed, so it is the plain run), and everything random in its training (initial
+weights, data order, dropout keys) comes from that seed as it would for a plain run. The train
+state carries a leading replica axis of length R; `over_replicas` maps a step over it (`vmap`,
+the replica axis sharded over the mesh's `replica` axis), and for R = 1 runs the unreplicated
+step on the one replica, so that one replica is today's program, bit for bit.
+
+Statistics over replicas (`describe`: mean, standard deviation, a 95 % Student-t interval of
+the mean) are what summary.json and REPORT.md quote.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+INTERVAL_LEVEL = 0.95
+
+
+def replica_seed(seed: int, replica: int) -> int:
+    """Replica `replica`'s seed: `seed` for replica 0, for the others a 31-bit integer drawn
+    from (seed, replica) by numpy's SeedSequence (distinct, reproducible, never seed + k,
+    which would make replica k of seed s replica k-1 of seed s+1)."""
+    if replica == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(replica)]).generate_state(1)[0] >> 1)
+
+
+def seeds(seed: int, num_replicas: int) -> list[int]:
+    return [replica_seed(seed, k) for k in range(num_replicas)]
+
+
+def stack(trees: Sequence):
+    """Pytrees of equal leaves' structure as one pytree with a leading replica axis; static
+    fields (a TrainState's apply_fn and tx) are the first tree's."""
+    leaves = [jax.tree.leaves(t) for t in trees]
+    stacked = [np.stack([np.asarray(v) for v in same]) for same in zip(*leaves, strict=True)]
+    return jax.tree.unflatten(jax.tree.structure(trees[0]), stacked)
+
+
+def take(tree, replica: int):
+    """Replica `replica` of a pytree with a leading replica axis."""
+    return jax.tree.map(lambda v: v[replica], tree)
+
+
+def over_replicas(fn: Callable, num_replicas: int, in_axes) -> Callable:
+    """`fn` mapped over a leading replica axis of the arguments `in_axes` marks with 0 (None:
+    shared by all replicas); outputs get a leading replica axis. R > 1: `vmap` with the
+    replica axis sharded over the mesh axis `replica`. R = 1: `fn` itself on replica 0 (the
+    axis dropped on the way in and added on the way out: free reshapes), so that one replica
+    runs exactly the unreplicated program."""
+    if num_replicas > 1:
+        return jax.vmap(fn, in_axes=in_axes, spmd_axis_name="replica")
+
+    def one(*args):
+        inner = [
+            a
+            if axis is None
+            else jax.tree.map(lambda v, ax=axis: jax.lax.index_in_dim(v, 0, ax, False), a)
+            for a, axis in zip(args, in_axes, strict=True)
+        ]
+        return jax.tree.map(lambda v: v[None], fn(*inner))
+
+    return one
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def t_quantile(level: float, dof: int) -> float:
+    """The two-sided Student-t critical value for `level` with `dof` degrees of freedom."""
+    from scipy import stats  # a dependency of jax
+
+    return float(stats.t.ppf(0.5 + level / 2, dof))
+
+
+def interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> tuple[float, float]:
+    """The `level` Student-t confidence interval of the mean of `values` (one value: that
+    value at both ends, there being no spread to estimate)."""
+    v = np.asarray(values, np.float64)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, mean
+    half = t_quantile(level, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return mean - half, mean + half
+
+
+def describe(values: Sequence[float | None]) -> dict | None:
+    """mean, std (sample, ddof 1; 0 for one value), 95 % interval of the mean, min, max and n
+    of `values`; None when a value is missing (a field a model does not have)."""
+    if not values or any(v is None for v in values):
+        return None
+    v = np.asarray(values, np.float64)
+    low, high = interval(v)
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "interval": [low, high],
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n": len(v),
+    }

@@ -1,0 +1,192 @@
+"""Each claim of the exercise over replicas: "holds in k of R" with the effect's interval.
+
+`check_claims` runs the checks of `fmnist_jax.claims` on each replica of the runs present
+(replica k of a run without dropout paired with replica k of the run with, which shares its
+seed) and gives a `Verdict` each: "holds in k of R" with the effect's mean and 95 % interval
+over the R replicas ("holds (1 run)" / "does not hold (1 run)" for one), or "not checked (...)"
+with the reason: a run that is missing, or a field or curve it lacks (`MissingData`). Anything
+else raised by a check is a bug and is not caught.
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from fmnist_jax import replicas
+from fmnist_jax.claims import (
+    ADVERSARIAL_P_TARGET,
+    ADVERSARIAL_RUN,
+    EXERCISE_CNN_TURN_STEP,
+    Check,
+    MissingData,
+    check_adversarial,
+    check_dropout_gap,
+    check_dropout_test_loss,
+    check_overfits,
+    check_same_accuracy,
+    check_slight_rise,
+    check_train_test_same,
+    check_turn_step,
+    curve,
+)
+from fmnist_jax.rundir import Run
+
+HOLDS, FAILS = "holds", "does not hold"
+NOT_CHECKED_MISSING_RUN = "not checked (run missing)"
+NOT_CHECKED_INCOMPLETE = "not checked (incomplete data)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One claim of the exercise: its status ("holds in k of R", "holds (1 run)", "not checked
+    (...)"), the evidence, and in how many of how many replicas it held (0 of 0: not checked)."""
+
+    claim: str
+    status: str
+    evidence: str
+    held: int = 0
+    total: int = 0
+
+
+# --------------------------------------------------------------------------- all claims
+
+
+def _fmt_effect(value: float, unit: str) -> str:
+    if unit == "step":
+        return f"{value:,.0f}"
+    if unit == "%":
+        return f"{value:+.1%}"
+    if unit == "points":
+        return f"{value * 100:+.2f}"
+    return f"{value:+.4f}"
+
+
+def summarize_checks(claim: str, checks: Sequence[Check], effect: str, unit: str) -> Verdict:
+    """The verdict of one claim checked on R replicas: "holds in k of R" with the effect's
+    mean and 95 % interval (one replica: "holds (1 run)") and replica 0's numbers."""
+    held, total = sum(c.holds for c in checks), len(checks)
+    if total == 1:
+        status = f"{HOLDS if held else FAILS} (1 run)"
+        return Verdict(claim, status, checks[0].evidence, held, total)
+    stats = replicas.describe([c.effect for c in checks])
+    low, high = stats["interval"]
+    unit_text = "" if unit in ("step", "%") else f" {unit}"
+    evidence = (
+        f"{effect} {_fmt_effect(stats['mean'], unit)} [{_fmt_effect(low, unit)},"
+        f" {_fmt_effect(high, unit)}]{unit_text} (mean, 95 % interval over {total} replicas;"
+        f" range {_fmt_effect(stats['min'], unit)} to {_fmt_effect(stats['max'], unit)});"
+        f" replica 0: {checks[0].evidence}"
+    )
+    return Verdict(claim, f"holds in {held} of {total}", evidence, held, total)
+
+
+def _checked(claim, runs, names, check, effect: str, unit: str) -> Verdict:
+    """`check(*replica runs)` on each replica (replica k of every run in `names` together)
+    once every run is present and finished, else "not checked"."""
+    missing = [n for n in names if runs.get(n) is None or runs[n].summary is None]
+    if missing:
+        return Verdict(claim, NOT_CHECKED_MISSING_RUN, "missing: " + ", ".join(missing))
+    count = min(runs[n].num_replicas for n in names)
+    try:
+        checks = [check(*(runs[n].replica(k) for n in names)) for k in range(count)]
+    except MissingData as e:
+        return Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e))
+    return summarize_checks(claim, checks, effect, unit)
+
+
+def _model_claims(runs: Mapping[str, Run | None], model: str, label: str) -> list[Verdict]:
+    """The over-fitting, dropout and accuracy claims for one model ("mlp" or "cnn")."""
+    one, pair = [model], [model, f"{model}_dropout"]
+    verdicts = [
+        _checked(
+            f"The {label} without dropout over-fits (train loss falls, test loss rises)",
+            runs,
+            one,
+            lambda base: check_overfits(base.summary, curve(base, "train_loss")),
+            "final test loss above its minimum by",
+            "%",
+        )
+    ]
+    if model == "cnn":
+        verdicts.append(
+            _checked(
+                f"The ConvNet's test loss turns after about {EXERCISE_CNN_TURN_STEP:,} iterations",
+                runs,
+                one,
+                lambda base: check_turn_step(
+                    curve(base, "test_loss"), base.summary.get("steps_per_epoch")
+                ),
+                "turn at step",
+                "step",
+            )
+        )
+    verdicts.append(
+        _checked(
+            f"Dropout 0.25 reduces the {label}'s final train–test loss gap",
+            runs,
+            pair,
+            lambda base, drop: check_dropout_gap(base.summary, drop.summary),
+            "dropout changes the final test − train loss gap by",
+            "nats",
+        )
+    )
+    verdicts.append(
+        _checked(
+            f"Dropout lowers the {label}'s final test loss",
+            runs,
+            pair,
+            lambda base, drop: check_dropout_test_loss(base.summary, drop.summary),
+            "dropout changes the final test loss by",
+            "nats",
+        )
+    )
+    if model == "mlp":
+        verdicts.append(
+            _checked(
+                "With dropout the MLP's test accuracy remains about the same",
+                runs,
+                pair,
+                lambda base, drop: check_same_accuracy(base.summary, drop.summary),
+                "dropout changes the final test accuracy by",
+                "points",
+            )
+        )
+    else:
+        verdicts.append(
+            _checked(
+                "With dropout the ConvNet's test accuracy rises slightly",
+                runs,
+                pair,
+                lambda base, drop: check_slight_rise(base.summary, drop.summary),
+                "dropout changes the final test accuracy by",
+                "points",
+            )
+        )
+        verdicts.append(
+            _checked(
+                "With dropout the ConvNet's train and test accuracy are quite the same",
+                runs,
+                [f"{model}_dropout"],
+                lambda drop: check_train_test_same(drop.summary),
+                "final train − test accuracy",
+                "points",
+            )
+        )
+    return verdicts
+
+
+def check_claims(runs: Mapping[str, Run | None], adversarial: Mapping | None) -> list[Verdict]:
+    """Every claim of the exercise, checked on the runs present (None: missing) and the
+    attack's summary.json (None: not run; the attack is of one model, replica 0)."""
+    verdicts = _model_claims(runs, "mlp", "MLP") + _model_claims(runs, "cnn", "ConvNet")
+    claim = f"Adversarial examples reach p(target) ≥ {ADVERSARIAL_P_TARGET}"
+    if adversarial is None:
+        verdicts.append(Verdict(claim, NOT_CHECKED_MISSING_RUN, f"missing: {ADVERSARIAL_RUN}"))
+        return verdicts
+    try:
+        check = check_adversarial(adversarial)
+    except MissingData as e:
+        verdicts.append(Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e)))
+        return verdicts
+    status = f"{HOLDS if check.holds else FAILS} (1 model)"
+    verdicts.append(Verdict(claim, status, check.evidence, int(check.holds), 1))
+    return verdicts

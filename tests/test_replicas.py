@@ -1,0 +1,206 @@
+"""Replicas: R models differing only in their seeds, trained as one program. Replica 0 is the
+plain run, the replicas differ, resume and 8 devices give the same curves, each replica can be
+restored, and the statistics over replicas are the textbook ones."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import fmnist_jax as fj
+from fmnist_jax import config as config_lib
+from fmnist_jax import data, distributed, replicas, rundir, steps, summary, train
+from fmnist_jax.errors import TrainingError, UsageError
+from fmnist_jax.plotting import curves
+from tests.conftest import REPO
+
+KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
+
+
+def _history(workdir, replica=None):
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if replica is None or r["replica"] == replica]
+
+
+def _assert_close(a, b, rel):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        for key in KEYS:
+            assert x[key] == pytest.approx(y[key], rel=rel, abs=rel), (x["step"], key)
+
+
+def _config(name="mlp_dropout", replicas_=1, **changes):
+    cfg = config_lib.load_experiment(name, "test")
+    cfg.num_replicas = replicas_
+    for k, v in changes.items():
+        cfg[k] = v
+    return cfg
+
+
+# --------------------------------------------------------------------------- seeds, statistics
+
+
+def test_replica_0_keeps_the_seed_and_the_others_are_distinct_and_reproducible():
+    assert replicas.replica_seed(7, 0) == 7
+    seeds = replicas.seeds(7, 5)
+    assert len(set(seeds)) == 5 and seeds == replicas.seeds(7, 5)
+    # Not seed + k: replica 1 of seed 7 is not replica 0 of seed 8.
+    assert replicas.replica_seed(7, 1) != 8
+    assert replicas.replica_seed(8, 1) not in seeds
+
+
+def test_the_interval_is_the_student_t_interval_of_the_mean():
+    low, high = replicas.interval([1.0, 2.0, 3.0, 4.0])
+    half = 3.182446305284263 * np.std([1, 2, 3, 4], ddof=1) / 2  # t(0.975, 3 dof)
+    assert (low, high) == pytest.approx((2.5 - half, 2.5 + half), rel=1e-12)
+    stats = replicas.describe([0.30, 0.32, 0.31])
+    assert stats["mean"] == pytest.approx(0.31) and stats["std"] == pytest.approx(0.01)
+    assert stats["interval"] == pytest.approx([0.31 - 0.0248414, 0.31 + 0.0248414], rel=1e-5)
+    assert (stats["min"], stats["max"], stats["n"]) == (0.30, 0.32, 3)
+    one = replicas.describe([0.5])
+    assert one["interval"] == [0.5, 0.5] and one["std"] == 0.0
+    assert replicas.describe([0.5, None]) is None
+
+
+def test_the_summary_lists_each_replica_and_its_statistics():
+    cfg = _config(replicas_=2)
+    history = [
+        {"step": s, "replica": k, "train_loss": 1.0, "test_loss": loss, "test_accuracy": acc}
+        for s, per in ((8, ((0.5, 0.8), (0.7, 0.7))), (16, ((0.4, 0.9), (0.6, 0.8))))
+        for k, (loss, acc) in enumerate(per)
+    ]
+    results = summary.replica_results(cfg, history)
+    assert [r["seed"] for r in results] == replicas.seeds(cfg.seed, 2)
+    assert [r["final_test_loss"] for r in results] == [0.4, 0.6]
+    assert [r["best_test_accuracy"] for r in results] == [0.9, 0.8]
+    stats = summary.statistics(results)
+    assert stats["final_test_loss"]["mean"] == pytest.approx(0.5)
+    assert stats["final_test_loss"]["interval"] == pytest.approx(replicas.interval([0.4, 0.6]))
+
+
+def test_the_mesh_splits_replicas_where_the_devices_allow():
+    assert distributed.replica_axis_size(4, 8) == 4
+    assert distributed.replica_axis_size(3, 8) == 1
+    assert distributed.replica_axis_size(6, 8) == 2
+    assert distributed.replica_axis_size(4, 8, num_processes=2) == 1
+    mesh = distributed.make_mesh(3)
+    assert mesh.axis_names == ("replica", "data") and mesh.size == jax.device_count()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_one_replica_runs_the_unreplicated_step_bit_for_bit():
+    cfg = _config()
+    dataset = data.load(cfg)
+    mesh = distributed.make_mesh(1)
+    s = steps.Steps(cfg, mesh)
+    state, rng = train.initial_state(cfg, dataset.train["inputs"].shape[1:], s)
+    batch = next(data.train_batches(dataset.train, cfg.batch_size, cfg.seed))
+    plain = jax.jit(lambda st, b, r: steps.train_step(st, b, r, regression=False))
+    expected, _ = plain(replicas.take(state, 0), batch, rng[0])
+    got, _ = s.train(state, {k: v[None] for k, v in batch.items()}, rng, s.empty_accumulator())
+    for a, b in zip(jax.tree.leaves(expected.params), jax.tree.leaves(got.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[0])
+
+
+@pytest.mark.parametrize("chunk", [1, 8])
+def test_replica_0_of_3_is_the_plain_run_and_the_replicas_differ(tmp_path, chunk):
+    train.train_and_evaluate(_config(steps_per_chunk=chunk), tmp_path / "plain")
+    state, history = train.train_and_evaluate(
+        _config(replicas_=3, steps_per_chunk=chunk), tmp_path / "three"
+    )
+    assert jax.tree.leaves(state.params)[0].shape[0] == 3
+    assert [r["replica"] for r in history[:3]] == [0, 1, 2]
+    _assert_close(_history(tmp_path / "three", 0), _history(tmp_path / "plain"), rel=1e-5)
+    finals = [_history(tmp_path / "three", k)[-1]["test_loss"] for k in range(3)]
+    assert len(set(finals)) == 3
+    s = json.loads((tmp_path / "three" / "summary.json").read_text())
+    assert [r["final_test_loss"] for r in s["replicas"]] == finals
+    assert s["num_replicas"] == 3 and s["statistics"]["final_test_loss"]["n"] == 3
+
+
+def test_a_resumed_run_of_replicas_continues_the_same_curves(tmp_path):
+    train.train_and_evaluate(_config(replicas_=2), tmp_path / "straight")
+    train.train_and_evaluate(_config(replicas_=2, num_train_steps=16), tmp_path / "resumed")
+    train.train_and_evaluate(_config(replicas_=2), tmp_path / "resumed")
+    straight, resumed = _history(tmp_path / "straight"), _history(tmp_path / "resumed")
+    assert [(r["step"], r["replica"]) for r in resumed] == [
+        (s, k) for s in (8, 16, 24) for k in (0, 1)
+    ]
+    _assert_close(straight, resumed, rel=1e-6)
+
+
+EIGHT_DEVICES = textwrap.dedent(
+    """
+    import sys
+    from fmnist_jax import config, train
+    import jax
+    assert jax.local_device_count() == int(sys.argv[2]), jax.devices()
+    cfg = config.load_experiment("mlp_dropout", "test")
+    cfg.num_replicas, cfg.num_train_steps = 2, 16
+    train.train_and_evaluate(cfg, sys.argv[1])
+    """
+)
+
+
+def test_eight_devices_with_replicas_match_one(tmp_path):
+    """8 devices: the replica axis over 2 of them, each batch over 4."""
+    for n in (1, 8):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+        subprocess.run(
+            [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / str(n)), str(n)],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    _assert_close(_history(tmp_path / "1"), _history(tmp_path / "8"), rel=1e-4)
+
+
+def test_a_non_finite_loss_names_the_replica(tmp_path):
+    cfg = _config(replicas_=2)
+    dataset = data.load(cfg)
+    inputs = dataset.train["inputs"].astype(np.float32)
+    inputs[:] = np.nan
+    poisoned = data.Dataset({**dataset.train, "inputs": inputs}, dataset.test, "poisoned", "t")
+    with pytest.raises(TrainingError, match=r"loss of replica 0 \(of 2\) became nan at step 1"):
+        train.train_and_evaluate(cfg, tmp_path, dataset=poisoned)
+
+
+def test_each_replica_restores_on_its_own_and_a_missing_one_is_refused(tmp_path):
+    state, _ = train.train_and_evaluate(_config(replicas_=2), tmp_path)
+    plain, _ = train.train_and_evaluate(_config(), tmp_path / "plain")
+    assert jax.tree.leaves(plain.params)[0].ndim == jax.tree.leaves(state.params)[0].ndim - 1
+    assert int(plain.step) == 24  # one replica: a plain run's state
+    for k in range(2):
+        restored = fj.restore(tmp_path, replica=k)
+        expected = jax.tree.leaves(replicas.take(state.params, k))
+        for a, b in zip(expected, jax.tree.leaves(restored.params), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(UsageError, match="holds 2 replica"):
+        fj.restore(tmp_path, replica=2)
+
+
+def test_the_run_reader_splits_replicas_into_runs_of_one(tmp_path):
+    train.train_and_evaluate(_config(replicas_=2), tmp_path)
+    run = rundir.read_run(tmp_path)
+    assert run.num_replicas == 2
+    one = run.replica(1)
+    assert [r["replica"] for r in one.history] == [1, 1, 1]
+    assert one.summary["final_test_loss"] == run.summary["replicas"][1]["final_test_loss"]
+    assert "replicas" not in one.summary
+    # The figures' band: mean, min and max of the replicas' smoothed curves.
+    loss = curves.replica_curves(run, "test_loss")
+    steps_, _, mean, low, high = curves.band(loss, 0.6)
+    smoothed = np.stack([curves.tensorboard_smooth(c.values, 0.6) for c in loss])
+    np.testing.assert_array_equal(steps_, [8, 16, 24])
+    np.testing.assert_allclose(mean, smoothed.mean(0))
+    np.testing.assert_allclose(low, smoothed.min(0))
+    np.testing.assert_allclose(high, smoothed.max(0))

@@ -1,0 +1,93 @@
+"""The dropout-rate sweep's verdicts on fabricated numbers (both ways), its table and figure,
+and the command line end to end on the :test-sized MLP."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fmnist_jax import rundir, sweep
+from tests.conftest import REPO
+
+
+def per_rate(losses: dict, accuracies: dict) -> dict:
+    """{rate: {field: per-replica values}} as `collect` builds it."""
+    return {
+        rate: {
+            "final_test_loss": losses[rate],
+            "min_test_loss": [v - 0.01 for v in losses[rate]],
+            "final_test_accuracy": accuracies[rate],
+        }
+        for rate in losses
+    }
+
+
+def test_0_25_best_by_the_lowest_mean_loss_with_small_differences():
+    v = sweep.model_verdict(
+        per_rate(
+            {0.0: [0.40, 0.41, 0.42], 0.25: [0.30, 0.31, 0.29], 0.5: [0.32, 0.33, 0.31]},
+            {0.0: [0.89] * 3, 0.25: [0.900, 0.902, 0.898], 0.5: [0.897] * 3},
+        )
+    )
+    assert v["best_rate"] == 0.25 and v["exercise_rate"] == "the best"
+    assert v["accuracy_spread"] == pytest.approx(0.003) and v["differences_small"]
+
+
+def test_0_25_within_the_noise_of_the_best_when_the_paired_interval_holds_0():
+    # Rate 0.4 is best on the mean, but 0.25 - 0.4 is +0.01, -0.01, +0.005 replica by replica.
+    v = sweep.model_verdict(
+        per_rate(
+            {0.25: [0.31, 0.29, 0.305], 0.4: [0.30, 0.30, 0.30]}, {0.25: [0.9] * 3, 0.4: [0.9] * 3}
+        )
+    )
+    assert v["best_rate"] == 0.4 and v["exercise_rate"] == "within the noise of the best"
+    low, high = v["difference_interval"]
+    assert low < 0 < high
+
+
+def test_0_25_worse_than_the_best_and_large_differences():
+    v = sweep.model_verdict(
+        per_rate(
+            {0.1: [0.30, 0.31, 0.29], 0.25: [0.35, 0.36, 0.345]},
+            {0.1: [0.91] * 3, 0.25: [0.89] * 3},
+        )
+    )
+    assert v["best_rate"] == 0.1 and v["exercise_rate"] == "worse than the best"
+    assert v["difference_interval"][0] > 0
+    assert v["accuracy_spread"] == pytest.approx(0.02) and not v["differences_small"]
+    line = sweep.verdict_line(v)
+    assert "0.25 is worse than the best (+0.0517 [+0.0445, +0.0588] nats" in line
+    assert "span 2.00 points: not small" in line
+
+
+def test_the_sweep_command_trains_every_rate_and_writes_table_verdict_and_figure(tmp_path):
+    """mlp:test-sized runs through the real command (its experiment config at 16 steps)."""
+    out = tmp_path / "sweep"
+    cmd = [
+        sys.executable, "-m", "fmnist_jax.sweep", f"--runs={out}", "--models=mlp",
+        "--rates=0,0.25", "--replicas=2", "--num_train_steps=16",
+    ]  # fmt: skip
+    # --synthetic: random images instead of Fashion-MNIST, to keep the test small.
+    proc = subprocess.run(
+        [*cmd, "--synthetic"], check=False, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / sweep.RESULT_FILE).read_text())
+    model = result["models"]["mlp"]
+    assert model["num_replicas"] == 2 and list(model["rates"]) == ["0", "0.25"]
+    run = rundir.read_run(out / "mlp_p0.25")
+    finals = [r["final_test_loss"] for r in run.summary["replicas"]]
+    assert model["rates"]["0.25"]["final_test_loss"]["mean"] == pytest.approx(sum(finals) / 2)
+    assert run.config["dropout_rate"] == 0.25 and run.config["num_train_steps"] == 16
+    assert (out / sweep.FIGURE_FILE).stat().st_size > 10_000
+    assert "| mlp | 0.25 | 2 |" in proc.stdout and "**mlp**: lowest mean final test" in proc.stdout
+
+
+def test_bad_rates_are_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.sweep", f"--runs={tmp_path}", "--rates=0.25,1.5"],
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --rates '0.25,1.5'")
