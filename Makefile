@@ -18,14 +18,15 @@ EXPERIMENTS = linreg mlp mlp-dropout cnn cnn-dropout
 
 # Replicas per experiment (models differing only in their seeds, trained as one program; the
 # claims in REPORT.md are "holds in k of R"). Sized so that `make reproduce` stays within 30
-# minutes on a 2-core CPU: the ConvNets cost ~6 min a replica there, the others seconds.
+# minutes on a 2-core CPU: a ConvNet replica costs 5-8 min there, an MLP's ~40 s.
 # `make reproduce REPLICAS=8` sets them all (on an accelerator); each can be set on its own.
 REPLICAS ?=
 LINREG_REPLICAS ?= $(or $(REPLICAS),5)
-MLP_REPLICAS ?= $(or $(REPLICAS),5)
+MLP_REPLICAS ?= $(or $(REPLICAS),3)
 CNN_REPLICAS ?= $(or $(REPLICAS),1)
 SWEEP_REPLICAS ?= $(or $(REPLICAS),3)
-# The sweep's ConvNet runs at this many steps (0: the experiment's 15,000) to fit a CPU.
+# Extra sweep flags, e.g. SWEEP_ARGS="--cnn_train_steps=4000" (the ConvNet's 15,000 steps x 5
+# rates x 3 replicas take ~2 h on a 2-core CPU) or "--models=mlp".
 SWEEP_ARGS ?=
 
 # The environment exists only for the default interpreter; a user-given PYTHON is used as is.
@@ -100,6 +101,7 @@ bench: $(ENV)  ## speed: JAX vs PyTorch twins on this machine (installs torch fo
 	$(PYTHON) benchmarks/bench.py --check_data
 	$(PYTHON) -m pip install --quiet -r benchmarks/requirements.txt
 	$(PYTHON) benchmarks/bench.py
+	$(PYTHON) benchmarks/replicas.py
 
 theory: $(ENV)  ## exercise 1: the folding and sigmoid-gradient numbers -> runs/theory.json
 	$(PYTHON) -m fmnist_jax.theory --out $(RUNS)/theory.json

@@ -26,9 +26,10 @@ MODELS = {"mlp": ("mlp_dropout", 500), "cnn": ("cnn_dropout", 60)}  # experiment
 _MODELS = flags.DEFINE_string("models", "mlp,cnn", "Models: mlp, cnn.")
 _REPLICAS = flags.DEFINE_string("replicas", "1,3,5", "Replica counts R.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed blocks per R.")
+_MAPS = flags.DEFINE_string("maps", "vmap,unroll", "config.replica_map values to compare.")
 
 
-def prepare(experiment: str, num_replicas: int, block: int):
+def prepare(experiment: str, num_replicas: int, block: int, how: str):
     """(feed, state, accumulator, keys, steps) of the experiment with R replicas, compiled."""
     import jax
 
@@ -37,6 +38,7 @@ def prepare(experiment: str, num_replicas: int, block: int):
 
     config = config_lib.load_experiment(experiment)
     config.data_dir, config.num_replicas = str(data_dir()), num_replicas
+    config.replica_map = how
     config.eval_every_steps = config.steps_per_chunk = block if config.steps_per_chunk > 1 else 1
     dataset = data.load(config)
     s = steps.Steps(config, distributed.make_mesh(num_replicas))
@@ -64,21 +66,25 @@ def timed_block(entry: dict, block: int) -> float:
 def main(argv) -> None:
     del argv
     counts = [int(r) for r in _REPLICAS.value.split(",")]
-    print(f"{'model':8s} {'R':>3s} {'img/s per replica':>18s} {'img/s (all)':>12s} {'vs R=1':>7s}")
+    maps = _MAPS.value.split(",")
+    header = f"{'model':8s} {'map':6s} {'R':>3s} {'img/s per replica':>18s} {'img/s (all)':>12s}"
+    print(f"{header} {'vs R=1':>7s}")
     for model in _MODELS.value.split(","):
         experiment, block = MODELS[model]
-        entries = {r: prepare(experiment, r, block) for r in counts}
-        times = {r: [] for r in counts}
+        # R = 1 runs the unreplicated step whatever the map: timed once, the common baseline.
+        cases = [(1, maps[0])] + [(r, how) for how in maps for r in counts if r > 1]
+        entries = {case: prepare(experiment, *case[:1], block, case[1]) for case in cases}
+        times = {case: [] for case in cases}
         for _ in range(_ROUNDS.value):
-            for r in counts:
-                times[r].append(timed_block(entries[r], block))
+            for case in cases:
+                times[case].append(timed_block(entries[case], block))
         base = None
-        for r in counts:
-            per_replica = block * entries[r]["batch"] / statistics.median(times[r])
+        for r, how in cases:
+            per_replica = block * entries[(r, how)]["batch"] / statistics.median(times[(r, how)])
             base = base or per_replica
             print(
-                f"{model + '@64':8s} {r:3d} {per_replica:18,.0f} {per_replica * r:12,.0f}"
-                f" {per_replica / base:7.2f}",
+                f"{model + '@64':8s} {how if r > 1 else '-':6s} {r:3d} {per_replica:18,.0f}"
+                f" {per_replica * r:12,.0f} {per_replica / base:7.2f}",
                 flush=True,
             )
 

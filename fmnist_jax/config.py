@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Models trained at once, differing only in their seeds (fmnist_jax/replicas.py): one
     # program with a leading replica axis; replica 0 is the plain run of `seed`.
     c.num_replicas = 1
+    # How the replica axis is mapped: "vmap" (one batched program), "unroll" (R copies of the
+    # step in the program) or "auto" (unroll the ConvNet on a CPU, vmap the rest).
+    c.replica_map = "auto"
 
     # Profiling: a trace of `profile_steps` steps (0: none), starting `profile_first_step` steps
     # after the run (re)starts, written to the workdir for TensorBoard's profile plugin.
@@ -92,6 +95,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ("optimizer", OPTIMIZERS),
         ("dataset", DATASETS),
         ("activation", ACTIVATIONS),
+        ("replica_map", ("auto", "vmap", "unroll")),
     ):
         _require(
             config[field] in choices,

@@ -46,25 +46,45 @@ def take(tree, replica: int):
     return jax.tree.map(lambda v: v[replica], tree)
 
 
-def over_replicas(fn: Callable, num_replicas: int, in_axes) -> Callable:
-    """`fn` mapped over a leading replica axis of the arguments `in_axes` marks with 0 (None:
-    shared by all replicas); outputs get a leading replica axis. R > 1: `vmap` with the
-    replica axis sharded over the mesh axis `replica`. R = 1: `fn` itself on replica 0 (the
-    axis dropped on the way in and added on the way out: free reshapes), so that one replica
-    runs exactly the unreplicated program."""
-    if num_replicas > 1:
+MAPS = ("auto", "vmap", "unroll")
+
+
+def choose_map(requested: str, model: str, platform: str) -> str:
+    """ "vmap" or "unroll" for `config.replica_map` ("auto": unroll the ConvNet on a CPU, where
+    XLA runs a vmapped convolution with per-replica kernels as a grouped convolution ~9x
+    slower per replica (benchmarks/replicas.py); vmap everything else)."""
+    if requested != "auto":
+        return requested
+    return "unroll" if model == "cnn" and platform == "cpu" else "vmap"
+
+
+def _index(args, in_axes, r: int):
+    return [
+        a
+        if axis is None
+        else jax.tree.map(lambda v, ax=axis: jax.lax.index_in_dim(v, r, ax, False), a)
+        for a, axis in zip(args, in_axes, strict=True)
+    ]
+
+
+def over_replicas(fn: Callable, num_replicas: int, in_axes, how: str = "vmap") -> Callable:
+    """`fn` mapped over a leading replica axis of the arguments `in_axes` marks (0 or 1: that
+    axis; None: shared by all replicas); outputs get a leading replica axis.
+
+    R = 1: `fn` itself on replica 0 (the axis dropped on the way in and added on the way out:
+    free reshapes), so that one replica runs exactly the unreplicated program. R > 1, `how`
+    "vmap": `jax.vmap` with the replica axis sharded over the mesh axis `replica` (one batched
+    program); "unroll": R copies of `fn` in the one program, each on its replica's slice, the
+    outputs stacked (no batched convolution; each copy is the unreplicated step)."""
+    if num_replicas > 1 and how == "vmap":
         return jax.vmap(fn, in_axes=in_axes, spmd_axis_name="replica")
+    count = num_replicas
 
-    def one(*args):
-        inner = [
-            a
-            if axis is None
-            else jax.tree.map(lambda v, ax=axis: jax.lax.index_in_dim(v, 0, ax, False), a)
-            for a, axis in zip(args, in_axes, strict=True)
-        ]
-        return jax.tree.map(lambda v: v[None], fn(*inner))
+    def unrolled(*args):
+        outs = [fn(*_index(args, in_axes, r)) for r in range(count)]
+        return jax.tree.map(lambda *v: jax.numpy.stack(v), *outs)
 
-    return one
+    return unrolled
 
 
 # --------------------------------------------------------------------------- statistics

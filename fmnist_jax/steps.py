@@ -216,6 +216,10 @@ class Steps:
     def __init__(self, config, mesh: Mesh):
         self.regression = is_regression(config)
         self.num_replicas = r = config.get("num_replicas", 1)
+        how = replicas.choose_map(
+            config.get("replica_map", "auto"), config.model, jax.default_backend()
+        )
+        self.replica_map = how
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.per_replica = NamedSharding(mesh, PartitionSpec("replica"))
         self.sharded = NamedSharding(mesh, PartitionSpec("replica", "data"))
@@ -224,26 +228,28 @@ class Steps:
         rep, own, shard = self.replicated, self.per_replica, self.sharded
         regression = {"regression": self.regression}
         self.train = jax.jit(
-            replicas.over_replicas(partial(accumulate_train_step, **regression), r, (0,) * 4),
+            replicas.over_replicas(partial(accumulate_train_step, **regression), r, (0,) * 4, how),
             in_shardings=(own, shard, own, own),
             out_shardings=(own, own),
             donate_argnums=(0, 3),
         )
         self.eval = jax.jit(
-            replicas.over_replicas(partial(eval_step, **regression), r, (0, None)),
+            replicas.over_replicas(partial(eval_step, **regression), r, (0, None), how),
             in_shardings=(own, self.eval_sharded),
             out_shardings=own,
         )
         resident = {**regression, "sharding": NamedSharding(mesh, PartitionSpec("data"))}
         self.train_chunk = jax.jit(
-            replicas.over_replicas(partial(train_chunk, **resident), r, (0, 0, 1, None, None, 0)),
+            replicas.over_replicas(
+                partial(train_chunk, **resident), r, (0, 0, 1, None, None, 0), how
+            ),
             in_shardings=(own, own, rep, rep, rep, own),
             out_shardings=(own, own),
             donate_argnums=(0, 1),
         )
         self.evaluate_resident = jax.jit(
             replicas.over_replicas(
-                partial(evaluate_resident, **resident), r, (0, None, None, None, None)
+                partial(evaluate_resident, **resident), r, (0, None, None, None, None), how
             ),
             in_shardings=(own, rep, rep, rep, rep),
             out_shardings=own,

@@ -2,7 +2,7 @@
 achieved the best performance (although the differences were quite small)".
 
     python -m fmnist_jax.sweep --runs runs/sweep [--models mlp,cnn] [--rates 0,0.1,0.25,0.4,0.5]
-        [--replicas 3] [--num_train_steps N]
+        [--replicas 3] [--num_train_steps N] [--cnn_train_steps N]
 
 Each (model, rate) trains the model's experiment config with that dropout rate and R replicas
 (one program, `config.num_replicas`) into `<runs>/<model>_p<rate>` (rerunning resumes); then
@@ -59,13 +59,16 @@ def sweep_config(model: str, rate: float, num_replicas: int, num_train_steps=Non
     return c
 
 
-def train_all(runs_dir: Path, models, rates, num_replicas: int, **overrides) -> None:
-    """Trains (or resumes, or skips when finished) every (model, rate) run."""
+def train_all(runs_dir: Path, models, rates, num_replicas: int, steps=None, **overrides):
+    """Trains (or resumes, or skips when finished) every (model, rate) run; `steps` maps a
+    model to its number of steps (0 or absent: the experiment's)."""
     from fmnist_jax import train
 
     for model in models:
         for rate in rates:
-            config = sweep_config(model, rate, num_replicas, **overrides)
+            config = sweep_config(
+                model, rate, num_replicas, (steps or {}).get(model) or None, **overrides
+            )
             print(f"sweep: {config.name} ({num_replicas} replicas)", flush=True)
             train.train_and_evaluate(config, runs_dir / config.name)
 
@@ -144,14 +147,19 @@ def format_markdown(result: Mapping) -> str:
         return f"{stats['mean'] * scale:.4g}{unit} [{low * scale:.4g}, {high * scale:.4g}]"
 
     lines = [
-        "| model | rate | replicas | final test loss | min test loss | final test accuracy |",
-        "|---|---|---|---|---|---|",
+        (
+            "| model | steps | rate | replicas | final test loss | min test loss |"
+            " final test accuracy |"
+        ),
+        "|---|---|---|---|---|---|---|",
     ]
+    steps = result.get("num_train_steps") or {}
     verdicts = []
     for model, m in result["models"].items():
         for rate, stats in m["rates"].items():
             lines.append(
-                f"| {model} | {rate} | {m['num_replicas']} | {cell(stats['final_test_loss'])} |"
+                f"| {model} | {steps.get(model, '?'):,} | {rate} | {m['num_replicas']} |"
+                f" {cell(stats['final_test_loss'])} |"
                 f" {cell(stats['min_test_loss'])} | {cell(stats['final_test_accuracy'], True)} |"
             )
         verdicts.append(f"- **{model}**: {verdict_line(m['verdict'])}")
@@ -223,16 +231,15 @@ def main() -> None:
     if f.replicas < 1:
         raise UsageError(f"--replicas must be at least 1, got {f.replicas}")
     rates, runs_dir = _floats(f.rates), Path(f.runs)
-    train_all(
-        runs_dir,
-        models,
-        rates,
-        f.replicas,
-        num_train_steps=f.num_train_steps,
-        synthetic=f.synthetic,
-    )
+    steps = {m: f.num_train_steps for m in models}
+    if "cnn" in steps and f.cnn_train_steps:
+        steps["cnn"] = f.cnn_train_steps
+    train_all(runs_dir, models, rates, f.replicas, steps, synthetic=f.synthetic)
     result = collect(runs_dir, models, rates)
-    result["num_train_steps_override"] = f.num_train_steps or None
+    result["num_train_steps"] = {
+        m: rundir.read_run(runs_dir / run_name(m, rates[0])).config["num_train_steps"]
+        for m in models
+    }
     result["synthetic"] = f.synthetic
     rundir.write_json(runs_dir / RESULT_FILE, result)
     plot(result).savefig(runs_dir / FIGURE_FILE, dpi=120)
@@ -248,5 +255,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("rates", ",".join(f"{r:g}" for r in RATES), "Dropout rates.")
     flags.DEFINE_integer("replicas", 3, "Replicas per rate (one program each).")
     flags.DEFINE_integer("num_train_steps", 0, "Override every run's steps (0: the experiment's).")
+    flags.DEFINE_integer("cnn_train_steps", 0, "Override the ConvNet runs' steps (0: as above).")
     flags.DEFINE_bool("synthetic", False, "Random images instead of Fashion-MNIST (smoke tests).")
     cli.run(main)

@@ -83,6 +83,25 @@ def test_the_summary_lists_each_replica_and_its_statistics():
     assert stats["final_test_loss"]["interval"] == pytest.approx(replicas.interval([0.4, 0.6]))
 
 
+def test_auto_unrolls_the_convnet_on_a_cpu_only():
+    assert replicas.choose_map("auto", "cnn", "cpu") == "unroll"
+    assert replicas.choose_map("auto", "cnn", "gpu") == "vmap"
+    assert replicas.choose_map("auto", "mlp", "cpu") == "vmap"
+    assert replicas.choose_map("vmap", "cnn", "cpu") == "vmap"
+
+
+def test_vmap_and_unroll_map_the_same_function():
+    def f(x, y, shared):
+        return {"sum": x.sum() + y[1], "shared": shared * x[0]}
+
+    x, y, shared = np.arange(12.0).reshape(3, 4), np.arange(6.0).reshape(2, 3), 2.0
+    expect = [f(x[r], y[:, r], shared) for r in range(3)]
+    for how in ("vmap", "unroll"):
+        got = replicas.over_replicas(f, 3, (0, 1, None), how)(x, y, shared)
+        for key in ("sum", "shared"):
+            np.testing.assert_allclose(got[key], [e[key] for e in expect])
+
+
 def test_the_mesh_splits_replicas_where_the_devices_allow():
     assert distributed.replica_axis_size(4, 8) == 4
     assert distributed.replica_axis_size(3, 8) == 1
@@ -109,11 +128,11 @@ def test_one_replica_runs_the_unreplicated_step_bit_for_bit():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[0])
 
 
-@pytest.mark.parametrize("chunk", [1, 8])
-def test_replica_0_of_3_is_the_plain_run_and_the_replicas_differ(tmp_path, chunk):
+@pytest.mark.parametrize("chunk, how", [(1, "vmap"), (8, "vmap"), (1, "unroll"), (8, "unroll")])
+def test_replica_0_of_3_is_the_plain_run_and_the_replicas_differ(tmp_path, chunk, how):
     train.train_and_evaluate(_config(steps_per_chunk=chunk), tmp_path / "plain")
     state, history = train.train_and_evaluate(
-        _config(replicas_=3, steps_per_chunk=chunk), tmp_path / "three"
+        _config(replicas_=3, steps_per_chunk=chunk, replica_map=how), tmp_path / "three"
     )
     assert jax.tree.leaves(state.params)[0].shape[0] == 3
     assert [r["replica"] for r in history[:3]] == [0, 1, 2]

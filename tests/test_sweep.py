@@ -81,7 +81,11 @@ def test_the_sweep_command_trains_every_rate_and_writes_table_verdict_and_figure
     assert model["rates"]["0.25"]["final_test_loss"]["mean"] == pytest.approx(sum(finals) / 2)
     assert run.config["dropout_rate"] == 0.25 and run.config["num_train_steps"] == 16
     assert (out / sweep.FIGURE_FILE).stat().st_size > 10_000
-    assert "| mlp | 0.25 | 2 |" in proc.stdout and "**mlp**: lowest mean final test" in proc.stdout
+    assert result["num_train_steps"] == {"mlp": 16}
+    assert (
+        "| mlp | 16 | 0.25 | 2 |" in proc.stdout
+        and "**mlp**: lowest mean final test" in proc.stdout
+    )
 
 
 def test_bad_rates_are_one_line(tmp_path):
