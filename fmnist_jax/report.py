@@ -305,7 +305,7 @@ def theory_section(theory: Mapping | None) -> str:
                 " Σ w t). Largest |logit difference| between random thresholded nets and their"
                 " folded ReLU twins (float64, dropout off):"
             ),
-            _table(["case", "max |difference|"], folds),
+            _table(["case", "largest logit difference"], folds),
             (
                 f"Exact in every case but SAME convolutions padded with 0 (largest exact case"
                 f" {theory['max_difference_exact']:.3g}): there the border taps see 0 where the"

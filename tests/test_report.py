@@ -228,6 +228,7 @@ def test_the_theory_section_shows_make_theorys_numbers():
         "sigmoid_tail_gradients": {"-1000.0": [float("nan"), 0.0]},
     }
     text = report.theory_section(theory)
+    assert "| case | largest logit difference |" in text
     assert "| ConvNet, SAME, padded with 0 | 0.48 |" in text
     assert "up to 2.01 on the border" in text and "≤ 3e-16" in text
     assert "4 equations against the naive 1/(1+e^−x)'s 10" in text
