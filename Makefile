@@ -25,7 +25,7 @@ LINREG_REPLICAS ?= $(or $(REPLICAS),5)
 MLP_REPLICAS ?= $(or $(REPLICAS),3)
 CNN_REPLICAS ?= $(or $(REPLICAS),1)
 SWEEP_REPLICAS ?= $(or $(REPLICAS),3)
-# Extra sweep flags, e.g. SWEEP_ARGS="--cnn_train_steps=4000" (the ConvNet's 15,000 steps x 5
+# Extra sweep flags, e.g. SWEEP_ARGS="--cnn_train_steps=3000 --cnn_replicas=2" (the ConvNet's 15,000 steps x 5
 # rates x 3 replicas take ~2 h on a 2-core CPU) or "--models=mlp".
 SWEEP_ARGS ?=
 

@@ -2,7 +2,7 @@
 achieved the best performance (although the differences were quite small)".
 
     python -m fmnist_jax.sweep --runs runs/sweep [--models mlp,cnn] [--rates 0,0.1,0.25,0.4,0.5]
-        [--replicas 3] [--num_train_steps N] [--cnn_train_steps N]
+        [--replicas 3] [--num_train_steps N] [--cnn_train_steps N] [--cnn_replicas R]
 
 Each (model, rate) trains the model's experiment config with that dropout rate and R replicas
 (one program, `config.num_replicas`) into `<runs>/<model>_p<rate>` (rerunning resumes); then
@@ -59,17 +59,16 @@ def sweep_config(model: str, rate: float, num_replicas: int, num_train_steps=Non
     return c
 
 
-def train_all(runs_dir: Path, models, rates, num_replicas: int, steps=None, **overrides):
-    """Trains (or resumes, or skips when finished) every (model, rate) run; `steps` maps a
-    model to its number of steps (0 or absent: the experiment's)."""
+def train_all(runs_dir: Path, models, rates, num_replicas: dict, steps=None, **overrides):
+    """Trains (or resumes, or skips when finished) every (model, rate) run; `num_replicas`
+    and `steps` map a model to its replicas and steps (0 or absent: the experiment's)."""
     from fmnist_jax import train
 
     for model in models:
         for rate in rates:
-            config = sweep_config(
-                model, rate, num_replicas, (steps or {}).get(model) or None, **overrides
-            )
-            print(f"sweep: {config.name} ({num_replicas} replicas)", flush=True)
+            count = num_replicas[model]
+            config = sweep_config(model, rate, count, (steps or {}).get(model) or None, **overrides)
+            print(f"sweep: {config.name} ({count} replicas)", flush=True)
             train.train_and_evaluate(config, runs_dir / config.name)
 
 
@@ -228,13 +227,17 @@ def main() -> None:
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
         raise UsageError(f"--models {f.models!r}: choose from {', '.join(MODELS)}")
-    if f.replicas < 1:
-        raise UsageError(f"--replicas must be at least 1, got {f.replicas}")
+    if f.replicas < 1 or f.cnn_replicas < 0:
+        raise UsageError(
+            f"--replicas must be at least 1 (--cnn_replicas 0 or more), got {f.replicas}"
+        )
     rates, runs_dir = _floats(f.rates), Path(f.runs)
     steps = {m: f.num_train_steps for m in models}
-    if "cnn" in steps and f.cnn_train_steps:
-        steps["cnn"] = f.cnn_train_steps
-    train_all(runs_dir, models, rates, f.replicas, steps, synthetic=f.synthetic)
+    counts = {m: f.replicas for m in models}
+    if "cnn" in steps:
+        steps["cnn"] = f.cnn_train_steps or steps["cnn"]
+        counts["cnn"] = f.cnn_replicas or counts["cnn"]
+    train_all(runs_dir, models, rates, counts, steps, synthetic=f.synthetic)
     result = collect(runs_dir, models, rates)
     result["num_train_steps"] = {
         m: rundir.read_run(runs_dir / run_name(m, rates[0])).config["num_train_steps"]
@@ -256,5 +259,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("replicas", 3, "Replicas per rate (one program each).")
     flags.DEFINE_integer("num_train_steps", 0, "Override every run's steps (0: the experiment's).")
     flags.DEFINE_integer("cnn_train_steps", 0, "Override the ConvNet runs' steps (0: as above).")
+    flags.DEFINE_integer("cnn_replicas", 0, "The ConvNet runs' replicas (0: --replicas).")
     flags.DEFINE_bool("synthetic", False, "Random images instead of Fashion-MNIST (smoke tests).")
     cli.run(main)
