@@ -1,6 +1,9 @@
-"""Shared fixtures: quiet TensorFlow, a compilation cache outside the repo, the offline data."""
+"""Shared fixtures: quiet TensorFlow, a compilation cache outside the repo, the offline data,
+and a fresh process with N fake devices."""
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,3 +30,12 @@ def offline_dir() -> Path:
     if not (folder / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"offline Fashion-MNIST copy not found at {folder}")
     return folder
+
+
+def run_on_devices(script: str, workdir: Path, devices: int, timeout: float = 300) -> None:
+    """`python -c script workdir devices` in a fresh process with `devices` fake CPU devices."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    subprocess.run(
+        [sys.executable, "-c", script, str(workdir), str(devices)],
+        cwd=REPO, env=env, check=True, capture_output=True, timeout=timeout,
+    )  # fmt: skip

@@ -3,9 +3,6 @@ plain run, the replicas differ, resume and 8 devices give the same curves, each 
 restored, and the statistics over replicas are the textbook ones."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -17,7 +14,7 @@ from fmnist_jax import config as config_lib
 from fmnist_jax import data, distributed, replicas, rundir, steps, summary, train
 from fmnist_jax.errors import TrainingError, UsageError
 from fmnist_jax.plotting import curves
-from tests.conftest import REPO
+from tests.conftest import run_on_devices
 
 KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
 
@@ -171,15 +168,7 @@ EIGHT_DEVICES = textwrap.dedent(
 def test_eight_devices_with_replicas_match_one(tmp_path):
     """8 devices: the replica axis over 2 of them, each batch over 4."""
     for n in (1, 8):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-        subprocess.run(
-            [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / str(n)), str(n)],
-            cwd=REPO,
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+        run_on_devices(EIGHT_DEVICES, tmp_path / str(n), n)
     _assert_close(_history(tmp_path / "1"), _history(tmp_path / "8"), rel=1e-4)
 
 

@@ -3,9 +3,7 @@ offline copy, linear regression against least squares, 8 devices against 1, and 
 handles (non-finite loss, unreadable or foreign checkpoints, a workdir of another run)."""
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from types import SimpleNamespace
 
@@ -16,7 +14,7 @@ import pytest
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, rundir, train
 from fmnist_jax.errors import ConfigError, RunError, TrainingError
-from tests.conftest import REPO
+from tests.conftest import run_on_devices
 
 EXPERIMENTS = ["linreg", "mlp", "mlp_dropout", "cnn", "cnn_dropout"]
 
@@ -154,14 +152,7 @@ EIGHT_DEVICES = textwrap.dedent(
 def test_eight_devices_match_one(tmp_path):
     histories = []
     for n in (1, 8):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-        subprocess.run(
-            [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / str(n)), str(n)],
-            cwd=REPO,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        run_on_devices(EIGHT_DEVICES, tmp_path / str(n), n)
         histories.append(_history(tmp_path / str(n)))
     one, eight = histories
     for a, b in zip(one, eight, strict=True):
