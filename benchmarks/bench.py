@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout's package, also without `make env`
 
 from absl import flags
+from attack_workers import ATTACKS
 from workers import MODELS, data_dir, experiment_config, parse_model, run_worker
 
 from fmnist_jax import cli, errors
@@ -45,8 +46,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "throughput", MODES, "What to measure.")
 flags.DEFINE_string(
     "models",
-    "cnn,cnn@64,mlp,mlp@64,linreg",
-    f"Comma-separated models: {', '.join(MODELS)}, each optionally @BATCH (cnn@64).",
+    "cnn,cnn@64,mlp,mlp@64,linreg," + ",".join(ATTACKS),
+    f"Comma-separated models: {', '.join(MODELS)}, each optionally @BATCH (cnn@64), and the"
+    f" attack rows {', '.join(ATTACKS)} (benchmarks/attack_workers.py).",
 )
 flags.DEFINE_string("frameworks", "jax,torch", "Comma-separated: jax, torch.")
 flags.DEFINE_integer("repeats", 5, "Timed blocks (rounds) per contender.")
@@ -116,10 +118,13 @@ def worker_command(
     return cmd, env
 
 
-def contenders() -> dict[str, tuple[str, str, bool, str]]:
+def contenders(model: str = "") -> dict[str, tuple[str, str, bool, str]]:
     """name -> (framework, prototype, tuned, JAX loop): the project's JAX model, the prototype
     if asked for, PyTorch; with --with_sync the JAX loop of the previous round (a host read of
-    the loss every step), with --with_untuned both frameworks without the runtime settings."""
+    the loss every step), with --with_untuned both frameworks without the runtime settings.
+    An attack row has two: the project's batch program and torchattacks (row `torch`)."""
+    if model in ATTACKS:
+        return {"jax": ("jax", "", True, "step"), "torch": ("torch", "", True, "step")}
     out, loop = {}, FLAGS.jax_loop
     for fw in FLAGS.frameworks.split(","):
         if fw == "jax" and FLAGS.prototype:
@@ -156,7 +161,7 @@ def throughput(model: str) -> dict:
     then runs their timed blocks in turn, rotating the order each round: a busy neighbour on
     the machine slows every contender alike."""
     workers = {}
-    for name, (framework, prototype, tuned, loop) in contenders().items():
+    for name, (framework, prototype, tuned, loop) in contenders(model).items():
         cmd, env = worker_command(framework, model, prototype, tuned, loop)
         proc = subprocess.Popen(
             cmd, env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -180,11 +185,15 @@ def throughput(model: str) -> dict:
 def print_throughput(results: dict) -> None:
     """One row per model and contender; `x PyTorch` is the median over rounds of the ratio of
     the two blocks timed back to back in that round (`:untuned` rows against PyTorch untuned)."""
+    if all(model in ATTACKS for model in results):
+        return  # print_attacks has them
     print(
         f"{'model':8} {'run':20} {'batch':>5} {'img/s median':>12} {'img/s best':>10}"
         f" {'steps/s':>8} {'x PyTorch':>9} {'1st step s':>10} {'peak MiB':>8}"
     )
     for model, r in results.items():
+        if model in ATTACKS:
+            continue
         for name, x in r.items():
             ref = r.get("torch:untuned" if name.endswith(":untuned") else "torch")
             ratio = "-"
@@ -197,6 +206,31 @@ def print_throughput(results: dict) -> None:
                 f" {ratio:>9} {x['first_step_s']:>10.2f}"
                 f" {x['peak_rss_mib']:>8.0f}"
             )
+
+
+def print_attacks(results: dict) -> None:
+    """The attack rows: the project's batch program (jax) against torchattacks' PGD (torch) on
+    the same weights; `x torchattacks` is the median over rounds of the paired ratio."""
+    rows = {m: r for m, r in results.items() if m in ATTACKS}
+    if not rows:
+        return
+    print(
+        f"{'attack':14} {'run':13} {'batch':>5} {'rate median':>11} {'rate best':>10}"
+        f" {'unit':>14} {'x torchattacks':>14} {'1st run s':>9} {'success':>7} {'med steps':>9}"
+    )
+    for model, r in rows.items():
+        unit = "image-steps/s" if model == "attack-pgd100" else "attacks/s"
+        for name, x in r.items():
+            ratio = "-"
+            if name != "torch":
+                pairs = [a / b for a, b in zip(x["rates"], r["torch"]["rates"])]
+                ratio = f"{statistics.median(pairs):.2f}"
+            print(
+                f"{model:14} {x['framework']:13} {x['batch_size']:>5} {x['images_per_s']:>11.0f}"
+                f" {x['best_images_per_s']:>10.0f} {unit:>14} {ratio:>14}"
+                f" {x['first_step_s']:>9.2f} {x.get('success', '-'):>7} {x.get('median_steps', '-'):>9}"
+            )
+    print(f"attack weights: {next(iter(next(iter(rows.values())).values()))['weights']}")
 
 
 def print_time_to_accuracy(results: dict, target: float) -> None:
@@ -256,6 +290,7 @@ def main() -> None:
     if FLAGS.mode == "throughput":
         results = {m: throughput(m) for m in models}
         print_throughput(results)
+        print_attacks(results)
     else:
         results = {m: {name: spawn(name, m) for name in contenders()} for m in models}
         print_time_to_accuracy(results, FLAGS.target)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from attack_workers import ATTACKS, worker_attack
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data" / "fashion_mnist"
@@ -32,12 +33,15 @@ MODELS = {
 
 
 def parse_model(model: str) -> tuple[str, dict]:
-    """`cnn` or `cnn@64` -> (experiment, overrides); ValueError for an unknown one."""
+    """`cnn` or `cnn@64` -> (experiment, overrides); ValueError for an unknown one. The attack
+    rows (`attack_workers.ATTACKS`) attack the ConvNet with dropout."""
+    if model in ATTACKS:
+        return "cnn_dropout", {}
     name, _, batch = model.partition("@")
     if name not in MODELS or (batch and not (batch.isdigit() and int(batch) > 0)):
         raise ValueError(
             f"unknown model {model!r}; choose from {', '.join(MODELS)}, each optionally with"
-            " @BATCH (e.g. cnn@64)"
+            f" @BATCH (e.g. cnn@64), or {', '.join(ATTACKS)}"
         )
     experiment, overrides = MODELS[name]
     return experiment, {**overrides, **({"batch_size": int(batch)} if batch else {})}
@@ -104,8 +108,9 @@ class JaxRunner:
         from fmnist_jax import models, train
 
         self.jax, self.train, self.config, self.loop = jax, train, config, loop
-        self.steps = train.Steps(config, train.make_mesh())
-        init_rng, self.dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+        self.steps = train.Steps(config, train.make_mesh())  # one replica: a plain run
+        init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+        self.dropout_rng = dropout_rng[None]  # the steps take a leading replica axis
         self.model = models.create_model(config)
         if prototype and config.model == "cnn":  # a proposed models.py change, not yet merged
             import variants
@@ -116,9 +121,12 @@ class JaxRunner:
 
     def init(self, example_inputs, train_split=None):
         self.train_split = train_split
-        self.state = self.train.create_train_state(
+        state = self.train.create_train_state(
             self.config, self.model, example_inputs.shape[1:], self.init_rng
         )
+        from fmnist_jax import replicas
+
+        self.state = self.steps.place(replicas.stack([state]))
 
     def run(self, batches) -> float:
         """Trains on `batches` as the project's loop does (`--jax_loop=step`): metrics
@@ -130,11 +138,11 @@ class JaxRunner:
             return self._run_scan(batches)
         acc = self.steps.empty_accumulator()
         for batch in batches:
-            batch = {"inputs": batch["inputs"], "targets": batch["targets"]}
+            batch = {"inputs": batch["inputs"][None], "targets": batch["targets"][None]}
             self.state, acc = self.steps.train(self.state, batch, self.dropout_rng, acc)
             if self.loop == "sync":
-                float(acc.metrics.loss.total)
-        return float(acc.metrics.loss.compute())
+                float(acc.metrics.loss.total[0])
+        return float(acc.metrics.loss.compute()[0])
 
     def _run_scan(self, batches) -> float:
         """All of `batches` as one jitted `lax.scan` of the project's `train.train_step`, the
@@ -161,11 +169,13 @@ class JaxRunner:
 
             self._scan = jax.jit(many, donate_argnums=0)
         idx = np.stack([b["idx"] for b in batches])
-        self.state, losses = self._scan(self.state, idx, self.dropout_rng)
+        one = jax.tree.map(lambda v: v[0], self.state)  # the plain step: no replica axis
+        one, losses = self._scan(one, idx, self.dropout_rng[0])
+        self.state = jax.tree.map(lambda v: v[None], one)
         return float(losses[-1])
 
     def evaluate(self, test_split) -> float:
-        metrics = self.train.evaluate(self.steps, self.state, test_split, 1000)
+        (metrics,) = self.train.evaluate(self.steps, self.state, test_split, 1000)
         return metrics["accuracy"]
 
     def sync(self):
@@ -348,5 +358,11 @@ def run_worker(framework: str, model: str, args) -> None:
     from fmnist_jax import runtime
 
     runtime.configure_cpu()  # before jax is imported, as the project's command lines do
-    work = worker_throughput if args.mode == "throughput" else worker_time_to_accuracy
-    print(json.dumps(work(framework, model, args)), flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if model in ATTACKS:
+        result = worker_attack(framework, model, args, experiment_config(model))
+    elif args.mode == "throughput":
+        result = worker_throughput(framework, model, args)
+    else:
+        result = worker_time_to_accuracy(framework, model, args)
+    print(json.dumps(result), flush=True)

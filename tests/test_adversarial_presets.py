@@ -26,6 +26,9 @@ from tests.conftest import REPO
         ({"l1_reduction": "max"}, "unknown l1_reduction"),
         ({"epsilon": 0.0}, "epsilon"),
         ({"clip": (1.0, 0.0)}, "clip"),
+        ({"rounds": 0}, "rounds"),
+        ({"rounds": 400}, "rounds"),
+        ({"update": "minl1", "epsilon": 0.1}, "minl1"),
     ],
 )
 def test_validate_names_the_field_a_search_cannot_run_with(changes, message):
@@ -38,9 +41,19 @@ def test_every_preset_is_valid_and_the_defaults_are_presets():
         presets.validate(config)
     assert presets.DEFAULT_METHOD in presets.METHODS
     assert set(presets.DEFAULT_METHODS) <= set(presets.METHODS)
-    assert "exercise" not in presets.DEFAULT_METHODS  # the slow rule runs only when asked
+    assert presets.DEFAULT_METHODS[0] == "exercise"  # the exercise's rule first: the reported one
+    assert "minl1" in presets.DEFAULT_METHODS
+    assert set(presets.SLOW_METHODS) <= set(presets.DEFAULT_METHODS)
     exercise = presets.METHODS["exercise"]
     assert (exercise.update, exercise.learning_rate, exercise.l1_weight) == ("gd", 0.001, 0.05)
+    assert exercise.l1_reduction == "mean"
+
+
+def test_describe_names_the_rule():
+    rule = presets.describe(presets.METHODS["exercise"])
+    assert rule == "gradient descent, lr 0.001, CE(target) + 0.05 * ||x' - x||_1 (mean over pixels)"
+    assert "||x' - x||_inf <= 0.1" in presets.describe(presets.METHODS["pgd"])
+    assert "minimum-L1" in presets.describe(presets.METHODS["minl1"])
 
 
 def test_config_is_hashable_and_replace_leaves_the_original_alone():
@@ -86,3 +99,8 @@ def test_presets_import_no_jax():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_pool_size_follows_the_platform():
+    assert presets.pool_size_for("cpu") == presets.DEFAULT_POOL_SIZE == 32
+    assert presets.pool_size_for("gpu") == presets.pool_size_for("tpu") > 32

@@ -36,6 +36,7 @@ def fake_result(n: int = 3) -> search.AttackResult:
         l1=(1.5 * i).astype(np.float32),
         l2=(0.5 * i).astype(np.float32),
         linf=np.full(n, 0.07, np.float32),
+        l1_weight=np.full(n, 0.25, np.float32),
     )
 
 
@@ -52,6 +53,9 @@ def test_records_hold_plain_values_one_row_per_image_and_round_trip_the_csv(tmp_
     assert first["success"] is True and records[1]["success"] is False
     assert all(type(v) in (str, int, float, bool) for r in records for v in r.values())
     assert records[2]["steps"] == 20 and records[2]["l1"] == pytest.approx(3.0)
+    assert records[2]["l0"] == 10 and records[2]["l1_weight"] == 0.25
+    no_weights = runner.to_records("sign", fake_result()._replace(l1_weight=None), indices, labels)
+    assert no_weights[0]["l1_weight"] is None
 
     runner.write_records(tmp_path / "records.csv", records)
     with open(tmp_path / "records.csv") as f:
@@ -63,7 +67,7 @@ def test_records_hold_plain_values_one_row_per_image_and_round_trip_the_csv(tmp_
 def test_summary_counts_successful_samples_only():
     def record(success, steps, l1, clean=1):
         p = 0.96 if success else 0.5
-        norms = {"l1": l1, "l2": l1 / 10, "linf": 0.1}
+        norms = {"l0": int(10 * l1), "l1": l1, "l2": l1 / 10, "linf": 0.1}
         return {
             "success": success,
             "steps": steps,
@@ -78,6 +82,8 @@ def test_summary_counts_successful_samples_only():
     assert s["success_rate"] == pytest.approx(2 / 3)
     assert s["median_steps"] == 20 and s["mean_steps"] == 20
     assert s["median_l1"] == 6.0 and s["mean_l2"] == pytest.approx(0.6)
+    assert s["median_l0"] == 60 and s["mean_l0"] == 60
+    assert "L0 60" in runner.format_summary(s)
     assert s["mean_p_target"] == pytest.approx((0.96 * 2 + 0.5) / 3)
     assert s["clean_accuracy"] == pytest.approx(2 / 3)
     assert s["attacks_per_sec"] == 1.5 and s["compile_time_s"] == 1.0
@@ -156,7 +162,7 @@ def run_cli(*args):
 
 FLAG_NAMES = (
     "workdir", "output", "num_images", "seed", "method", "threshold", "max_steps", "epsilon",
-    "l1_reduction", "pool_size",
+    "l1_reduction", "pool_size", "slow_images",
 )  # fmt: skip
 
 
@@ -195,7 +201,8 @@ def test_cli_without_checkpoint_exits_with_one_line(tmp_path):
 
 
 SUMMARY_KEYS = {
-    "success_rate", "median_steps", "mean_steps", "mean_l1", "median_l1", "mean_l2",
+    "success_rate", "median_steps", "mean_steps", "mean_l0", "median_l0", "mean_l1",
+    "median_l1", "mean_l2", "num_images", "l1_reduction", "max_steps",
     "median_l2", "mean_linf", "median_linf", "mean_p_target", "clean_accuracy", "wall_time_s",
     "compile_time_s", "attacks_per_sec",
 }  # fmt: skip
@@ -203,14 +210,16 @@ SUMMARY_KEYS = {
 
 def test_cli_end_to_end(tmp_path):
     """A tiny ConvNet run (8 steps on synthetic data, so p(target) stays low: the threshold
-    is lowered to 0.12 for some searches to succeed), then the command line on 16 images."""
+    is lowered to 0.12 for some searches to succeed), then the command line on 16 images, the
+    exercise's rule first and minl1 on the first 8 (the slow methods' images)."""
     workdir, output = tmp_path / "cnn_dropout", tmp_path / "adversarial"
     config = load_experiment("cnn_dropout", "test")
     config.num_train_steps = 8
     train.train_and_evaluate(config, workdir)
-    methods = [presets.DEFAULT_METHOD, "pgd"]
+    methods = ["exercise", presets.DEFAULT_METHOD, "pgd", "minl1"]
     flags = [
         "--num_images=16",
+        "--slow_images=8",
         "--max_steps=60",
         "--threshold=0.12",
         "--method=" + ",".join(methods),
@@ -220,27 +229,63 @@ def test_cli_end_to_end(tmp_path):
     assert "success" in proc.stderr  # the progress lines (absl logs to stderr)
 
     summary = json.loads((output / "summary.json").read_text())
-    assert set(summary["methods"]) == set(methods)
-    assert summary["default_method"] == presets.DEFAULT_METHOD
-    assert summary["num_images"] == 16 and summary["seed"] == 0
+    assert list(summary["methods"]) == methods
+    assert summary["default_method"] == "exercise"
+    assert summary["default_rule"].startswith("gradient descent, lr 0.001, CE(target) + 0.05")
+    assert summary["num_images"] == 16 and summary["seed"] == 0 and summary["slow_images"] == 8
     assert summary["threshold"] == 0.12 and summary["workdir"] == str(workdir)
     assert summary["configs"]["pgd"]["max_steps"] == 60 and summary["pool_size"] == 32
+    sizes = {name: 8 if name in presets.SLOW_METHODS else 16 for name in methods}
     for name, s in summary["methods"].items():
         assert SUMMARY_KEYS <= set(s), name
-        assert 0.0 < s["success_rate"] <= 1.0 and s["attacks_per_sec"] > 0, name
-        assert 0.0 <= s["clean_accuracy"] <= 1.0
+        assert s["num_images"] == sizes[name] and s["max_steps"] == 60, name
+        assert s["attacks_per_sec"] > 0 and 0.0 <= s["clean_accuracy"] <= 1.0, name
+        if name == "exercise":  # lr 0.001 for 60 steps: too little for the untrained model
+            continue
+        assert 0.0 < s["success_rate"] <= 1.0, name
         assert 0 < s["median_l1"] and 0 < s["median_linf"] <= 1.0
+    assert summary["methods"]["exercise"]["l1_reduction"] == "mean"
+    assert summary["methods"]["pgd"]["l1_reduction"] is None  # no L1 term
     assert summary["methods"]["pgd"]["median_linf"] <= 0.1 + 1e-6
 
     with open(output / "records.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 16 * len(methods)
+    assert len(rows) == sum(sizes.values())
     assert all(r["target"] != r["label"] for r in rows)
     for r in rows:
         assert (r["success"] == "True") == (float(r["p_target"]) >= 0.12)
-        assert int(r["steps"]) <= 60
-    by_method = [[(r["index"], r["target"]) for r in rows if r["method"] == m] for m in methods]
-    assert by_method[0] == by_method[1]  # the same images and targets for every method
-    for name in ("figure.png", "curves.png"):
+        rounds = presets.METHODS[r["method"]].rounds  # minl1: one step more per restart
+        assert int(r["steps"]) <= 60 + rounds - 1
+    by_method = {m: [(r["index"], r["target"]) for r in rows if r["method"] == m] for m in methods}
+    for m in methods:  # the same images and targets for every method
+        assert by_method[m] == by_method["sign"][: sizes[m]], m
+    for name in ("figure.png", "figure-sign.png", "figure-pgd.png", "minl1.png", "curves.png"):
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (output / name).stat().st_size > 10_000
+
+
+def test_figure7_is_the_first_method_titled_with_its_rule(tmp_path, monkeypatch):
+    """write_figures: figure.png for the first method (the exercise's rule) with the rule in
+    its title, figure-<name>.png for the others, minl1.png comparing the three."""
+    from fmnist_jax.plotting import adversarial as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "plot_examples", lambda path, *a: drawn.append((path.name, a[-1])))
+    monkeypatch.setattr(plots, "plot_comparison", lambda path, *a: drawn.append((path.name, a)))
+    monkeypatch.setattr(plots, "plot_curves", lambda path, *a: drawn.append((path.name, a)))
+    monkeypatch.setattr(runner, "replay", lambda *a: np.zeros((2, 1)))
+    names = ["exercise", "sign", "minl1"]
+    results = {m: fake_result() for m in names}
+    configs = {m: presets.METHODS[m] for m in names}
+    written = runner.write_figures(tmp_path, None, np.zeros((3, 28, 28, 1)), results, configs, {})
+    assert written == [
+        "figure.png",
+        "figure-sign.png",
+        "figure-minl1.png",
+        "minl1.png",
+        "curves.png",
+    ]
+    rule = "gradient descent, lr 0.001, CE(target) + 0.05 * ||x' - x||_1 (mean over pixels)"
+    assert drawn[0] == ("figure.png", f"targeted adversarial search, exercise:\n{rule}")
+    assert list(drawn[3][1][1]) == names  # minl1.png: the three methods' results
+    np.testing.assert_array_equal(drawn[3][1][2], [0, 2])  # the images all three reached

@@ -397,3 +397,26 @@ def test_bad_arguments_raise(problem):
         search.attack(logits_fn, images, labels, targets=np.full(len(labels), 10))
     with pytest.raises(ConfigError, match="labels must have shape"):
         search.attack(logits_fn, images, labels[:3], key=jax.random.key(0))
+
+
+def test_fixed_steps_mode_runs_every_search_to_max_steps(problem):
+    """early_stop=False (the benchmark's PGD-100): every search takes max_steps steps, the same
+    steps a Python loop of single steps takes, whatever the pool size; success is still read
+    at the end."""
+    logits_fn, images, labels, targets = problem
+    config = presets.method_config("pgd", max_steps=12).replace(early_stop=False)
+    result = search.attack(logits_fn, images, labels, targets=targets, config=config)
+    np.testing.assert_array_equal(result.steps, 12)
+    pooled = search.attack(logits_fn, images, labels, targets=targets, config=config, pool_size=3)
+    np.testing.assert_array_equal(pooled.adversarial, result.adversarial)
+    step = jax.jit(lambda x, t, s: search.search_step(logits_fn, x, t, config, s))
+    x, t = jnp.asarray(images[0]), int(targets[0])
+    state = search.init_state(logits_fn, x, t, config)
+    for _ in range(12):
+        state = step(x, t, state)
+    np.testing.assert_allclose(state.x_adv, result.adversarial[0], atol=1e-6)
+    np.testing.assert_array_equal(result.success, np.asarray(result.p_target) >= config.threshold)
+    early = search.attack(
+        logits_fn, images, labels, targets=targets, config=config.replace(early_stop=True)
+    )
+    assert np.asarray(early.steps).min() < 12  # some stop early when allowed to

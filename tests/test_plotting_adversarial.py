@@ -92,3 +92,26 @@ def test_curves_without_any_success_draw_empty_histograms(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == PNG
     for ax in fig.axes[1:]:
         assert not ax.containers and ax.get_legend() is None
+
+
+def test_comparison_puts_each_methods_noise_and_adversarial_side_by_side(tmp_path):
+    images, result = result_of_two()
+    smaller = result._replace(
+        adversarial=images + 0.5 * (result.adversarial - images), l1=result.l1 / 2
+    )
+    path = tmp_path / "minl1.png"
+    results = {"exercise": result, "minl1": smaller}
+    fig = figures.plot_comparison(path, images, results, [0], CLASS_NAMES)
+    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 10_000
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        "Dress, w.p. 0.9993",
+        f"exercise: L1 {float(result.l1[0]):.1f}",
+        "p(Trouser) 0.9503",
+        f"minl1: L1 {float(result.l1[0]) / 2:.1f}",
+        "p(Trouser) 0.9503",
+    ]
+    np.testing.assert_allclose(
+        fig.axes[3].images[0].get_array(), (smaller.adversarial - images)[0, ..., 0]
+    )
+    assert "exercise, minl1" in fig.get_suptitle()

@@ -1,7 +1,9 @@
 """Exercise 2.5: targeted adversarial search, as a small package.
 
     presets.py   AttackConfig, validate, METHODS (the measured presets), method_config
-    search.py    the objective, one search, the pooled while-loop program: pure JAX, no I/O
+    pool.py      the pooled while-loop program any per-image `Search` runs in: pure JAX
+    search.py    the objective, one descent search, the batch program (`make_attack`)
+    minimal.py   the minimum-L1 search ("minl1"): proximal steps and a per-image weight search
     runner.py    run(workdir, output, ...): restore, choose images, records, summary, CSV
     __main__.py  the command line, `python -m fmnist_jax.adversarial --workdir ... --output ...`
 
@@ -19,7 +21,7 @@ The modules load the same way (`adversarial.search`, ...); one search alone is t
 
 import importlib
 
-_MODULES = ("presets", "search", "runner")
+_MODULES = ("presets", "pool", "search", "minimal", "runner")
 # Each public name and the module that defines it.
 _API = {
     "AttackConfig": "presets",
@@ -31,6 +33,12 @@ _API = {
     "method_config": "presets",
     "parse_methods": "presets",
     "validate": "presets",
+    "describe": "presets",
+    "pool_size_for": "presets",
+    "SLOW_METHODS": "presets",
+    "Search": "pool",
+    "run_pool": "pool",
+    "minl1_search": "minimal",
     "Attack": "search",
     "AttackResult": "search",
     "SearchState": "search",
@@ -52,22 +60,28 @@ __all__ = [
     "DEFAULT_POOL_SIZE",
     "L1_REDUCTIONS",
     "METHODS",
+    "SLOW_METHODS",
     "Attack",
     "AttackConfig",
     "AttackResult",
+    "Search",
     "SearchState",
     "attack",
+    "describe",
     "draw_targets",
     "init_state",
     "input_gradient",
     "make_attack",
     "method_config",
+    "minl1_search",
     "noise_norms",
     "objective",
     "p_target_history",
     "parse_methods",
+    "pool_size_for",
     "pooled_search",
     "run",
+    "run_pool",
     "search_step",
     "validate",
 ]

@@ -1,7 +1,8 @@
 """The adversarial search's figures: Figure 7 of the exercise and the attack's curves.
 
 `plot_examples` draws Figure 7's rows (original | noise | adversarial, each titled with the
-model's class and probability); `plot_curves` draws p(target) against steps for a few replayed
+model's class and probability); `plot_comparison` the same images attacked by several methods
+side by side (`minl1.png`); `plot_curves` draws p(target) against steps for a few replayed
 searches (`adversarial.search.p_target_history`) and histograms of the steps and L1 norms of
 the successful searches per method. Both write a PNG and return the `Figure`; neither uses
 pyplot's global state. They read an `AttackResult` and the runner's records by field name and
@@ -45,6 +46,39 @@ def plot_examples(path: Path, images, result, picks, class_names, title: str) ->
         for ax in row:
             ax.set_axis_off()
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return fig
+
+
+def plot_comparison(path: Path, images, results: dict, picks, class_names) -> Figure:
+    """A few images attacked by several methods side by side: the original, then per method
+    its noise and its adversarial image, titled with the method, L1 and p(target).
+
+    results: method -> AttackResult for (a prefix of) `images`; picks: the rows' sample indices.
+    """
+    fig = Figure(figsize=(2.6 * (1 + 2 * len(results)), 2.8 * len(picks)))
+    axes = fig.subplots(len(picks), 1 + 2 * len(results), squeeze=False)
+    first = next(iter(results.values()))
+    for row, i in zip(axes, picks):
+        x = np.asarray(images[i])[..., 0]
+        row[0].imshow(x, cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(
+            class_title(class_names, first.clean_predicted[i], first.clean_p_predicted[i]),
+            fontsize=9,
+        )
+        for k, (name, result) in enumerate(results.items()):
+            x_adv = np.asarray(result.adversarial[i])[..., 0]
+            noise = x_adv - x
+            scale = max(float(np.abs(noise).max()), 1e-6)
+            row[1 + 2 * k].imshow(noise, cmap="RdBu_r", vmin=-scale, vmax=scale)
+            row[1 + 2 * k].set_title(f"{name}: L1 {float(result.l1[i]):.1f}", fontsize=9)
+            row[2 + 2 * k].imshow(x_adv, cmap="gray", vmin=0, vmax=1)
+            target = class_names[int(result.targets[i])]
+            row[2 + 2 * k].set_title(f"p({target}) {float(result.p_target[i]):.4f}", fontsize=9)
+        for ax in row:
+            ax.set_axis_off()
+    fig.suptitle("noise and adversarial image per method: " + ", ".join(results))
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     return fig

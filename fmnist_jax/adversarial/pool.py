@@ -1,0 +1,89 @@
+"""The pooled batch program: many per-image searches in one `lax.while_loop`; pure JAX.
+
+A `Search` describes one image's search as four functions of that image (x, target):
+`start` and `advance` give the next point to evaluate without calling the model, `finish`
+calls it once (forward and backward) on the points of all slots, as one batch, `running` says
+whether the search goes on, and `output` is what it leaves behind. `run_pool` keeps `pool_size` searches in flight, one per
+slot: each iteration writes out the searches that ended, loads the next images into their slots,
+advances every slot and evaluates all slots with one vmapped model call. Each image therefore
+gets exactly the steps its own search would take, and nobody waits for the longest search.
+
+The descent methods (`search.py`) and the minimum-L1 search (`minimal.py`) are both `Search`es.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Search(NamedTuple):
+    """One image's search, as functions the pool vmaps over its slots (`finish` excepted).
+
+    start(x, t) -> pre            the first point to evaluate (no model call)
+    advance(state, x, t) -> pre   the next point after `state` (no model call)
+    finish(pre, x, t) -> state    batched ([slots] leaves): the model's forward and backward
+                                  pass at every slot's point, one call of the model on the
+                                  batch (faster than vmapping a one-image call)
+    running(state) -> bool        whether the search goes on
+    output(state) -> pytree       what the search leaves for its image
+    """
+
+    start: Callable
+    advance: Callable
+    finish: Callable
+    running: Callable
+    output: Callable
+
+
+class Pool(NamedTuple):
+    """The loop carry: `pool_size` searches in flight; `slot` is each slot's image (N when idle),
+    `next` the next image to load, `out` the outputs of the searches that ended ([N] leaves)."""
+
+    state: Any
+    slot: jax.Array
+    next: jax.Array
+    out: Any
+
+
+def select(mask: jax.Array, a, b):
+    """a where mask else b, for pytrees whose leaves have mask's leading axis."""
+
+    def pick(u, v):
+        return jnp.where(mask.reshape(mask.shape + (1,) * (jnp.ndim(u) - 1)), u, v)
+
+    return jax.tree.map(pick, a, b)
+
+
+def _iteration(search: Search, images, targets, pool: Pool) -> Pool:
+    """Write out the searches that ended, load new images into their slots, step every slot."""
+    n, s = images.shape[0], pool.state
+    done = (pool.slot < n) & ~jax.vmap(search.running)(s)
+    out_index = jnp.where(done, pool.slot, n)  # index n: dropped
+    outputs = jax.vmap(search.output)(s)
+    out = jax.tree.map(lambda o, v: o.at[out_index].set(v, mode="drop"), pool.out, outputs)
+    slot = jnp.where(done, jnp.minimum(pool.next + jnp.cumsum(done) - 1, n), pool.slot)
+    fresh = done & (slot < n)
+    x, t = images[jnp.minimum(slot, n - 1)], targets[jnp.minimum(slot, n - 1)]
+    pre = select(fresh, jax.vmap(search.start)(x, t), jax.vmap(search.advance)(s, x, t))
+    state = search.finish(pre, x, t)
+    return Pool(state, slot, pool.next + done.sum(), out)
+
+
+def run_pool(search: Search, images, targets, pool_size: int):
+    """Every image's search in one while loop over `pool_size` slots; `search.output` of each
+    image's final state, stacked ([N] leaves)."""
+    n = images.shape[0]
+    size = min(pool_size, n)
+    x, t = images[:size], targets[:size]
+    first = search.finish(jax.vmap(search.start)(x, t), x, t)
+    template = jax.vmap(search.output)(first)
+    out = jax.tree.map(lambda v: jnp.zeros((n, *v.shape[1:]), v.dtype), template)
+    start = Pool(first, jnp.arange(size), jnp.asarray(size), out)
+    final = jax.lax.while_loop(
+        lambda pool: jnp.any(pool.slot < n),
+        lambda pool: _iteration(search, images, targets, pool),
+        start,
+    )
+    return final.out
