@@ -196,7 +196,10 @@ def plot(result: Mapping):
             mean = [s["mean"] for s in stats]
             err = [[s["mean"] - s["interval"][0] for s in stats]]
             err.append([s["interval"][1] - s["mean"] for s in stats])
-            ax.errorbar(rates, mean, yerr=err, marker="o", capsize=3, label=model)
+            steps = (result.get("num_train_steps") or {}).get(model)
+            detail = f"{steps:,} steps, " if steps else ""
+            label = f"{model} ({detail}{m['num_replicas']} replicas)"
+            ax.errorbar(rates, mean, yerr=err, marker="o", capsize=3, label=label)
         ax.axvline(EXERCISE_RATE, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("dropout rate")
         ax.set_title(title)
