@@ -206,6 +206,8 @@ def test_the_run_reader_splits_replicas_into_runs_of_one(tmp_path):
     assert "replicas" not in one.summary
     # The figures' band: mean, min and max of the replicas' smoothed curves.
     loss = curves.replica_curves(run, "test_loss")
+    assert len(loss) == 2 and not np.array_equal(loss[0].values, loss[1].values)
+    np.testing.assert_array_equal(loss[1].values, [r["test_loss"] for r in one.history])
     steps_, _, mean, low, high = curves.band(loss, 0.6)
     smoothed = np.stack([curves.tensorboard_smooth(c.values, 0.6) for c in loss])
     np.testing.assert_array_equal(steps_, [8, 16, 24])

@@ -191,6 +191,7 @@ class Run:
     config: dict
     history: list[dict]  # metrics.jsonl records, (step, replica) order, each once
     summary: dict | None  # None until training has finished
+    replica_index: int = 0  # the replica `curve` reads (that of a `replica(k)` view)
 
     @property
     def name(self) -> str:
@@ -216,18 +217,18 @@ class Run:
             summary.pop("statistics", None)
         history = [r for r in self.history if r.get("replica", 0) == k]
         config = {**self.config, "num_replicas": 1}
-        return Run(self.path, config, history, summary)
+        return Run(self.path, config, history, summary, replica_index=k)
 
     def replicas(self) -> list["Run"]:
         return [self.replica(k) for k in range(self.num_replicas)]
 
     def curve(self, key: str) -> Curve | None:
-        """The series of record key `key` ("train_loss", "test_accuracy", ...) of replica 0
-        (`replica(k).curve` for another), or None when it was never logged."""
+        """The series of record key `key` ("train_loss", "test_accuracy", ...) of replica 0,
+        or of replica k for its view `replica(k)`; None when it was never logged."""
         points = [
             (r["step"], r[key])
             for r in self.history
-            if r.get(key) is not None and r.get("replica", 0) == 0
+            if r.get(key) is not None and r.get("replica", 0) == self.replica_index
         ]
         if not points:
             return None
