@@ -82,6 +82,8 @@ def over_replicas(fn: Callable, num_replicas: int, in_axes, how: str = "vmap") -
 
     def unrolled(*args):
         outs = [fn(*_index(args, in_axes, r)) for r in range(count)]
+        if count == 1:  # a reshape: a one-operand stack copies every output, every step
+            return jax.tree.map(lambda v: v[None], outs[0])
         return jax.tree.map(lambda *v: jax.numpy.stack(v), *outs)
 
     return unrolled
