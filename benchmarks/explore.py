@@ -4,7 +4,7 @@
     python benchmarks/explore.py step  [--conv ...] [--pool ...] [--batch 128] [--prng threefry|rbg]
     python benchmarks/explore.py hlo   [--conv ...] [--pool ...]
     python benchmarks/explore.py flags [--conv ...] [--pool ...]
-    python benchmarks/explore.py ab    [--repeats 6]
+    python benchmarks/explore.py ab    [--repeats 6] [--variants CONV,POOL;CONV,POOL...]
 
 `ops` times each piece of one step alone (jitted, median of repeats): the two convolutions
 forward and backward, pools, dense layers, dropout masks, the Adam update, the whole step.
@@ -166,12 +166,7 @@ def cmd_ab(args):
     """The step variants built in one process and timed in rotating blocks of 5 steps."""
     import jax
 
-    variants = [
-        ("project", "project"),
-        ("lax", "project"),
-        ("project", "reshape"),
-        ("project", "slices"),
-    ]
+    variants = [tuple(v.split(",")) for v in args.variants.split(";")]
     built = {}
     for conv, pool in variants:
         steps, state, rng = build_step(conv, args.batch, pool)
@@ -249,9 +244,7 @@ def _conv_pieces(conv: str, b: int, key) -> tuple[dict, dict]:
 
     from fmnist_jax import layers
 
-    fn = {"lax": jax.lax.conv_general_dilated, "im2col": conv_im2col}.get(
-        conv, layers.conv_patch_kernel_grad
-    )
+    fn = {"lax": jax.lax.conv_general_dilated, "im2col": conv_im2col}.get(conv, layers.conv)
     dn = ("NHWC", "HWIO", "NHWC")
 
     def conv_fn(x, w):  # every variant told the layout (conv2 falls back to lax's conv)
@@ -372,6 +365,11 @@ def parse_args(argv=None):
     p.add_argument("--prng", choices=("threefry", "rbg", "unsafe_rbg"), default="threefry")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--variants",
+        default="project,project;lax,project;project,reshape;project,slices",
+        help="ab: CONV,POOL[;CONV,POOL...] built in one process and timed in turn",
+    )
     return p.parse_args(argv)
 
 

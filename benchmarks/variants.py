@@ -9,7 +9,7 @@ autodiff), `slices` (max of four strided slices, autodiff), `window` (`nn.max_po
 """
 
 CONVS = ("project", "lax", "im2col")
-POOLS = ("project", "reshape", "slices", "window")
+POOLS = ("project", "reshape", "slices", "window", "after-relu")
 
 
 def conv_im2col(
@@ -67,8 +67,8 @@ def max_pool_slices(x):
 
 
 def make_convnet(conv: str, dropout_rate: float, pool: str = "project"):
-    """The project's ConvNet (`project`: the first conv's kernel gradient by patches,
-    `layers.conv_patch_kernel_grad`), or the same network with XLA's own convolutions (`lax`)
+    """The project's ConvNet (`project`: both convolutions' gradients written out,
+    `layers.conv`), or the same network with XLA's own convolutions (`lax`)
     or `conv_im2col` in both layers, and/or another 2x2 max-pool. (The first round's `hybrid`,
     tap products for both kernel gradients, lost with Eigen convolutions: benchmarks/README.md.)"""
     import flax.linen as nn
@@ -80,14 +80,16 @@ def make_convnet(conv: str, dropout_rate: float, pool: str = "project"):
     conv_fns = {  # per layer: conv1 (1 input channel), conv2
         "lax": (None, None),
         "im2col": (conv_im2col, conv_im2col),
-        "project": (layers.conv_patch_kernel_grad, None),
+        "project": (layers.conv, layers.conv),
     }[conv]
     pool_fn = {
         "project": models.max_pool_2x2,
         "reshape": max_pool_reshape,
         "slices": max_pool_slices,
         "window": lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)),
+        "after-relu": models.max_pool_2x2,  # ReLU, then the project's pool (before 2026-12-02)
     }[pool]
+    relu_first = pool == "after-relu"
 
     class ConvNetVariant(nn.Module):
         num_classes: int = 10
@@ -97,7 +99,7 @@ def make_convnet(conv: str, dropout_rate: float, pool: str = "project"):
         def __call__(self, x, train: bool = False):
             for features, conv_fn in zip((32, 64), conv_fns, strict=True):
                 x = nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=conv_fn)(x)
-                x = pool_fn(nn.relu(x))
+                x = pool_fn(nn.relu(x)) if relu_first else nn.relu(pool_fn(x))
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             x = x.reshape((x.shape[0], -1))
             x = nn.relu(nn.Dense(128)(x))

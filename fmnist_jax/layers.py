@@ -1,6 +1,6 @@
 """Layer functions with hand-written gradients: `max_pool_2x2` (used by `models` and `theory`)
-and `conv_patch_kernel_grad` (the ConvNet's first convolution), both for fast gradients on
-XLA:CPU, and `sigmoid`, whose gradient reuses its forward value (the exercise's section 1.2).
+and `conv` (the ConvNet's convolutions), both for fast gradients on XLA:CPU, and `sigmoid`,
+whose gradient reuses its forward value (the exercise's section 1.2).
 
 `max_pool_2x2` computes the same values as `nn.max_pool(x, (2, 2), strides=(2, 2))` and the
 same gradient as differentiating a reshape-and-max: each window's output gradient goes to the
@@ -60,7 +60,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# Convolution with few input channels
+# Convolution with its gradients written out for XLA:CPU
+
+NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def image_patches(x: jax.Array, kh: int, kw: int, padding) -> jax.Array:
@@ -83,28 +85,69 @@ def _kernel_grad_by_patches(x, g, kernel_shape, padding):
     return dw.reshape(kernel_shape).astype(g.dtype)
 
 
+def _kernel_grad_by_conv(x, g, padding, precision=None):
+    """d(loss)/d(kernel) of a stride-1 NHWC/HWIO convolution as a convolution in the layout
+    XLA:CPU hands to Eigen: the input's channels as the batch, its batch as the features
+    ([Cin, H, W, B]), the output gradient as an HWIO kernel ([Ho, Wo, B, Cout]), each of the
+    kh x kw outputs a window over the whole image. Autodiff's kernel gradient (`f01b_i01o`)
+    is rewritten into this only outside loops; inside one XLA:CPU runs it on its generic
+    emitter (the ConvNet's step inside a `lax.scan` ~25x slower)."""
+    dw = jax.lax.conv_general_dilated(
+        jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1), padding,
+        dimension_numbers=NHWC, precision=precision,
+    )  # fmt: skip
+    return jnp.transpose(dw, (1, 2, 0, 3)).astype(g.dtype)
+
+
+def _input_grad(g, w, padding, precision=None):
+    """d(loss)/d(input) of a stride-1 NHWC/HWIO convolution, written out: the output gradient
+    convolved with the kernel flipped in space and its in/out axes swapped (HWIO again), padded
+    by k - 1 - p on each side (the transposed convolution autodiff builds)."""
+    pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:2], padding, strict=True)]
+    kernel = jnp.flip(w, (0, 1)).swapaxes(2, 3)
+    return jax.lax.conv_general_dilated(g, kernel, (1, 1), pads, dimension_numbers=NHWC,
+                                        precision=precision)  # fmt: skip
+
+
+def _input_grad_by_taps(g, w, padding, input_shape):
+    """`_input_grad` for few input channels as one matrix product: each output position's
+    gradient times every tap of the kernel ([B*Ho*Wo, Cout] x [Cout, kh*kw*Cin]), then each
+    tap's share added back at the input pixel it read (nine shifted adds on a small array).
+    XLA:CPU runs the convolution with one output channel ~3 ms at batch 100, this ~0.5 ms."""
+    kh, kw, cin, cout = w.shape
+    b, ho, wo, _ = g.shape
+    taps = jax.lax.dot_general(
+        g.reshape(b * ho * wo, cout), w.reshape(kh * kw * cin, cout), (((1,), (1,)), ((), ()))
+    ).reshape(b, ho, wo, kh * kw, cin)
+    padded = sum(
+        jnp.pad(taps[:, :, :, i * kw + j], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+        for i in range(kh)
+        for j in range(kw)
+    )
+    (top, _), (left, _) = padding
+    return padded[:, top : top + input_shape[1], left : left + input_shape[2], :].astype(g.dtype)
+
+
 PATCH_KERNEL_GRAD_MAX_COLUMNS = 64  # kh*kw*Cin above this: XLA's own kernel gradient
 
 
-def _patch_gradient_applies(lhs, rhs, window_strides, dilations, dimension_numbers, groups):
-    """Whether `conv_patch_kernel_grad` computes this convolution's kernel gradient by patches:
-    NHWC/HWIO, stride 1, no dilation, one feature group, few patch columns."""
-    kh, kw, cin, _ = rhs.shape
+def _gradients_apply(lhs, rhs, window_strides, padding, dilations, dimension_numbers, groups):
+    """Whether `conv` writes this convolution's gradients out: NHWC/HWIO, stride 1, no
+    dilation, one feature group, padding within 0..k-1 on each side."""
     ones = (1,) * (lhs.ndim - 2)
-    nhwc = ("NHWC", "HWIO", "NHWC")
     if lhs.ndim != 4:
         return False
-    layout = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers or nhwc)
+    layout = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers or NHWC)
     return (
-        layout == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc)
+        layout == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
         and tuple(window_strides) == ones
         and groups == 1
         and all(d is None or tuple(d) == ones for d in dilations)
-        and kh * kw * cin <= PATCH_KERNEL_GRAD_MAX_COLUMNS
+        and all(0 <= p <= k - 1 for k, pair in zip(rhs.shape[:2], padding) for p in pair)
     )
 
 
-def conv_patch_kernel_grad(
+def conv(
     lhs,
     rhs,
     window_strides,
@@ -117,49 +160,73 @@ def conv_patch_kernel_grad(
     **unused,
 ):
     """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`, NHWC input and HWIO
-    kernel, whose kernel gradient on the CPU is `_kernel_grad_by_patches`.
+    kernel, whose gradients on the CPU are written out:
 
-    For a layer with few input channels (the ConvNet's first, Cin=1), XLA:CPU computes the
-    kernel gradient as a convolution with an image-sized window, after transposing input and
-    output gradient (~4.5 ms of the step at batch 128); one product over the nine-column patch
-    matrix is ~2x cheaper (whole step ~1.05x). Forward pass and input gradient are XLA's own,
-    and so is everything on GPU and TPU (`lax.platform_dependent`). Other strides, dilations
-    or groups go to `lax.conv_general_dilated` unchanged (`_patch_gradient_applies`)."""
+    - the input gradient as `_input_grad`, a convolution with the flipped kernel in HWIO order.
+      Autodiff's transposed convolution takes the kernel in `01oi` order, which XLA:CPU turns
+      into an HWIO copy only outside loops: inside a `lax.while_loop` or `lax.scan` (the
+      attack's pooled search, device-resident training chunks) it runs the `01oi` convolution on
+      its generic emitter, ~8x slower (conv2's input gradient at batch 100: 20 ms against 2.6).
+    - for few input channels (the ConvNet's first layer, Cin=1) the kernel gradient as one
+      product over the nine-column patch matrix (`_kernel_grad_by_patches`): XLA:CPU computes
+      it as a convolution with an image-sized window after transposing input and output
+      gradient, ~2x slower (whole step ~1.05x). Wider layers keep XLA's kernel gradient.
+
+    The forward pass is XLA's own, and so is everything on GPU and TPU
+    (`lax.platform_dependent`). Other strides, dilations, groups or paddings go to
+    `lax.conv_general_dilated` unchanged (`_gradients_apply`)."""
     del unused
-    kh, kw, _, _ = rhs.shape
+    kh, kw, cin, _ = rhs.shape
     ones = (1,) * (lhs.ndim - 2)
-    nhwc = ("NHWC", "HWIO", "NHWC")
+    if isinstance(padding, str) and lhs.ndim == 4:
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), ones, padding)
+    padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
     dilations = (lhs_dilation, rhs_dilation)
-    if not _patch_gradient_applies(lhs, rhs, window_strides, dilations, dimension_numbers,
-                                   feature_group_count):  # fmt: skip
+    if isinstance(padding, str) or not _gradients_apply(
+        lhs, rhs, window_strides, padding, dilations, dimension_numbers, feature_group_count
+    ):
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
             dimension_numbers, feature_group_count, precision=precision,
         )  # fmt: skip
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), ones, padding)
-    padding = tuple(tuple(p) for p in padding)
 
-    def conv(x, w):
+    def forward(x, w):
         return jax.lax.conv_general_dilated(
-            x, w, ones, padding, dimension_numbers=nhwc, precision=precision
+            x, w, ones, padding, dimension_numbers=NHWC, precision=precision
         )
+
+    def xla_kernel_grad(x, g, w):
+        return jax.vjp(lambda w: forward(x, w), w)[1](g)[0]
+
+    def cpu_input_grad(x, g, w):
+        return _input_grad(g, w, padding, precision)
+
+    def cpu_kernel_grad(x, g, w):
+        return _kernel_grad_by_conv(x, g, padding, precision)
+
+    if kh * kw * cin <= PATCH_KERNEL_GRAD_MAX_COLUMNS:
+
+        def cpu_kernel_grad(x, g, w):
+            return _kernel_grad_by_patches(x, g, w.shape, padding)
+
+        def cpu_input_grad(x, g, w):
+            return _input_grad_by_taps(g, w, padding, x.shape)
 
     @jax.custom_vjp
     def f(x, w):
-        return conv(x, w)
+        return forward(x, w)
 
     def f_fwd(x, w):
-        return conv(x, w), (x, w)
+        return forward(x, w), (x, w)
 
     def f_bwd(residuals, g):
         x, w = residuals
-        dx = jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
-        dw = jax.lax.platform_dependent(
+        dx = jax.lax.platform_dependent(
             x, g, w,
-            cpu=lambda x, g, w: _kernel_grad_by_patches(x, g, w.shape, padding),
-            default=lambda x, g, w: jax.vjp(lambda w: conv(x, w), w)[1](g)[0],
+            cpu=cpu_input_grad,
+            default=lambda x, g, w: jax.vjp(lambda x: forward(x, w), x)[1](g)[0],
         )  # fmt: skip
+        dw = jax.lax.platform_dependent(x, g, w, cpu=cpu_kernel_grad, default=xla_kernel_grad)
         return dx, dw
 
     f.defvjp(f_fwd, f_bwd)

@@ -3,6 +3,7 @@ patch-product kernel gradient of the first convolution, and the sigmoid whose gr
 its forward value (its comparison with the naive form is in test_theory.py)."""
 
 import collections
+import re
 
 import flax.linen as nn
 import jax
@@ -86,9 +87,7 @@ def _conv_pair(lhs, rhs, padding):
         )
 
     def patched(x, w):
-        return layers.conv_patch_kernel_grad(
-            x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        return layers.conv(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     return xla, patched
 
@@ -100,9 +99,13 @@ def _conv_pair(lhs, rhs, padding):
         ((2, 9, 7, 3), (3, 3, 3, 5), "SAME"),
         ((2, 9, 7, 2), (3, 2, 2, 4), "VALID"),
         ((2, 8, 8, 2), (3, 3, 2, 4), ((2, 0), (1, 1))),
+        ((2, 14, 14, 32), (3, 3, 32, 8), "SAME"),  # like the second layer: kernel grad by conv
+        ((2, 9, 7, 16), (3, 2, 16, 4), ((2, 0), (0, 1))),
     ],
 )
-def test_patch_kernel_gradient_matches_xla(x_shape, w_shape, padding):
+def test_written_out_gradients_match_xla(x_shape, w_shape, padding):
+    """Forward bit for bit; the input gradient (by taps or by the flipped kernel) and the kernel
+    gradient (by patches or by the Eigen-layout convolution) equal autodiff's."""
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(5), 3)
     x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
     xla, patched = _conv_pair(x, w, padding)
@@ -129,14 +132,13 @@ def test_canary_patch_kernel_gradient_is_a_dot_in_the_compiled_cpu_step():
 
 
 def test_other_convolutions_are_passed_to_xla_unchanged():
-    x, w = jnp.ones((1, 8, 8, 16)), jnp.ones((3, 3, 16, 4))  # 144 patch columns: XLA's own
-    strided = layers.conv_patch_kernel_grad(
-        x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+    # 144 patch columns: the kernel gradient stays a convolution (`_kernel_grad_by_conv`)
+    x, w = jnp.ones((1, 8, 8, 16)), jnp.ones((3, 3, 16, 4))
+    strided = layers.conv(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     assert strided.shape == (1, 4, 4, 4)
     hlo = (
         jax.jit(jax.grad(lambda w: jnp.sum(
-            layers.conv_patch_kernel_grad(
+            layers.conv(
                 x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))))
         .lower(w).compile().as_text()
     )  # fmt: skip
@@ -168,6 +170,38 @@ def test_patch_kernel_gradient_is_cpu_only():
 
     assert ops("cpu") == (1, 1)  # forward conv, kernel gradient as a product
     assert ops("cuda") == ops("tpu") == (2, 0)  # forward and kernel gradient convolutions
+
+
+@pytest.mark.perf_canary
+def test_canary_every_convolution_of_the_step_in_a_loop_is_in_eigen_layout():
+    """Inside a loop (the attack's pool, device-resident chunks) XLA:CPU keeps autodiff's
+    transposed layouts (`01oi`, `f01b_i01o`) and runs them on its generic emitter, ~8-25x
+    slower; with `layers.conv` every convolution of the ConvNet's training step and of the
+    attack's input gradient inside a `fori_loop` is NHWC x HWIO (`b01f_01io->b01f`)."""
+    model = models.ConvNet(dropout_rate=0.25)
+    x = jnp.ones((4, 28, 28, 1))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+
+    def loss(p, x, key):
+        return jnp.sum(model.apply({"params": p}, x, train=True, rngs={"dropout": key}) ** 2)
+
+    def train(p):
+        def body(i, p):
+            g = jax.grad(loss)(p, x, jax.random.fold_in(jax.random.PRNGKey(1), i))
+            return jax.tree.map(lambda a, b: a - 0.01 * b, p, g)
+
+        return jax.lax.fori_loop(0, 3, body, p)
+
+    def attack(x):
+        def objective(x):
+            return jnp.sum(model.apply({"params": params}, x) ** 2)
+
+        return jax.lax.fori_loop(0, 3, lambda i, x: x - 0.01 * jax.grad(objective)(x), x)
+
+    for fn, arg in ((train, params), (attack, x)):
+        hlo = jax.jit(fn).lower(arg).compile().as_text()
+        labels = re.findall(r"convolution\(.*dim_labels=([^,\s]+)", hlo)
+        assert labels and set(labels) == {"b01f_01io->b01f"}, labels
 
 
 def test_image_patches_times_the_flat_kernel_is_the_convolution():
