@@ -9,6 +9,7 @@ advances every slot and evaluates all slots with one vmapped model call. Each im
 gets exactly the steps its own search would take, and nobody waits for the longest search.
 
 The descent methods (`search.py`) and the minimum-L1 search (`minimal.py`) are both `Search`es.
+`over_devices` splits the images over several local devices, one pool on each.
 """
 
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec
 
 
 class Search(NamedTuple):
@@ -87,3 +90,36 @@ def run_pool(search: Search, images, targets, pool_size: int):
         start,
     )
     return final.out
+
+
+def over_devices(fn: Callable, devices, images, targets, *shared):
+    """fn(images, targets, *shared) -> pytree of [N] leaves, with the images split over `devices`.
+
+    One device: `fn` itself (the same program as without this call). Several: the images and
+    targets are cut into one equal contiguous shard per device (the last padded with copies of
+    the last image, whose outputs are dropped) and `fn` runs on each shard as its own program
+    (`jax.shard_map`), so each device runs its own pool and while loop and no device waits for
+    another's slowest search inside the loop. `shared` arguments (a step budget) go to every
+    shard whole. Each image's search is the same as unsharded: only the batches its model calls
+    share with other slots change (floating-point summation order, no more).
+    """
+    d = len(devices)
+    if d == 1:
+        return fn(images, targets, *shared)
+    n = images.shape[0]
+    pad = -n % d
+    if pad:
+        images = jnp.concatenate([images, jnp.repeat(images[-1:], pad, axis=0)])
+        targets = jnp.concatenate([targets, jnp.repeat(targets[-1:], pad, axis=0)])
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("images",))
+    split, whole = PartitionSpec("images"), PartitionSpec()
+    # No collectives inside: each shard's loop carry mixes per-shard and fresh (unvarying)
+    # values, which the varying-axes check would make every pool cast by hand.
+    sharded = jax.shard_map(
+        fn,
+        mesh=mesh,
+        in_specs=(split, split) + (whole,) * len(shared),
+        out_specs=split,
+        check_vma=False,
+    )
+    return jax.tree.map(lambda v: v[:n], sharded(images, targets, *shared))

@@ -203,13 +203,14 @@ def run(
     (DEFAULT_METHODS unless given; the slow ones on the first `slow_images` of them, same
     targets); writes summary.json, records.csv and the figures into `output` and returns the
     summary. The first method is the reported one (`default_method`, Figure 7). `pool_size`
-    None: `presets.pool_size_for` the device's platform (32 on a CPU). `overrides`
+    (slots per local device; the images are split over the local devices) None:
+    `presets.pool_size_for` the device's platform (32 on a CPU). `overrides`
     (threshold, max_steps, epsilon, l1_reduction) go to `method_config`."""
     configs = {m: method_config(m, **overrides) for m in methods or DEFAULT_METHODS}
     if not (isinstance(slow_images, int) and slow_images > 0):
         raise UsageError(f"--slow_images must be a positive integer, got {slow_images!r}")
     logits_fn, images, labels, indices, key = load_attack_data(workdir, num_images, seed)
-    pool_size = pool_size or pool_size_for(jax.devices()[0].platform)
+    pool_size = pool_size or pool_size_for(jax.local_devices()[0].platform)
     num_classes = jax.eval_shape(logits_fn, images[:1]).shape[-1]
     targets = draw_targets(key, labels, num_classes)  # what each program would draw from key
     results, records, summaries = {}, {}, {}
@@ -235,6 +236,7 @@ def run(
         "workdir": str(workdir),
         "threshold": configs[main].threshold,
         "pool_size": pool_size,
+        "pool_devices": len(jax.local_devices()),
         "device": str(jax.devices()[0].device_kind),
     }
     output = Path(output)

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from fmnist_jax.adversarial.minimal import minl1_search
-from fmnist_jax.adversarial.pool import Search, run_pool
+from fmnist_jax.adversarial.pool import Search, over_devices, run_pool
 from fmnist_jax.adversarial.presets import (
     DEFAULT_METHOD,
     METHODS,
@@ -284,17 +284,23 @@ def pooled_search(logits_fn, images, targets, config: AttackConfig, max_steps, p
     return run_pool(descent(logits_fn, config, max_steps), images, targets, pool_size)
 
 
-def _attack_program(logits_fn, config, pool_size, images, labels, key, targets, max_steps):
-    if targets is None:
-        num_classes = jax.eval_shape(logits_fn, images[:1]).shape[-1]
-        targets = draw_targets(key, labels, num_classes)
+def _searches(logits_fn, config, pool_size, images, targets, max_steps):
+    """(x', steps, p_target or None, per-pixel L1 weight) of every image: one pool."""
     if config.update == "minl1":
         search_ = minl1_search(logits_fn, config, max_steps)
         x_adv, steps, _, weight = run_pool(search_, images, targets, pool_size)
-    else:
-        x_adv, steps, p = pooled_search(logits_fn, images, targets, config, max_steps, pool_size)
-        pixel_weight = pixel_l1_weight(config.l1_weight, config.l1_reduction, images[0])
-        weight = jnp.full(steps.shape, pixel_weight, images.dtype)
+        return x_adv, steps, None, weight
+    x_adv, steps, p = pooled_search(logits_fn, images, targets, config, max_steps, pool_size)
+    pixel_weight = pixel_l1_weight(config.l1_weight, config.l1_reduction, images[0])
+    return x_adv, steps, p, jnp.full(steps.shape, pixel_weight, images.dtype)
+
+
+def _attack_program(logits_fn, config, pool_size, devices, images, labels, key, targets, max_steps):
+    if targets is None:
+        num_classes = jax.eval_shape(logits_fn, images[:1]).shape[-1]
+        targets = draw_targets(key, labels, num_classes)
+    searches = functools.partial(_searches, logits_fn, config, pool_size)
+    x_adv, steps, p, weight = over_devices(searches, devices, images, targets, max_steps)
     probs = jax.nn.softmax(logits_fn(x_adv), axis=-1)
     if config.update == "minl1":  # the returned point is the best one, not the last evaluated
         p = jnp.take_along_axis(probs, targets[:, None], axis=1)[:, 0]
@@ -346,6 +352,7 @@ class Attack:
     config: AttackConfig
     pool_size: int
     program: Callable[..., AttackResult]
+    devices: tuple = ()
 
     def arguments(self, images, labels, key, targets=None, max_steps=None) -> tuple:
         """(images, labels, key, targets, max_steps) as `program` takes them; ConfigError for
@@ -362,22 +369,26 @@ class Attack:
         return self.program(*self.arguments(images, labels, key, targets, max_steps))
 
 
-def make_attack(logits_fn: LogitsFn, config: AttackConfig, pool_size: int | None = None) -> Attack:
+def make_attack(
+    logits_fn: LogitsFn, config: AttackConfig, pool_size: int | None = None, devices=None
+) -> Attack:
     """The batch program `attack(images, labels, key, targets=None, max_steps=None)`.
 
     images: float [N, ...] in the clip range; labels: int [N]; key: a PRNG key for the targets
     (ignored when `targets` is given). `max_steps` is a traced argument: changing it does not
-    recompile. `pool_size` searches run side by side (see `pooled_search`; None: 32 on a CPU,
-    `presets.pool_size_for` the device's platform); with
-    pool_size >= N all run at once and the batch takes as many steps as its longest search.
+    recompile. `pool_size` searches run side by side on each device (see `pooled_search`;
+    None: `presets.pool_size_for` the device's platform, 32 on a CPU); with pool_size >= N all
+    run at once and the batch takes as many steps as its longest search. `devices` (None: the
+    process's local devices) share the images, one pool each (`pool.over_devices`).
     A call returns an AttackResult. Build it once and call it many times.
     """
     validate(config)
-    pool_size = pool_size_for(jax.devices()[0].platform) if pool_size is None else pool_size
+    devices = tuple(jax.local_devices() if devices is None else devices)
+    pool_size = pool_size_for(devices[0].platform) if pool_size is None else pool_size
     if not (isinstance(pool_size, int) and pool_size > 0):
         raise ConfigError(f"pool_size must be a positive integer, got {pool_size!r}")
-    program = jax.jit(functools.partial(_attack_program, logits_fn, config, pool_size))
-    return Attack(logits_fn, config, pool_size, program)
+    program = jax.jit(functools.partial(_attack_program, logits_fn, config, pool_size, devices))
+    return Attack(logits_fn, config, pool_size, program, devices)
 
 
 def attack(
@@ -389,10 +400,11 @@ def attack(
     targets=None,
     config: AttackConfig | None = None,
     pool_size: int | None = None,
+    devices=None,
 ) -> AttackResult:
     """Runs one batched search (compiling it); pass `key` to draw targets, or `targets`."""
     config = config or METHODS[DEFAULT_METHOD]
     if key is None and targets is None:
         raise ConfigError("attack needs a PRNG key to draw targets, or explicit targets")
     key = jax.random.key(0) if key is None else key
-    return make_attack(logits_fn, config, pool_size)(images, labels, key, targets)
+    return make_attack(logits_fn, config, pool_size, devices)(images, labels, key, targets)
