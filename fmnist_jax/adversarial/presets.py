@@ -12,20 +12,21 @@ The command line runs DEFAULT_METHODS, the exercise's rule first: it is the repo
 first SLOW_IMAGES = 200 of the 1,000 images (same targets), with their budgets below; each
 summary row states its images, L1 reading and step budget.
 
-Measured on runs/cnn_dropout (the offline copy), 2-core CPU shared with other work (load 3.5-5),
-seed 0, median over the successful searches; "mean" divides ||x' - x||_1 by the 784 pixels, as
-PyTorch's default `L1Loss()` does, "sum" is the norm as written; L0 counts pixels changed by
-more than half a grey level; the L1 column is the sum over pixels for every method:
+Measured on runs/cnn_dropout (the offline copy) of a fresh clone's `make reproduce`, 2-core
+CPU, idle, seed 0, median over the successful searches; "mean" divides ||x' - x||_1 by the 784
+pixels, as PyTorch's default `L1Loss()` does, "sum" is the norm as written; L0 counts pixels
+changed by more than half a grey level; the L1 column is the sum over pixels for every method:
 
     `make adversarial` (2026-12-02)   images success steps  L0    L1     L2    L-inf attacks/s
-    exercise: gd lr 0.001, mean, 3000   200   95.0%   204  622  16.8   0.90   0.191     1.3
-    gd lr 0.01, mean, 1000             1000   99.4%    22  635  20.0   1.07   0.206    17.3
-    sign lr 0.002, mean, 300           1000   99.6%    36  686  24.9   1.12   0.072    19.7
-    adam lr 0.01, mean, 300            1000   99.9%    14  638  40.6   1.86   0.129    33.8
-    fgsm eps 0.1                       1000    8.8%     1  600  57.9   2.39   0.100   582
-    pgd eps 0.1, step 0.01, 100        1000   94.9%     8  646  27.9   1.27   0.080    74.7
-    minl1, 4 x 50 steps                 200  100.0%   203   65   6.44  1.58   0.940     4.1
-    minl1, 4 x 50 steps               1,000  100.0%   203   65   6.54  1.62   0.992     2.6
+    exercise: gd lr 0.001, mean, 3000   200   97.0%   286  625  18.6   1.03   0.201     9.6
+    gd lr 0.01, mean, 1000             1000   99.6%    26  633  20.7   1.13   0.216    88.6
+    sign lr 0.002, mean, 300           1000   99.8%    39  685  26.3   1.19   0.078   128
+    adam lr 0.01, mean, 300            1000  100.0%    15  637  43.4   1.93   0.141   274
+    fgsm eps 0.1                       1000    7.5%     1  604  58.4   2.41   0.100  1764
+    pgd eps 0.1, step 0.01, 100        1000   95.2%     9  647  29.5   1.34   0.090   315
+    minl1, 4 x 50 steps                 200  100.0%   203   70   6.90  1.67   0.988    31.8
+    (the same on the previous model, before layers.conv, load 3.5-5: minl1 on 1,000 images
+    100.0%, L1 6.54, 2.6 attacks/s; exercise 1.3 attacks/s)
 
     earlier, 100 training images
     exercise: gd lr 0.001, sum           68%      404   10.1   0.73   0.189  (3,000-step budget)
@@ -35,11 +36,11 @@ more than half a grey level; the L1 column is the sum over pixels for every meth
 The exercise's rule works but needs a few hundred steps (p90 ~800; 88.5% within 1,000 steps,
 95% within 3,000): most of its time is the tail of the slowest searches. With the L1 norm
 summed, the objective's minimum often lies below p = 0.95 (the L1 pull balances the CE push):
-a third of the exercise's searches stall there. minl1 reaches every target with a median L1 of
-6.5 (a third of gd's 20.0) by changing ~66 pixels, often to black or white (L-inf ~1): the
-sparse end of the trade-off, where the descent methods spread small changes over ~640 pixels.
-Sign-gradient reaches 99.6% of the targets in a median 36 steps with the smallest L-inf (0.07): the
-library's default (`attack`, `api.attack`). `--l1_reduction sum` gives the literal objective.
+a third of the exercise's searches stall there. minl1 reaches every target with a median L1
+of 6.5-6.9 (a third of gd's 20-21) by changing ~65-70 pixels, often to black or white (L-inf
+~1): the sparse end of the trade-off, where the descent methods spread small changes over ~640
+pixels. Sign-gradient reaches 99.6-99.8% of the targets in a median 36-39 steps with the
+smallest L-inf (0.07-0.08): the library's default (`attack`, `api.attack`). `--l1_reduction sum` gives the literal objective.
 
 Nothing here imports JAX: the command line defines its flags from these names alone.
 """
