@@ -1,0 +1,91 @@
+"""The ConvNet's input-gradient step inside a loop against the same step called from Python.
+
+    python benchmarks/loops.py [--conv project|lax] [--batch 100] [--steps 20]
+
+Times one PGD-like step (the gradient of the cross-entropy w.r.t. the input, a signed step,
+clipping) at batch `--batch`: as a jitted function called `--steps` times from Python, and as
+`--steps` iterations of one jitted `lax.fori_loop`, `while_loop` and `scan`. Prints ms a step
+and the `dim_labels` of every convolution XLA:CPU compiled into the loop. `--conv lax` is the
+network with autodiff's own convolution gradients (before `layers.conv`): inside the loops
+they keep the `01oi` kernel layout and run on XLA:CPU's generic emitter (benchmarks/README.md,
+"Round 3"); `--conv project` (the project's model) keeps every one `b01f_01io->b01f`.
+"""
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def median_ms(fn, arg, repeats: int = 5) -> float:
+    import jax
+
+    jax.block_until_ready(fn(arg))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(arg))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conv", choices=("project", "lax"), default="project")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--steps", type=int, default=20)
+    args = p.parse_args(argv)
+    from fmnist_jax import runtime
+
+    runtime.configure_cpu()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from variants import make_convnet
+
+    model = make_convnet(args.conv, 0.0)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(0, 1, (args.batch, 28, 28, 1)).astype(np.float32))
+    targets = jnp.asarray(rng.integers(0, 10, args.batch).astype(np.int32))
+    params = model.init(jax.random.key(0), x[:1])["params"]
+
+    def loss(v):
+        logits = model.apply({"params": params}, v)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
+
+    def step(v):
+        return jnp.clip(v - 0.01 * jnp.sign(jax.grad(loss)(v)), 0.0, 1.0)
+
+    n, jitted = args.steps, jax.jit(step)
+
+    def from_python(v):
+        for _ in range(n):
+            v = jitted(v)
+        return v
+
+    loops = {
+        "fori_loop": jax.jit(lambda v: jax.lax.fori_loop(0, n, lambda i, u: step(u), v)),
+        "while_loop": jax.jit(
+            lambda v: jax.lax.while_loop(
+                lambda c: c[0] < n, lambda c: (c[0] + 1, step(c[1])), (0, v)
+            )[1]
+        ),
+        "scan": jax.jit(lambda v: jax.lax.scan(lambda u, _: (step(u), None), v, None, n)[0]),
+    }
+    print(f"conv={args.conv} batch={args.batch}: ms a step")
+    print(f"  jitted step from Python  {median_ms(from_python, x) / n:7.2f}")
+    for name, fn in loops.items():
+        print(f"  {name:24s} {median_ms(fn, x) / n:7.2f}")
+    hlo = loops["fori_loop"].lower(x).compile().as_text()
+    labels = re.findall(r"convolution\(.*dim_labels=([^,\s]+)", hlo)
+    print(f"  convolutions in the loop: {', '.join(labels)}")
+
+
+if __name__ == "__main__":
+    main()
