@@ -13,25 +13,11 @@ they keep the `01oi` kernel layout and run on XLA:CPU's generic emitter (benchma
 
 import argparse
 import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def median_ms(fn, arg, repeats: int = 5) -> float:
-    import jax
-
-    jax.block_until_ready(fn(arg))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(arg))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def main(argv=None):
@@ -47,6 +33,7 @@ def main(argv=None):
     import jax.numpy as jnp
     import numpy as np
     import optax
+    from explore import timeit
     from variants import make_convnet
 
     model = make_convnet(args.conv, 0.0)
@@ -79,9 +66,9 @@ def main(argv=None):
         "scan": jax.jit(lambda v: jax.lax.scan(lambda u, _: (step(u), None), v, None, n)[0]),
     }
     print(f"conv={args.conv} batch={args.batch}: ms a step")
-    print(f"  jitted step from Python  {median_ms(from_python, x) / n:7.2f}")
+    print(f"  jitted step from Python  {timeit(from_python, x, number=1) * 1e3 / n:7.2f}")
     for name, fn in loops.items():
-        print(f"  {name:24s} {median_ms(fn, x) / n:7.2f}")
+        print(f"  {name:24s} {timeit(fn, x, number=1) * 1e3 / n:7.2f}")
     hlo = loops["fori_loop"].lower(x).compile().as_text()
     labels = re.findall(r"convolution\(.*dim_labels=([^,\s]+)", hlo)
     print(f"  convolutions in the loop: {', '.join(labels)}")

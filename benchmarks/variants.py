@@ -1,11 +1,13 @@
 """The ConvNet variants `explore.py` times and `bench.py --prototype` trains: the same network
 as `fmnist_jax.models.ConvNet` with another convolution or 2x2 max-pool (no flags, no timing).
 
-Convolutions (`make_convnet(conv=...)`): `project` is the project's ConvNet (first conv's kernel
-gradient by patches), `lax` the same network with XLA's own convolutions, `im2col` a rejected
+Convolutions (`make_convnet(conv=...)`): `project` is the project's ConvNet (`layers.conv`:
+its gradients written out), `lax` the same network with XLA's own convolutions, `im2col` a rejected
 prototype: the same 3x3 SAME convolution as nine shifted slices concatenated on the channel axis
 and one product. Pools: `project` (`layers.max_pool_2x2`), `reshape` (the first round's,
-autodiff), `slices` (max of four strided slices, autodiff), `window` (`nn.max_pool`).
+autodiff), `slices` (max of four strided slices, autodiff), `window` (`nn.max_pool`); every
+pool comes before the ReLU, as in the project's model, except `after-relu` (the project's pool
+after the ReLU, the order before 2026-12-02).
 """
 
 CONVS = ("project", "lax", "im2col")

@@ -128,7 +128,9 @@ def _input_grad_by_taps(g, w, padding, input_shape):
     return padded[:, top : top + input_shape[1], left : left + input_shape[2], :].astype(g.dtype)
 
 
-PATCH_KERNEL_GRAD_MAX_COLUMNS = 64  # kh*kw*Cin above this: XLA's own kernel gradient
+# kh*kw*Cin up to this: both gradients as products over taps or patches (the first layer);
+# above it, as convolutions in Eigen's layout.
+FEW_COLUMNS = 64
 
 
 def _gradients_apply(lhs, rhs, window_strides, padding, dilations, dimension_numbers, groups):
@@ -167,21 +169,22 @@ def conv(
       into an HWIO copy only outside loops: inside a `lax.while_loop` or `lax.scan` (the
       attack's pooled search, device-resident training chunks) it runs the `01oi` convolution on
       its generic emitter, ~8x slower (conv2's input gradient at batch 100: 20 ms against 2.6).
-    - for few input channels (the ConvNet's first layer, Cin=1) the kernel gradient as one
-      product over the nine-column patch matrix (`_kernel_grad_by_patches`): XLA:CPU computes
-      it as a convolution with an image-sized window after transposing input and output
-      gradient, ~2x slower (whole step ~1.05x). Wider layers keep XLA's kernel gradient.
+    - the kernel gradient as `_kernel_grad_by_conv`, a convolution in the layout Eigen takes
+      (autodiff's `f01b_i01o` form is rewritten so only outside loops).
+    - for few input channels (kh*kw*Cin <= FEW_COLUMNS: the ConvNet's first layer, Cin=1)
+      both as products instead: the kernel gradient over the nine-column patch matrix
+      (`_kernel_grad_by_patches`; XLA:CPU's image-sized-window convolution is ~2x slower,
+      whole step ~1.05x) and the input gradient over the nine taps (`_input_grad_by_taps`).
 
     The forward pass is XLA's own, and so is everything on GPU and TPU
     (`lax.platform_dependent`). Other strides, dilations, groups or paddings go to
     `lax.conv_general_dilated` unchanged (`_gradients_apply`)."""
     del unused
+    dilations = (lhs_dilation, rhs_dilation)
     kh, kw, cin, _ = rhs.shape
     ones = (1,) * (lhs.ndim - 2)
-    if isinstance(padding, str) and lhs.ndim == 4:
+    if lhs.ndim == 4 and isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), ones, padding)
-    padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
-    dilations = (lhs_dilation, rhs_dilation)
     if isinstance(padding, str) or not _gradients_apply(
         lhs, rhs, window_strides, padding, dilations, dimension_numbers, feature_group_count
     ):
@@ -189,28 +192,29 @@ def conv(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
             dimension_numbers, feature_group_count, precision=precision,
         )  # fmt: skip
+    padding = tuple(tuple(p) for p in padding)
+    few_columns = kh * kw * cin <= FEW_COLUMNS
 
     def forward(x, w):
         return jax.lax.conv_general_dilated(
             x, w, ones, padding, dimension_numbers=NHWC, precision=precision
         )
 
+    def xla_input_grad(x, g, w):
+        return jax.vjp(lambda x: forward(x, w), x)[1](g)[0]
+
     def xla_kernel_grad(x, g, w):
         return jax.vjp(lambda w: forward(x, w), w)[1](g)[0]
 
     def cpu_input_grad(x, g, w):
+        if few_columns:
+            return _input_grad_by_taps(g, w, padding, x.shape)
         return _input_grad(g, w, padding, precision)
 
     def cpu_kernel_grad(x, g, w):
-        return _kernel_grad_by_conv(x, g, padding, precision)
-
-    if kh * kw * cin <= PATCH_KERNEL_GRAD_MAX_COLUMNS:
-
-        def cpu_kernel_grad(x, g, w):
+        if few_columns:
             return _kernel_grad_by_patches(x, g, w.shape, padding)
-
-        def cpu_input_grad(x, g, w):
-            return _input_grad_by_taps(g, w, padding, x.shape)
+        return _kernel_grad_by_conv(x, g, padding, precision)
 
     @jax.custom_vjp
     def f(x, w):
@@ -221,11 +225,7 @@ def conv(
 
     def f_bwd(residuals, g):
         x, w = residuals
-        dx = jax.lax.platform_dependent(
-            x, g, w,
-            cpu=cpu_input_grad,
-            default=lambda x, g, w: jax.vjp(lambda x: forward(x, w), x)[1](g)[0],
-        )  # fmt: skip
+        dx = jax.lax.platform_dependent(x, g, w, cpu=cpu_input_grad, default=xla_input_grad)
         dw = jax.lax.platform_dependent(x, g, w, cpu=cpu_kernel_grad, default=xla_kernel_grad)
         return dx, dw
 

@@ -40,7 +40,8 @@ a third of the exercise's searches stall there. minl1 reaches every target with 
 of 6.5-6.9 (a third of gd's 20-21) by changing ~65-70 pixels, often to black or white (L-inf
 ~1): the sparse end of the trade-off, where the descent methods spread small changes over ~640
 pixels. Sign-gradient reaches 99.6-99.8% of the targets in a median 36-39 steps with the
-smallest L-inf (0.07-0.08): the library's default (`attack`, `api.attack`). `--l1_reduction sum` gives the literal objective.
+smallest L-inf (0.07-0.08): the library's default (`attack`, `api.attack`). `--l1_reduction
+sum` gives the literal objective.
 
 Nothing here imports JAX: the command line defines its flags from these names alone.
 """

@@ -352,7 +352,7 @@ class Attack:
     config: AttackConfig
     pool_size: int
     program: Callable[..., AttackResult]
-    devices: tuple = ()
+    devices: tuple  # one pool on each (`pool.over_devices`)
 
     def arguments(self, images, labels, key, targets=None, max_steps=None) -> tuple:
         """(images, labels, key, targets, max_steps) as `program` takes them; ConfigError for
