@@ -40,7 +40,6 @@ from workers import MODELS, data_dir, experiment_config, parse_model, run_worker
 
 from fmnist_jax import cli, errors
 
-cli.quiet_environment()
 MODES = ("throughput", "time-to-accuracy")
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "throughput", MODES, "What to measure.")

@@ -41,10 +41,15 @@ class Trained(NamedTuple):
 def get_config(experiment: str = "cnn", variant: str = "", **overrides):
     """An experiment's config (by name, e.g. "cnn_dropout", or file path) with fields overridden.
 
-    `variant="test"` gives its seconds-long CPU version. An unknown field or a value the code
-    cannot run with raises ConfigError.
+    `variant="test"` gives its seconds-long CPU version. `grid` may be given as
+    {field: [values]} (a population, fmnist_jax/population.py). An unknown field or a value the
+    code cannot run with raises ConfigError.
     """
+    from fmnist_jax import population
+
     config = config_lib.load_experiment(experiment, variant)
+    if "grid" in overrides:
+        overrides["grid"] = population.format_grid(overrides["grid"])
     for field, value in overrides.items():
         if field not in config:
             close = difflib.get_close_matches(field, list(config.keys()), n=1)
@@ -102,13 +107,15 @@ def fit(
 
     `workdir` (default: a new temporary folder) receives checkpoints and logs as from the
     command line, and an existing one is resumed. `history` maps "step", "train_loss",
-    "test_loss" (and the accuracies) to numpy arrays, one entry per evaluation (with
-    `config.num_replicas` R > 1: [evaluations, R], and `state` has a leading replica axis:
-    `fmnist_jax.replicas.take(state, k)` is replica k). `progress`
+    "test_loss" (and the accuracies) to numpy arrays, one entry per evaluation (with M > 1
+    members, `config.num_replicas` R or a population's points x R: [evaluations, M], and
+    `state` has a leading member axis: `fmnist_jax.replicas.take(state, m)` is member m; a
+    population's history also has each member's "point", "seed" and grid values). `progress`
     shows a live line while it trains (steps done, steps/s, ETA, last evaluation; in Jupyter
     and Colab one line updated in place) and prints each evaluation; `progress=False` is
     silent. `on_eval` is called with each evaluation's record as it happens.
     """
+    from fmnist_jax import population
     from fmnist_jax import train as train_lib
 
     if dataset is not None:
@@ -118,7 +125,7 @@ def fit(
         config, workdir, dataset=dataset, on_eval=on_eval, progress=progress
     )
     keys = [k for k in records[0] if k != "replica" and all(r.get(k) is not None for r in records)]
-    count = config.get("num_replicas", 1)
+    count = population.num_members(config)
     history = {k: np.array([r[k] for r in records]) for k in keys}
     if count > 1:  # records are (evaluation, replica) in order: [evaluations, replicas]
         history = {k: v.reshape(-1, count) for k, v in history.items()}
@@ -127,12 +134,15 @@ def fit(
     return state, history
 
 
-def restore(workdir: str | Path, step: int | None = None, replica: int = 0) -> Trained:
-    """The model (replica `replica` of a run with several) of a training run's workdir, from
-    its latest (or the given) checkpoint."""
+def restore(
+    workdir: str | Path, step: int | None = None, replica: int = 0, member: int | None = None
+) -> Trained:
+    """The model (member `member`, or replica `replica`: the same index, of a run with
+    several) of a training run's workdir, from its latest (or the given) checkpoint; a
+    population member's config has its grid values in place."""
     from fmnist_jax import train as train_lib
 
-    return Trained(*train_lib.load_trained(workdir, step, replica))
+    return Trained(*train_lib.load_trained(workdir, step, replica if member is None else member))
 
 
 def check_pixels(images: np.ndarray, what: str = "images") -> None:

@@ -60,11 +60,14 @@ class MissingData(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """A claim on one run (or pair): whether it holds, the numbers, the effect as a number."""
+    """A claim on one run (or pair): whether it holds, the numbers, the effect as a number,
+    and the effects for which the claim holds (`region`, low and high ends; infinite where
+    open), so that a mean effect's interval can be read against it."""
 
     holds: bool
     evidence: str
     effect: float
+    region: tuple[float, float] = (-math.inf, math.inf)
 
 
 # --------------------------------------------------------------------------- reading numbers
@@ -115,7 +118,7 @@ def check_overfits(
         f"({rise:+.1%}; over-fitting needs > +{margin:.0%}); train loss over the same steps "
         f"{train_then:.4f} → {train_final:.4f}"
     )
-    return Check(holds, evidence, rise)
+    return Check(holds, evidence, rise, (margin, math.inf))
 
 
 def loss_turn_step(test_loss: Curve, smoothing: float = TURN_SMOOTHING) -> int:
@@ -140,7 +143,7 @@ def check_turn_step(
         f"smoothed test loss (weight {smoothing:g}) lowest at step {turn:,}{epoch} of {last:,}; "
         f"exercise: about {expected:,} (accepted {low:,}–{high:,})"
     )
-    return Check(holds, evidence, float(turn))
+    return Check(holds, evidence, float(turn), (low, high))
 
 
 def check_dropout_gap(
@@ -153,7 +156,8 @@ def check_dropout_gap(
         f"{dropout.get('dropout_rate', 0):g} (change {with_ - without:+.4f}; "
         f"needs ≤ {-min_reduction:+g})"
     )
-    return Check(with_ <= without - min_reduction, evidence, with_ - without)
+    region = (-math.inf, -min_reduction)
+    return Check(with_ <= without - min_reduction, evidence, with_ - without, region)
 
 
 def check_dropout_test_loss(
@@ -165,7 +169,8 @@ def check_dropout_test_loss(
         f"final test loss {without:.4f} without dropout, {with_:.4f} with dropout "
         f"(change {with_ - without:+.4f}; needs ≤ {-min_reduction:+g})"
     )
-    return Check(with_ <= without - min_reduction, evidence, with_ - without)
+    region = (-math.inf, -min_reduction)
+    return Check(with_ <= without - min_reduction, evidence, with_ - without, region)
 
 
 def _accuracy_change(base: Mapping, dropout: Mapping) -> tuple[float, float, float]:
@@ -181,7 +186,7 @@ def check_same_accuracy(base: Mapping, dropout: Mapping, tolerance: float = SAME
         f"final test accuracy {without:.2%} without dropout, {with_:.2%} with"
         f" ({change * 100:+.2f} points; about the same: within ±{tolerance * 100:g})"
     )
-    return Check(abs(change) <= tolerance, evidence, change)
+    return Check(abs(change) <= tolerance, evidence, change, (-tolerance, tolerance))
 
 
 def check_slight_rise(base: Mapping, dropout: Mapping, at_most: float = SLIGHT_RISE) -> Check:
@@ -191,7 +196,7 @@ def check_slight_rise(base: Mapping, dropout: Mapping, at_most: float = SLIGHT_R
         f"final test accuracy {without:.2%} without dropout, {with_:.2%} with"
         f" ({change * 100:+.2f} points; a slight rise: above 0, at most {at_most * 100:g})"
     )
-    return Check(0 < change <= at_most, evidence, change)
+    return Check(0 < change <= at_most, evidence, change, (0.0, at_most))
 
 
 def check_train_test_same(summary: Mapping, tolerance: float = SAME_TRAIN_TEST) -> Check:
@@ -201,7 +206,7 @@ def check_train_test_same(summary: Mapping, tolerance: float = SAME_TRAIN_TEST) 
         f"final train accuracy {train:.2%}, test {test:.2%} ({(train - test) * 100:+.2f}"
         f" points; quite the same: within ±{tolerance * 100:g})"
     )
-    return Check(abs(train - test) <= tolerance, evidence, train - test)
+    return Check(abs(train - test) <= tolerance, evidence, train - test, (-tolerance, tolerance))
 
 
 def default_method(adversarial: Mapping) -> str:

@@ -8,19 +8,20 @@ exists) and ends in `cli.run(main, required=[...])`, which
 - turns every failure into one line `error: <what and where>` on stderr and exit status 2 for
   mistakes the user can fix (`errors.USER_ERRORS`, flag errors), 1 for anything else, with
   `--verbose` showing the traceback instead;
-- sets absl logging to INFO without the INFO chatter of orbax, JAX and TensorFlow.
+- sets absl logging to INFO without the INFO chatter of orbax, JAX and TensorFlow;
+- applies the process settings every command shares (`runtime.configure_process`: XLA:CPU's
+  convolution flag, TensorFlow quiet), before any JAX computation.
 """
 
 import contextlib
 import logging as pylogging
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
-from fmnist_jax import errors
+from fmnist_jax import errors, runtime
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -28,12 +29,6 @@ HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "--helpfull", "-h")
 NOISY_LOGGERS = ("orbax", "jax/_src", "tensorflow", "logging_writer", "absl/flags")
 
 FLAGS = flags.FLAGS
-
-
-def quiet_environment() -> None:
-    """TensorFlow's C++ start-up chatter off, for a command line's own process."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def unknown_field(e: Exception) -> str:
@@ -117,7 +112,9 @@ def run(
     required: Sequence[str] = (),
     prepare: Callable[[list[str]], list[str]] | None = None,
 ) -> None:
-    """Runs `main()` as a command line after parsing the flags (see the module docstring)."""
+    """Runs `main()` as a command line after parsing the flags (see the module docstring),
+    with the process settings every command line shares (`runtime.configure_process`)."""
+    runtime.configure_process()
     if "verbose" not in FLAGS:
         flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
     for name in required:

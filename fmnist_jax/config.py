@@ -56,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
     # How the replica axis is mapped: "vmap" (one batched program), "unroll" (R copies of the
     # step in the program) or "auto" (unroll the ConvNet on a CPU, vmap the rest).
     c.replica_map = "auto"
+    # A population (fmnist_jax/population.py): hyperparameters that vary per member, e.g.
+    # "dropout_rate=0,0.25;learning_rate=1e-3,3e-4"; every point trains num_replicas seeds,
+    # all members in one program. Empty: the config's own values.
+    c.grid = ""
 
     # Profiling: a trace of `profile_steps` steps (0: none), starting `profile_first_step` steps
     # after the run (re)starts, written to the workdir for TensorBoard's profile plugin.
@@ -88,6 +92,19 @@ def _positive_int(config, field: str) -> None:
     )
 
 
+def _hyperparameters(config, where: str) -> None:
+    lr = config.learning_rate
+    _require(
+        isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
+        f"{where}learning_rate must be a finite number > 0, got {lr!r}",
+    )
+    dropout = config.dropout_rate
+    _require(
+        isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0,
+        f"{where}dropout_rate must lie in [0, 1), got {dropout!r}",
+    )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field that cannot work."""
     for field, choices in (
@@ -101,16 +118,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
             config[field] in choices,
             f"config.{field}={config[field]!r} is unknown; choose one of {', '.join(choices)}",
         )
-    lr = config.learning_rate
-    _require(
-        isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
-        f"config.learning_rate must be a finite number > 0, got {lr!r}",
-    )
-    dropout = config.dropout_rate
-    _require(
-        isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0,
-        f"config.dropout_rate must lie in [0, 1), got {config.dropout_rate!r}",
-    )
+    from fmnist_jax import population
+
+    for point in population.points(config):
+        where = "config.grid: " if point else "config."
+        _hyperparameters(population.point_config(config, point) if point else config, where)
     for field in (
         "batch_size",
         "eval_batch_size",

@@ -107,6 +107,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.quiet_environment()
-    runtime.configure_cpu()
     cli.run(main, required=["config", "workdir"], prepare=resolve_experiment)

@@ -2,13 +2,15 @@
 
 Every model maps a batch of inputs to outputs: `LinearRegression` gives one real value per
 example, `MLP` and `ConvNet` give class logits. `train=True` switches dropout on; it then needs a
-`'dropout'` PRNG stream (`rngs={'dropout': key}`).
+`'dropout'` PRNG stream (`rngs={'dropout': key}`); `dropout_rate=` at call time overrides the
+module's rate with a value that may be traced (a population member's, fmnist_jax/population.py).
 """
 
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from fmnist_jax import layers
 from fmnist_jax.layers import max_pool_2x2
@@ -20,12 +22,29 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+class Dropout(nn.Dropout):
+    """Flax's dropout, whose rate may also be a traced value. A Python rate takes Flax's own
+    code; a traced one draws the same mask from the same key (`make_rng` in a module of the
+    same name), so a member at rate p trains as the plain run at rate p."""
+
+    @nn.compact
+    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+        if isinstance(self.rate, int | float):
+            return super().__call__(inputs, deterministic, rng)
+        if nn.merge_param("deterministic", self.deterministic, deterministic):
+            return inputs
+        keep_prob = 1.0 - self.rate
+        rng = self.make_rng(self.rng_collection) if rng is None else rng
+        mask = jax.random.bernoulli(rng, p=keep_prob, shape=inputs.shape)
+        return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+
+
 class LinearRegression(nn.Module):
     """One Dense layer with a single output: y = <w, x> + b."""
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        del train  # no dropout; the argument keeps one call signature for all models
+    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
+        del train, dropout_rate  # no dropout; one call signature for all models
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(1)(x)[:, 0]
 
@@ -39,10 +58,11 @@ class MLP(nn.Module):
     activation: str = "relu"
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
         x = x.reshape((x.shape[0], -1))
         x = ACTIVATIONS[self.activation](nn.Dense(self.hidden_size)(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
 
 
@@ -56,12 +76,13 @@ class ConvNet(nn.Module):
     dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
         for features in (32, 64):
             # gradients written out for XLA:CPU (layers.conv): same values, faster
             x = nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=layers.conv)(x)
             x = nn.relu(max_pool_2x2(x))
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = Dropout(rate, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(128)(x))
         return nn.Dense(self.num_classes)(x)

@@ -89,6 +89,53 @@ def over_replicas(fn: Callable, num_replicas: int, in_axes, how: str = "vmap") -
     return unrolled
 
 
+def _split(v, points: int):
+    return v.reshape(points, v.shape[0] // points, *v.shape[1:])
+
+
+def over_members(
+    fn: Callable, num_points: int, num_replicas: int, in_axes, how: str = "vmap", per_seed=()
+) -> Callable:
+    """`over_replicas` for a population (fmnist_jax/population.py) of M = `num_points` x
+    `num_replicas` members, member m = point x R + k: the arguments `in_axes` marks carry a
+    leading member axis, except those numbered in `per_seed` (the batch), whose marked axis
+    holds one entry per seed, member m taking entry k.
+
+    One point: `over_replicas`. "vmap": a vmap over seeds inside a vmap over points (sharded
+    over the mesh axis `replica`) whose per-seed arguments are unbatched, so that the points
+    share one batch: the first layer of all of them is one wide product. "unroll": M copies of
+    `fn`, each on its member's slices."""
+    if num_points == 1:
+        return over_replicas(fn, num_replicas, in_axes, how)
+    member = [a is not None and i not in per_seed for i, a in enumerate(in_axes)]
+    if how == "vmap":
+        inner = jax.vmap(fn, in_axes=in_axes)
+        outer_axes = tuple(0 if m else None for m in member)
+        outer = jax.vmap(inner, in_axes=outer_axes, spmd_axis_name="replica")
+
+        def mapped(*args):
+            args = [
+                jax.tree.map(lambda v: _split(v, num_points), a) if m else a
+                for a, m in zip(args, member, strict=True)
+            ]
+            return jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:]), outer(*args))
+
+        return mapped
+
+    def unrolled(*args):
+        outs = []
+        for m in range(num_points * num_replicas):
+            k = m % num_replicas
+            picked = [
+                _index([a], [axis], m if is_member else k)[0] if axis is not None else a
+                for a, axis, is_member in zip(args, in_axes, member, strict=True)
+            ]
+            outs.append(fn(*picked))
+        return jax.tree.map(lambda *v: jax.numpy.stack(v), *outs)
+
+    return unrolled
+
+
 # --------------------------------------------------------------------------- statistics
 
 

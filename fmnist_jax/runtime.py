@@ -74,17 +74,34 @@ def installed_plugins() -> list[str]:
     return [name for name in ACCELERATOR_PLUGINS if _version(name)]
 
 
-def configure_cpu(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Adds `XLA_FLAG` to `environ['XLA_FLAGS']` where it can still take effect (jax not yet
-    imported, a verified jaxlib, no accelerator plugin, not opted out); True if the flag is in
-    place afterwards. Call it before `import jax`."""
-    if enabled(environ) and "jax" not in sys.modules:
+def _add_xla_flag(environ: MutableMapping[str, str]) -> bool:
+    if enabled(environ):
         flags = tuned_xla_flags(
             environ.get("XLA_FLAGS", ""), _version("jaxlib"), installed_plugins()
         )
         if flags:
             environ["XLA_FLAGS"] = flags
     return XLA_FLAG in environ.get("XLA_FLAGS", "")
+
+
+def configure_cpu(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Adds `XLA_FLAG` to `environ['XLA_FLAGS']` where it can still take effect (jax not yet
+    imported, a verified jaxlib, no accelerator plugin, not opted out); True if the flag is in
+    place afterwards. Call it before `import jax`."""
+    if "jax" in sys.modules:
+        return XLA_FLAG in environ.get("XLA_FLAGS", "")
+    return _add_xla_flag(environ)
+
+
+def configure_process(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Every command line's process settings, in one place (`cli.run` calls it before the
+    command's `main`): TensorFlow's start-up chatter off and `XLA_FLAG` as `configure_cpu`
+    adds it. XLA reads XLA_FLAGS when JAX creates its first backend, so before any JAX
+    computation is early enough here, even after `import jax`. True if the flag is in
+    place."""
+    environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    return _add_xla_flag(environ)
 
 
 def malloc_hint(

@@ -7,6 +7,7 @@ finite: the loop never waits on the host between evaluations. `Steps` compiles t
 (batch sharded over `data`, everything else replicated).
 """
 
+import inspect
 from functools import partial
 
 import flax
@@ -19,7 +20,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fmnist_jax import data as data_lib
-from fmnist_jax import distributed, replicas
+from fmnist_jax import distributed, population, replicas
 from fmnist_jax.errors import ConfigError, TrainingError
 
 # --------------------------------------------------------------------------- metrics
@@ -58,29 +59,49 @@ def batch_metrics(outputs, targets, losses, regression: bool, mask=None) -> metr
 # --------------------------------------------------------------------------- state and steps
 
 
-def create_optimizer(config) -> optax.GradientTransformation:
-    if config.optimizer == "adam":
-        return optax.adam(config.learning_rate)
-    if config.optimizer == "momentum":
-        return optax.sgd(config.learning_rate, momentum=config.momentum)
-    return optax.sgd(config.learning_rate)
+def create_optimizer(config, member: bool = False) -> optax.GradientTransformation:
+    """The config's optimizer; `member`: its learning rate a value of the optimizer's state
+    (`optax.inject_hyperparams`, every other argument static, which keeps Adam bit-identical
+    to `optax.adam`: injecting its b1, b2 and eps as float32 arrays too drifts, optax#1532)."""
+    factory, kwargs = {
+        "adam": (optax.adam, {}),
+        "momentum": (optax.sgd, {"momentum": config.momentum}),
+        "sgd": (optax.sgd, {}),
+    }[config.optimizer]
+    if member:
+        static = tuple(a for a in inspect.signature(factory).parameters if a != "learning_rate")
+        factory = optax.inject_hyperparams(factory, static_args=static)
+    return factory(learning_rate=config.learning_rate, **kwargs)
 
 
-def create_train_state(config, model, input_shape, rng: jax.Array) -> train_state.TrainState:
-    """Initializes parameters from `rng` for inputs shaped [batch, *input_shape]."""
+class MemberState(train_state.TrainState):
+    """A population member's train state: its dropout rate a value, like its learning rate
+    (in the optimizer's state), so that members of one program differ in them."""
+
+    dropout_rate: jax.Array = None
+
+
+def create_train_state(
+    config, model, input_shape, rng: jax.Array, member: bool = False
+) -> train_state.TrainState:
+    """Initializes parameters from `rng` for inputs shaped [batch, *input_shape]; `member`: a
+    `MemberState` with the config's dropout rate and learning rate as values."""
     params = model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)["params"]
-    return train_state.TrainState.create(
-        apply_fn=model.apply, params=params, tx=create_optimizer(config)
-    )
+    tx = create_optimizer(config, member)
+    if member:
+        rate = jnp.asarray(config.dropout_rate, jnp.float32)
+        return MemberState.create(apply_fn=model.apply, params=params, tx=tx, dropout_rate=rate)
+    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
 def train_step(state, batch, dropout_rng, *, regression: bool):
     """One optimizer step on `batch`; the dropout key is `fold_in(dropout_rng, step)`."""
     rng = jax.random.fold_in(dropout_rng, state.step)
+    member = {"dropout_rate": state.dropout_rate} if isinstance(state, MemberState) else {}
 
     def loss_fn(params):
         outputs = state.apply_fn(
-            {"params": params}, batch["inputs"], train=True, rngs={"dropout": rng}
+            {"params": params}, batch["inputs"], train=True, rngs={"dropout": rng}, **member
         )
         losses = per_example_loss(outputs, batch["targets"], regression)
         return losses.mean(), (outputs, losses)
@@ -111,10 +132,11 @@ class TrainAccumulator:
         collection = RegressionMetrics if regression else ClassificationMetrics
         return cls(collection.empty(), jnp.array(-1, jnp.int32), jnp.array(0.0, jnp.float32))
 
-    def check_finite(self) -> None:
+    def check_finite(self, names=None) -> None:
         """Raises TrainingError naming the first step whose loss was not finite, and with
-        several replicas the replica (a host read: the loop calls it at evaluations only).
-        Fields may carry a leading replica axis."""
+        several replicas the replica, or its name from `names` (a population's members) (a
+        host read: the loop calls it at evaluations only). Fields may carry a leading replica
+        axis."""
         steps = np.atleast_1d(np.asarray(self.first_nonfinite_step))
         bad = np.flatnonzero(steps >= 0)
         if not len(bad):
@@ -122,6 +144,7 @@ class TrainAccumulator:
         replica = int(bad[np.argmin(steps[bad])])
         loss = float(np.atleast_1d(np.asarray(self.nonfinite_loss))[replica])
         which = f" of replica {replica} (of {len(steps)})" if len(steps) > 1 else ""
+        which = f" of {names[replica]}" if names else which
         raise TrainingError(
             f"the training loss{which} became {loss} at step {int(steps[replica])}; stopped"
             " without saving a state past the last checkpoint (lower the learning rate; the"
@@ -206,9 +229,10 @@ def check_divisible(config, mesh: Mesh) -> None:
 class Steps:
     """The jitted train and eval steps for one config and mesh, over the replica axis.
 
-    Train state, accumulator and dropout keys carry a leading replica axis (sharded over the
-    mesh's `replica` axis), train batches are [replicas, batch, ...] (batch over `data`), and
-    a test batch is shared by every replica. One process hands its numpy batches straight to
+    Train state, accumulator and dropout keys carry a leading member axis (the replicas, or a
+    population's points x replicas; sharded over the mesh's `replica` axis), train batches are
+    [replicas, batch, ...] (one per seed, batch over `data`), and a test batch is shared by
+    every member. One process hands its numpy batches straight to
     them (placed by `in_shardings` in C++, ~170 us a step cheaper than a Python-side
     `device_put`); with several processes each feeds its rows of the global batch (`batch`).
     """
@@ -216,41 +240,44 @@ class Steps:
     def __init__(self, config, mesh: Mesh):
         self.regression = is_regression(config)
         self.num_replicas = r = config.get("num_replicas", 1)
+        self.num_points = g = population.num_points(config)
+        self.num_members = g * r
         how = replicas.choose_map(
             config.get("replica_map", "auto"), config.model, jax.default_backend()
         )
         self.replica_map = how
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.per_replica = NamedSharding(mesh, PartitionSpec("replica"))
-        self.sharded = NamedSharding(mesh, PartitionSpec("replica", "data"))
+        # A population's points share each seed's batch: batches are not split over points.
+        self.sharded = NamedSharding(mesh, PartitionSpec("replica" if g == 1 else None, "data"))
         self.eval_sharded = NamedSharding(mesh, PartitionSpec("data"))
         self.multi_process = jax.process_count() > 1
         rep, own, shard = self.replicated, self.per_replica, self.sharded
         regression = {"regression": self.regression}
+
+        def members(fn, in_axes, per_seed=()):
+            return replicas.over_members(fn, g, r, in_axes, how, per_seed)
+
         self.train = jax.jit(
-            replicas.over_replicas(partial(accumulate_train_step, **regression), r, (0,) * 4, how),
+            members(partial(accumulate_train_step, **regression), (0,) * 4, per_seed=(1,)),
             in_shardings=(own, shard, own, own),
             out_shardings=(own, own),
             donate_argnums=(0, 3),
         )
         self.eval = jax.jit(
-            replicas.over_replicas(partial(eval_step, **regression), r, (0, None), how),
+            members(partial(eval_step, **regression), (0, None)),
             in_shardings=(own, self.eval_sharded),
             out_shardings=own,
         )
         resident = {**regression, "sharding": NamedSharding(mesh, PartitionSpec("data"))}
         self.train_chunk = jax.jit(
-            replicas.over_replicas(
-                partial(train_chunk, **resident), r, (0, 0, 1, None, None, 0), how
-            ),
+            members(partial(train_chunk, **resident), (0, 0, 1, None, None, 0), per_seed=(2,)),
             in_shardings=(own, own, rep, rep, rep, own),
             out_shardings=(own, own),
             donate_argnums=(0, 1),
         )
         self.evaluate_resident = jax.jit(
-            replicas.over_replicas(
-                partial(evaluate_resident, **resident), r, (0, None, None, None, None), how
-            ),
+            members(partial(evaluate_resident, **resident), (0, None, None, None, None)),
             in_shardings=(own, rep, rep, rep, rep),
             out_shardings=own,
         )
@@ -278,7 +305,7 @@ class Steps:
 
     def empty_accumulator(self) -> TrainAccumulator:
         empty = TrainAccumulator.empty(self.regression)
-        return self.place(replicas.stack([empty] * self.num_replicas))
+        return self.place(replicas.stack([empty] * self.num_members))
 
 
 def per_replica(collection: metrics.Collection) -> list[dict[str, float]]:

@@ -3,14 +3,18 @@ and where it ran (backend, devices, processes, data, versions, process settings)
 
 Results are per replica (`replicas`: one entry per replica, its seed and the fields of
 `RESULT_FIELDS`) with, for each field, its mean, standard deviation and 95 % interval over the
-replicas (`statistics`, see `replicas.describe`)."""
+replicas (`statistics`, see `replicas.describe`). A run of one model (one replica, no
+population) also has its `RESULT_FIELDS` at the top level, where a script looks first
+(`summary["final_test_accuracy"]`). A population's `replicas` are its members, each with its
+grid point and values, and `points` gives each grid point's values and statistics over its
+seeds (there is no `statistics` over members of different points)."""
 
 import importlib.metadata
 
 import jax
 
 from fmnist_jax import data as data_lib
-from fmnist_jax import replicas, runtime
+from fmnist_jax import population, replicas, runtime
 
 STACK = (
     "jax", "jaxlib", "flax", "optax", "clu", "orbax-checkpoint", "ml-collections", "numpy",
@@ -68,17 +72,29 @@ def _results(config, history: list[dict]) -> dict:
 
 
 def replica_results(config, history: list[dict]) -> list[dict]:
-    """`_results` of each replica's records, with its index and seed."""
-    count = config.get("num_replicas", 1)
-    seeds = replicas.seeds(config.seed, count)
+    """`_results` of each member's records (each replica, or population member), with its
+    index, seed and (in a population) grid point and values."""
+    identities = population.members(config)
+    pop = population.is_population(config)
     return [
         {
-            "replica": k,
-            "seed": seeds[k],
-            **_results(config, [r for r in history if r.get("replica", 0) == k]),
+            "replica": m,
+            **({k: v for k, v in who.items() if k != "replica"} if pop else {"seed": who["seed"]}),
+            **_results(config, [r for r in history if r.get("replica", 0) == m]),
         }
-        for k in range(count)
+        for m, who in enumerate(identities)
     ]
+
+
+def point_results(config, results: list[dict]) -> list[dict]:
+    """Each grid point's values, its members' indices and each field's statistics over them."""
+    out = []
+    for g, point in enumerate(population.points(config)):
+        mine = [r for r in results if r["point"] == g]
+        out.append(
+            {**point, "members": [r["replica"] for r in mine], "statistics": statistics(mine)}
+        )
+    return out
 
 
 def statistics(results: list[dict]) -> dict:
@@ -90,15 +106,20 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
     """The run's summary: identity, per-replica results and their statistics, `timing`, and
     where and with what it ran."""
     results = replica_results(config, history)
+    pop = population.is_population(config)
     summary = {
         "name": config.name,
         "model": config.model,
-        "dropout_rate": config.dropout_rate,
-        "num_replicas": len(results),
+        "dropout_rate": None if pop else config.dropout_rate,
+        **({"grid": population.parse(config.grid)} if pop else {}),
+        "num_replicas": config.get("num_replicas", 1),
+        "num_members": len(results),
         "steps": history[-1]["step"],
         "steps_per_epoch": data_lib.steps_per_epoch(dataset.train, config.batch_size),
+        **({k: results[0][k] for k in RESULT_FIELDS} if len(results) == 1 else {}),
         "replicas": results,
-        "statistics": statistics(results),
+        **({"points": point_results(config, results)} if pop else {}),
+        **({} if pop else {"statistics": statistics(results)}),
         **timing,
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,

@@ -4,10 +4,11 @@ achieved the best performance (although the differences were quite small)".
     python -m fmnist_jax.sweep --runs runs/sweep [--models mlp,cnn] [--rates 0,0.1,0.25,0.4,0.5]
         [--replicas 3] [--num_train_steps N] [--cnn_train_steps N] [--cnn_replicas R]
 
-Each (model, rate) trains the model's experiment config with that dropout rate and R replicas
-(one program, `config.num_replicas`) into `<runs>/<model>_p<rate>` (rerunning resumes); then
-`sweep.json` gets each rate's final and minimum test loss and final test accuracy over the
-replicas (mean, 95 % interval) and the verdicts, and `sweep.png` draws them against the rate.
+Each model trains once: its experiment config as a population (fmnist_jax/population.py) of
+every rate x R seeds, one program (`config.grid = "dropout_rate=..."`, `config.num_replicas`),
+into `<runs>/<model>` (rerunning resumes); then `sweep.json` gets each rate's final and minimum
+test loss and final test accuracy over its seeds (mean, 95 % interval) and the verdicts, and
+`sweep.png` draws them against the rate.
 
 Verdicts, per model, on the final test loss (the exercise's "performance"; replicas of two
 rates share their seeds, so rates are compared paired, replica by replica): 0.25 is "the
@@ -38,19 +39,17 @@ CAPTION = (
 )
 
 
-def run_name(model: str, rate: float) -> str:
-    return f"{model}_p{rate:g}"
-
-
-def sweep_config(model: str, rate: float, num_replicas: int, num_train_steps=None, synthetic=False):
-    """The experiment `model`'s config with dropout `rate` and `num_replicas` replicas
-    (`synthetic`: on random images, for smoke tests)."""
+def sweep_config(model: str, rates, num_replicas: int, num_train_steps=None, synthetic=False):
+    """The experiment `model`'s config as a population of the dropout `rates` x `num_replicas`
+    seeds (`synthetic`: on random images, for smoke tests)."""
     from fmnist_jax import config as config_lib
+    from fmnist_jax import population
 
     c = config_lib.load_experiment(model)
     if synthetic:
         c.dataset = "synthetic"
-    c.name, c.dropout_rate, c.num_replicas = run_name(model, rate), float(rate), num_replicas
+    c.name, c.num_replicas = f"{model}_sweep", num_replicas
+    c.grid = population.format_grid({"dropout_rate": rates})
     if num_train_steps:
         c.num_train_steps = num_train_steps
         c.checkpoint_every_steps = c.eval_every_steps * max(
@@ -60,16 +59,16 @@ def sweep_config(model: str, rate: float, num_replicas: int, num_train_steps=Non
 
 
 def train_all(runs_dir: Path, models, rates, num_replicas: dict, steps=None, **overrides):
-    """Trains (or resumes, or skips when finished) every (model, rate) run; `num_replicas`
-    and `steps` map a model to its replicas and steps (0 or absent: the experiment's)."""
+    """Trains (or resumes, or skips when finished) each model's population of rates x seeds;
+    `num_replicas` and `steps` map a model to its seeds and steps (0 or absent: the
+    experiment's)."""
     from fmnist_jax import train
 
     for model in models:
-        for rate in rates:
-            count = num_replicas[model]
-            config = sweep_config(model, rate, count, (steps or {}).get(model) or None, **overrides)
-            print(f"sweep: {config.name} ({count} replicas)", flush=True)
-            train.train_and_evaluate(config, runs_dir / config.name)
+        count = num_replicas[model]
+        config = sweep_config(model, rates, count, (steps or {}).get(model) or None, **overrides)
+        print(f"sweep: {model}, {len(rates)} rates x {count} seeds, one program", flush=True)
+        train.train_and_evaluate(config, runs_dir / model)
 
 
 # --------------------------------------------------------------------------- results
@@ -117,12 +116,14 @@ def collect(runs_dir: Path, models, rates) -> dict:
     per-replica values and statistics, and the model's verdicts."""
     result = {"rates": list(rates), "models": {}}
     for model in models:
+        run = rundir.read_run(runs_dir / model)
+        if run.summary is None:
+            raise UsageError(f"{run.path} has not finished: run the sweep again to resume")
         per_rate = {}
-        for rate in rates:
-            run = rundir.read_run(runs_dir / run_name(model, rate))
-            if run.summary is None:
-                raise UsageError(f"{run.path} has not finished: run the sweep again to resume")
-            rows = run.summary["replicas"]
+        for rate in rates:  # members of one rate, in seed order (paired across rates)
+            rows = [r for r in run.summary["replicas"] if r["dropout_rate"] == rate]
+            if not rows:
+                raise UsageError(f"{run.path} has no members at dropout rate {rate:g}")
             per_rate[rate] = {f: [r[f] for r in rows] for f in FIELDS}
         result["models"][model] = {
             "num_replicas": min(len(v["final_test_loss"]) for v in per_rate.values()),
@@ -243,8 +244,7 @@ def main() -> None:
     train_all(runs_dir, models, rates, counts, steps, synthetic=f.synthetic)
     result = collect(runs_dir, models, rates)
     result["num_train_steps"] = {
-        m: rundir.read_run(runs_dir / run_name(m, rates[0])).config["num_train_steps"]
-        for m in models
+        m: rundir.read_run(runs_dir / m).config["num_train_steps"] for m in models
     }
     result["synthetic"] = f.synthetic
     rundir.write_json(runs_dir / RESULT_FILE, result)

@@ -31,6 +31,7 @@ from fmnist_jax import (
     distributed,
     feeds,
     models,
+    population,
     preemption,
     replicas,
     rundir,
@@ -55,7 +56,7 @@ from fmnist_jax.steps import (  # noqa: F401 - the names a Flax reader looks for
 
 # Fields whose change makes an existing workdir's checkpoints unusable or its curves meaningless.
 ARCHITECTURE_FIELDS = (
-    "model", "num_classes", "hidden_size", "dataset", "optimizer", "num_replicas",
+    "model", "num_classes", "hidden_size", "dataset", "optimizer", "num_replicas", "grid",
 )  # fmt: skip
 make_mesh = distributed.make_mesh
 
@@ -78,6 +79,24 @@ class Run:
     writer: bool = True  # this process writes the run directory's files (process 0)
     progress: object | None = None  # progress.LiveProgress for API callers
 
+    @property
+    def members(self) -> list[dict]:
+        """Each member's fields in metrics.jsonl's records (none without a population)."""
+        if not population.is_population(self.config):
+            return [{}] * population.num_members(self.config)
+        return [{k: v for k, v in m.items() if k != "replica"} for m in self.identities]
+
+    @property
+    def identities(self) -> list[dict]:
+        return population.members(self.config)
+
+    @property
+    def names(self) -> list[str] | None:
+        """Members' names for error messages (None without a population)."""
+        if not population.is_population(self.config):
+            return None
+        return [f"member {i} ({population.member_name(m)})" for i, m in enumerate(self.identities)]
+
 
 def _load_data(config) -> data_lib.Dataset:
     """The config's data set; with several processes process 0 loads (and so prepares TFDS)
@@ -91,14 +110,17 @@ def _load_data(config) -> data_lib.Dataset:
 
 
 def initial_state(config, input_shape, steps: Steps):
-    """(state, dropout keys): each replica's initial train state for inputs shaped
-    [batch, *input_shape] and its dropout key, from its seed as for a plain run of that seed,
-    stacked on a leading replica axis and placed for `steps`."""
+    """(state, dropout keys): each member's initial train state for inputs shaped
+    [batch, *input_shape] and its dropout key, from its seed (and grid point) as for a plain
+    run of that seed, stacked on a leading member axis and placed for `steps`."""
     model = models.create_model(config)
+    member = population.is_population(config)
     states, dropout_rngs = [], []
-    for seed in replicas.seeds(config.seed, steps.num_replicas):
-        init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
-        states.append(create_train_state(config, model, input_shape, init_rng))
+    for m in population.members(config):
+        point = population.hyperparameters(m)
+        init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(m["seed"]))
+        c = population.point_config(config, point)
+        states.append(create_train_state(c, model, input_shape, init_rng, member))
         dropout_rngs.append(dropout_rng)
     state = replicas.stack(states)
     return steps.place(state), steps.place(replicas.stack(dropout_rngs))
@@ -122,6 +144,7 @@ def train_and_evaluate(
     `errors.Interrupted` after saving a checkpoint when SIGTERM or SIGINT asks it to stop.
     """
     config_lib.validate(config)
+    config = population.resolved(config)
     workdir, writer = Path(workdir), distributed.is_writer()
     if writer:
         rundir.prepare(workdir)
@@ -143,7 +166,8 @@ def train_and_evaluate(
 
 
 def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
-    mesh = make_mesh(config.num_replicas)
+    points = population.num_points(config)
+    mesh = make_mesh(points if points > 1 else config.num_replicas)
     check_divisible(config, mesh)
     steps = Steps(config, mesh)
     state, dropout_rng = initial_state(config, dataset.train["inputs"].shape[1:], steps)
@@ -188,9 +212,9 @@ def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
 
 
 def _returned(state, config):
-    """The state `train_and_evaluate` returns: with one replica that replica, as a plain
-    run's (no replica axis), else all replicas stacked."""
-    return replicas.take(state, 0) if config.num_replicas == 1 else state
+    """The state `train_and_evaluate` returns: with one member that member, as a plain
+    run's (no member axis), else all members stacked."""
+    return replicas.take(state, 0) if population.num_members(config) == 1 else state
 
 
 class _Quiet:
@@ -252,7 +276,7 @@ def _loop(run: Run, state, acc, dropout_rng):
             if run.progress:
                 run.progress(step)
             if step % config.eval_every_steps == 0 or step == num_steps:
-                acc.check_finite()  # a host read: waits for the steps in flight
+                acc.check_finite(run.names)  # a host read: waits for the steps in flight
                 t = time.time()
                 with report.timed("eval"):
                     _evaluate_and_log(run, step, acc.metrics, state, feed)
@@ -271,7 +295,7 @@ def _loop(run: Run, state, acc, dropout_rng):
 def _stop(run: Run, stop, step: int, state, acc, saved: bool) -> None:
     """Saves the step reached (unless just saved) and raises Interrupted."""
     if not saved:
-        acc.check_finite()  # never save a non-finite state: the losses, then the weights
+        acc.check_finite(run.names)  # never save a non-finite state: the losses, then weights
         if not bool(steps_lib.all_finite(state.params)):
             raise TrainingError(
                 f"the weights after step {step} are not finite; stopped on {stop.name} without"
@@ -295,7 +319,7 @@ def _timing(config, initial_step: int, wall: float, eval_time: float, first: tup
     timed_steps = config.num_train_steps - initial_step - first_steps
     steady = wall - eval_time - first_s
     rate = timed_steps * config.batch_size / steady if timed_steps > 0 and steady > 0 else None
-    count = config.get("num_replicas", 1)
+    count = population.num_members(config)
     return {
         "resumed_from_step": initial_step,
         "wall_time_s": round(wall, 2),
@@ -317,6 +341,7 @@ def _evaluate_and_log(run: Run, step: int, train_metrics, state, feed) -> None:
     for replica, test in enumerate(tests):
         if not all(math.isfinite(v) for v in test.values()):
             which = f" of replica {replica}" if len(tests) > 1 else ""
+            which = f" of {run.names[replica]}" if run.names else which
             raise TrainingError(
                 f"the weights{which} after step {step} are not finite (test loss"
                 f" {test['loss']}); stopped without saving this state (lower the learning"
@@ -328,10 +353,13 @@ def _evaluate_and_log(run: Run, step: int, train_metrics, state, feed) -> None:
             "step": step,
             "epoch": epoch,
             "replica": replica,
+            **member,
             **{f"train_{k}": v for k, v in train.items()},
             **{f"test_{k}": v for k, v in test.items()},
         }
-        for replica, (train, test) in enumerate(zip(trains, tests, strict=True))
+        for replica, (train, test, member) in enumerate(
+            zip(trains, tests, run.members, strict=True)
+        )
     ]
     run.history.extend(records)
     if run.writer:
@@ -350,16 +378,17 @@ def _evaluate_and_log(run: Run, step: int, train_metrics, state, feed) -> None:
 
 
 def load_trained(workdir: str | Path, step: int | None = None, replica: int = 0):
-    """(config, model, params) of replica `replica` of the run in `workdir`, from its latest
-    (or given) intact finished checkpoint; RunError when the workdir holds no run, no
-    finished checkpoint, or only damaged ones, UsageError for a replica it does not have."""
+    """(config, model, params) of member (replica) `replica` of the run in `workdir`, from
+    its latest (or given) intact finished checkpoint; RunError when the workdir holds no run,
+    no finished checkpoint, or only damaged ones, UsageError for a member it does not have.
+    A population member's config has its grid point's values in place."""
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(rundir.read_config(workdir))
     # A run from before replicas (no num_replicas in its config) saved one unstacked state.
-    count = config.get("num_replicas")
+    count = config.get("num_replicas") and population.num_members(config)
     if not 0 <= replica < (count or 1):
         raise UsageError(
-            f"{workdir} holds {count or 1} replica(s) (0 to {(count or 1) - 1}); replica"
+            f"{workdir} holds {count or 1} member(s) (0 to {(count or 1) - 1}); member"
             f" {replica} does not exist"
         )
     finished = rundir.require_finished(workdir)
@@ -369,7 +398,8 @@ def load_trained(workdir: str | Path, step: int | None = None, replica: int = 0)
     else:
         input_shape = (*data_lib.IMAGE_SHAPE, 1)
     # As arrays (the step too), like the state the loop saved: the checksum covers dtypes.
-    one = create_train_state(config, model, input_shape, jax.random.PRNGKey(0))
+    member = population.is_population(config)
+    one = create_train_state(config, model, input_shape, jax.random.PRNGKey(0), member)
     accumulator = TrainAccumulator.empty(is_regression(config))
     if count is not None:
         one = replicas.stack([one] * count)
@@ -379,4 +409,7 @@ def load_trained(workdir: str | Path, step: int | None = None, replica: int = 0)
     state, accumulator = jax.device_put((one, accumulator))
     restored = checkpoints.restore_for_reading(workdir, step, state, accumulator, finished)
     params = restored.params if count is None else replicas.take(restored.params, replica)
+    if member:
+        point = population.members(config)[replica]
+        config = population.point_config(config, population.hyperparameters(point))
     return config, model, params

@@ -2,13 +2,15 @@
 
 `check_claims` runs the checks of `fmnist_jax.claims` on each replica of the runs present
 (replica k of a run without dropout paired with replica k of the run with, which shares its
-seed) and gives a `Verdict` each: "holds in k of R" with the effect's mean and 95 % interval
-over the R replicas ("holds (1 run)" / "does not hold (1 run)" for one), or "not checked (...)"
-with the reason: a run that is missing, or a field or curve it lacks (`MissingData`). Anything
+seed) and gives a `Verdict` each: one word read off the mean effect's 95 % interval over the R
+replicas against the claim's threshold ("holds", "does not hold", "undecided" with the
+replicas the spread would need), with "holds in k of R" beside it ("holds (1 run)" / "does
+not hold (1 run)" for one), or "not checked (...)" with the reason: a run that is missing, or a field or curve it lacks (`MissingData`). Anything
 else raised by a check is a bug and is not caught.
 """
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 from fmnist_jax import replicas
@@ -30,7 +32,7 @@ from fmnist_jax.claims import (
 )
 from fmnist_jax.rundir import Run
 
-HOLDS, FAILS = "holds", "does not hold"
+HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
 NOT_CHECKED_MISSING_RUN = "not checked (run missing)"
 NOT_CHECKED_INCOMPLETE = "not checked (incomplete data)"
 
@@ -60,23 +62,65 @@ def _fmt_effect(value: float, unit: str) -> str:
     return f"{value:+.4f}"
 
 
+def decide(interval: Sequence[float], region: Sequence[float]) -> str:
+    """HOLDS when the mean effect's interval lies inside the claim's `region`, FAILS when it
+    lies wholly outside, else UNDECIDED."""
+    (low, high), (start, end) = interval, region
+    if start <= low and high <= end:
+        return HOLDS
+    if high < start or low > end:
+        return FAILS
+    return UNDECIDED
+
+
+def replicas_needed(stats: Mapping, region: Sequence[float], limit: int = 1000) -> int | None:
+    """The fewest replicas whose 95 % interval, at the observed mean and spread, would clear
+    the region's nearest end (None: more than `limit`, or no spread to extrapolate from)."""
+    ends = [e for e in region if math.isfinite(e)]
+    if not ends or stats["std"] == 0:
+        return None
+    distance = min(abs(stats["mean"] - e) for e in ends)
+    for n in range(2, limit + 1):
+        if replicas.t_quantile(replicas.INTERVAL_LEVEL, n - 1) * stats["std"] / math.sqrt(n) < (
+            distance
+        ):
+            return n
+    return None
+
+
 def summarize_checks(claim: str, checks: Sequence[Check], effect: str, unit: str) -> Verdict:
-    """The verdict of one claim checked on R replicas: "holds in k of R" with the effect's
-    mean and 95 % interval (one replica: "holds (1 run)") and replica 0's numbers."""
+    """The verdict of one claim checked on R replicas. Its word reads the mean effect's 95 %
+    interval against the claim's region (`decide`): "holds", "does not hold" or "undecided",
+    with how many of the R replicas hold ("k of R hold"), and for "undecided" how many replicas the observed spread
+    would need to decide it. One replica: "holds (1 run)" / "does not hold (1 run)"."""
     held, total = sum(c.holds for c in checks), len(checks)
     if total == 1:
         status = f"{HOLDS if held else FAILS} (1 run)"
         return Verdict(claim, status, checks[0].evidence, held, total)
     stats = replicas.describe([c.effect for c in checks])
     low, high = stats["interval"]
+    word = decide((low, high), checks[0].region)
     unit_text = "" if unit in ("step", "%") else f" {unit}"
+    ends = " and ".join(_fmt_effect(e, unit) for e in checks[0].region if math.isfinite(e))
+    reading = {
+        HOLDS: f"the interval clears the threshold {ends}",
+        FAILS: f"the interval lies on the wrong side of {ends}",
+        UNDECIDED: f"the interval straddles {ends}: not distinguishable at R = {total}",
+    }[word]
+    if word == UNDECIDED:
+        needed = replicas_needed(stats, checks[0].region)
+        reading += (
+            f"; at this spread about {needed} replicas would decide it"
+            if needed
+            else "; no replica count at this spread decides it"
+        )
     evidence = (
         f"{effect} {_fmt_effect(stats['mean'], unit)} [{_fmt_effect(low, unit)},"
         f" {_fmt_effect(high, unit)}]{unit_text} (mean, 95 % interval over {total} replicas;"
-        f" range {_fmt_effect(stats['min'], unit)} to {_fmt_effect(stats['max'], unit)});"
-        f" replica 0: {checks[0].evidence}"
+        f" range {_fmt_effect(stats['min'], unit)} to {_fmt_effect(stats['max'], unit)}):"
+        f" {reading}; replica 0: {checks[0].evidence}"
     )
-    return Verdict(claim, f"holds in {held} of {total}", evidence, held, total)
+    return Verdict(claim, f"{word} ({held} of {total} hold)", evidence, held, total)
 
 
 def _checked(claim, runs, names, check, effect: str, unit: str) -> Verdict:

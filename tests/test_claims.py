@@ -2,12 +2,14 @@
 and curves, which failures make a claim "not checked" (missing runs, fields, curves) and which
 raise (bugs), and the k-of-R verdicts over fabricated replicas."""
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fmnist_jax import claims, verdicts
+from fmnist_jax import claims, replicas, verdicts
+from fmnist_jax.claims import Check
 from fmnist_jax.rundir import Curve, Run
 
 STEPS = np.arange(1000, 20001, 1000)
@@ -224,7 +226,7 @@ def test_a_claim_holding_in_some_replicas_says_k_of_r_with_the_effects_interval(
     verdict = verdicts_by_claim({"mlp": base, "mlp_dropout": drop})[
         "Dropout 0.25 reduces the MLP's final train–test loss gap"
     ]
-    assert verdict.status == "holds in 2 of 3" and (verdict.held, verdict.total) == (2, 3)
+    assert verdict.status == "undecided (2 of 3 hold)" and (verdict.held, verdict.total) == (2, 3)
     changes = np.array([-0.20, -0.15, -0.005])
     half = 4.302652729911275 * changes.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 dof)
     low, high = changes.mean() - half, changes.mean() + half
@@ -237,9 +239,12 @@ def test_replica_k_is_paired_with_replica_k_and_all_or_none_read_as_such():
     same = replicated_run([summary(final_test=0.40, final_train=0.15)] * 2, "mlp_dropout", 0.25)
     better = replicated_run([summary(final_test=0.2, final_train=0.15)] * 2, "mlp_dropout", 0.25)
     claim = "Dropout lowers the MLP's final test loss"
-    assert verdicts_by_claim({"mlp": base, "mlp_dropout": same})[claim].status == "holds in 0 of 2"
+    status = verdicts_by_claim({"mlp": base, "mlp_dropout": same})[claim].status
+    assert status == "does not hold (0 of 2 hold)"
     verdict = verdicts_by_claim({"mlp": base, "mlp_dropout": better})[claim]
-    assert verdict.status == "holds in 2 of 2" and "-0.2000 [-0.2000, -0.2000]" in verdict.evidence
+    assert (
+        verdict.status == "holds (2 of 2 hold)" and "-0.2000 [-0.2000, -0.2000]" in verdict.evidence
+    )
 
 
 def test_curve_claims_read_each_replicas_own_curves():
@@ -249,4 +254,51 @@ def test_curve_claims_read_each_replicas_own_curves():
     verdict = verdicts_by_claim({"mlp": base})[
         "The MLP without dropout over-fits (train loss falls, test loss rises)"
     ]
-    assert verdict.status == "holds in 3 of 3"
+    assert verdict.status == "holds (3 of 3 hold)"
+
+
+# --------------------------------------------------------------------------- verdict words
+
+
+def _checks(effects, region=(-math.inf, -0.01)):
+    return [Check(e <= region[1], f"effect {e}", e, region) for e in effects]
+
+
+def test_all_replicas_holding_with_an_interval_across_the_threshold_is_undecided():
+    # The MLP's round-2 numbers: every replica lowers the loss, the mean's interval reaches +.
+    verdict = verdicts.summarize_checks("c", _checks([-0.0395, -0.012, -0.011]), "by", "nats")
+    assert verdict.status.startswith("undecided (3 of 3 hold)")
+    stats = replicas.describe([-0.0395, -0.012, -0.011])
+    assert "straddles -0.0100: not distinguishable at R = 3" in verdict.evidence
+    needed = verdicts.replicas_needed(stats, (-math.inf, -0.01))
+    assert f"about {needed} replicas would decide it" in verdict.evidence
+
+    # The smallest n whose interval at this mean and spread clears -0.01, and not n - 1.
+    def half(n):
+        return replicas.t_quantile(0.95, n - 1) * stats["std"] / math.sqrt(n)
+
+    distance = abs(stats["mean"] + 0.01)
+    assert half(needed) < distance <= half(needed - 1)
+
+
+def test_an_interval_inside_the_region_holds_and_one_outside_does_not():
+    holds = verdicts.summarize_checks("c", _checks([-0.05, -0.06, -0.055]), "by", "nats")
+    assert (
+        holds.status == "holds (3 of 3 hold)" and "clears the threshold -0.0100" in holds.evidence
+    )
+    fails = verdicts.summarize_checks("c", _checks([0.02, 0.03, 0.025]), "by", "nats")
+    assert fails.status == "does not hold (0 of 3 hold)"
+    assert "wrong side of -0.0100" in fails.evidence
+    # A two-sided region: "about the same" within +-1 point.
+    same = verdicts.summarize_checks(
+        "c", _checks([0.001, -0.002, 0.0], (-0.01, 0.01)), "by", "points"
+    )
+    assert same.status == "holds (3 of 3 hold)"
+
+
+def test_decide_reads_the_interval_against_the_region():
+    assert verdicts.decide((-0.05, -0.02), (-math.inf, -0.01)) == verdicts.HOLDS
+    assert verdicts.decide((-0.05, 0.002), (-math.inf, -0.01)) == verdicts.UNDECIDED
+    assert verdicts.decide((0.0, 0.1), (-math.inf, -0.01)) == verdicts.FAILS
+    assert verdicts.decide((0.005, 0.015), (0.0, 0.02)) == verdicts.HOLDS
+    assert verdicts.decide((-0.005, 0.015), (0.0, 0.02)) == verdicts.UNDECIDED

@@ -192,7 +192,7 @@ def test_each_replica_restores_on_its_own_and_a_missing_one_is_refused(tmp_path)
         expected = jax.tree.leaves(replicas.take(state.params, k))
         for a, b in zip(expected, jax.tree.leaves(restored.params), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    with pytest.raises(UsageError, match="holds 2 replica"):
+    with pytest.raises(UsageError, match="holds 2 member"):
         fj.restore(tmp_path, replica=2)
 
 

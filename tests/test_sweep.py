@@ -76,10 +76,12 @@ def test_the_sweep_command_trains_every_rate_and_writes_table_verdict_and_figure
     result = json.loads((out / sweep.RESULT_FILE).read_text())
     model = result["models"]["mlp"]
     assert model["num_replicas"] == 2 and list(model["rates"]) == ["0", "0.25"]
-    run = rundir.read_run(out / "mlp_p0.25")
-    finals = [r["final_test_loss"] for r in run.summary["replicas"]]
+    run = rundir.read_run(out / "mlp")  # one program: the rates x seeds population
+    assert run.num_replicas == 4 and run.config["grid"] == "dropout_rate=0,0.25"
+    finals = [r["final_test_loss"] for r in run.summary["replicas"] if r["dropout_rate"] == 0.25]
     assert model["rates"]["0.25"]["final_test_loss"]["mean"] == pytest.approx(sum(finals) / 2)
-    assert run.config["dropout_rate"] == 0.25 and run.config["num_train_steps"] == 16
+    assert run.config["num_train_steps"] == 16
+    assert "4 members" not in proc.stderr and "configure" not in proc.stderr
     assert (out / sweep.FIGURE_FILE).stat().st_size > 10_000
     assert result["num_train_steps"] == {"mlp": 16}
     assert (

@@ -13,11 +13,8 @@ figure.png (Figure 7), figure-<method>.png, minl1.png and curves.png into --outp
 
 from absl import flags
 
-from fmnist_jax import cli, runtime
+from fmnist_jax import cli
 from fmnist_jax.adversarial import presets
-
-cli.quiet_environment()  # before anything imports TensorFlow or JAX
-runtime.configure_cpu()  # XLA:CPU's multi-threaded convolutions, as the training command line
 
 flags.DEFINE_string("workdir", None, "A training run's workdir (config.json + checkpoints/).")
 flags.DEFINE_string("output", None, "Folder for summary.json, records.csv and the figures.")

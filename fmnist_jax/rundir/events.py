@@ -3,10 +3,13 @@
 - `train/` and `test/`: CLU writers with the same tags (`loss`, `accuracy`), so TensorBoard
   overlays them; the (first) train writer also carries CLU's progress scalars
   (`steps_per_sec`, `uptime`). A run of R > 1 replicas has `replica_<k>/train` and
-  `replica_<k>/test` for each replica instead: separate TensorBoard runs, overlaid.
-- the workdir itself: the run's hyperparameters (a session for TensorBoard's HParams
-  dashboard, whose metrics are the tags of `train/` and `test/`: it lists each run with its
-  test loss and accuracy, tensorboard#3675).
+  `replica_<k>/test` for each replica instead: separate TensorBoard runs, overlaid; a
+  population's members have `<member name>/train` and `/test`, the name saying its
+  hyperparameters and seed (`population.member_name`).
+- the run's hyperparameters, for TensorBoard's HParams dashboard (whose metrics are the tags
+  of the session's `train/` and `test/`: it lists each session with its test loss and
+  accuracy, tensorboard#3675): one session in the workdir itself, or one per population
+  member in its folder, with the member's grid values and seed.
 
 Event files cannot be truncated, so a resumed run replaces them by a replay of what it keeps:
 the evaluations of metrics.jsonl and the scalars logged between them, which `ProgressWriter`
@@ -15,6 +18,8 @@ records in `scalars.jsonl` as they are written, each up to the checkpoint it res
 
 import json
 from pathlib import Path
+
+from fmnist_jax import population
 
 COLLECTIONS = ("train", "test")  # record keys are "<collection>_<tag>"
 SCALARS_FILE = "scalars.jsonl"  # scalars logged between evaluations (CLU's progress)
@@ -52,15 +57,37 @@ class ProgressWriter:
         return getattr(self.inner, name)
 
 
-def folders(num_replicas: int) -> list[str]:
-    """The event-file folders of a run: `train`, `test`, or per replica `replica_<k>/...`."""
-    if num_replicas == 1:
-        return list(COLLECTIONS)
-    return [f"replica_{k}/{c}" for k in range(num_replicas) for c in COLLECTIONS]
+def _member_folder(record: dict) -> str | None:
+    """A population member's folder (its record names its grid point and seed), else None."""
+    return population.member_name(record) if "point" in record else None
+
+
+def sessions(config: dict) -> dict[str, dict]:
+    """{folder: hparams} of the run's HParams sessions: the workdir ("") with the config's,
+    or each population member's folder with the config's and its own values and seed."""
+    if not population.is_population(config):
+        return {"": _flat(config)}
+    return {
+        population.member_name(m): {**_flat(config), **population.hyperparameters(m), **seed}
+        for m in population.members(config)
+        for seed in [{"seed": m["seed"]}]
+    }
+
+
+def folders(config: dict) -> list[str]:
+    """The event-file folders of a run: `train`, `test`, per replica `replica_<k>/...`, or
+    per population member `<member name>/...`."""
+    count = int(config.get("num_replicas") or 1)
+    if population.is_population(config):
+        prefixes = [population.member_name(m) for m in population.members(config)]
+    else:
+        prefixes = [f"replica_{k}" for k in range(count)] if count > 1 else [""]
+    return [f"{p}/{c}" if p else c for p in prefixes for c in COLLECTIONS]
 
 
 def _folder(record: dict, collection: str, writers: dict) -> str:
-    nested = f"replica_{record.get('replica', 0)}/{collection}"
+    prefix = _member_folder(record) or f"replica_{record.get('replica', 0)}"
+    nested = f"{prefix}/{collection}"
     return nested if nested in writers else collection
 
 
@@ -118,9 +145,9 @@ def open_writers(
 
     workdir = Path(workdir)
     kept = kept_scalars(workdir, up_to_step)
-    names = folders(int(config.get("num_replicas") or 1))
+    names = folders(config)
     if not just_logging:
-        _replace_event_files(workdir, names)
+        _replace_event_files(workdir, [*names, *sessions(config)])
     writers = {
         name: metric_writers.create_default_writer(
             workdir, just_logging=just_logging, collection=name
@@ -128,9 +155,10 @@ def open_writers(
         for name in names
     }
     if not just_logging:
-        session = metric_writers.SummaryWriter(str(workdir))
-        session.write_hparams(_flat(config))
-        session.close()
+        for folder, hparams in sessions(config).items():
+            session = metric_writers.SummaryWriter(str(workdir / folder))
+            session.write_hparams(hparams)
+            session.close()
         (workdir / SCALARS_FILE).write_text("".join(json.dumps(e) + "\n" for e in kept))
     for record in history:
         write_record(writers, record)

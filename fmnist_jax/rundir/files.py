@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from fmnist_jax import population
 from fmnist_jax.errors import RunError
 
 try:
@@ -203,7 +204,10 @@ class Run:
 
     @property
     def num_replicas(self) -> int:
-        return int(self.config.get("num_replicas") or 1)
+        """The run's models: its replicas, or a population's members."""
+        return population.num_members(
+            {**self.config, "num_replicas": self.config.get("num_replicas") or 1}
+        )
 
     def replica(self, k: int) -> "Run":
         """Replica `k` as a run of its own (IndexError for one the run does not have)."""
@@ -217,6 +221,10 @@ class Run:
             summary.pop("statistics", None)
         history = [r for r in self.history if r.get("replica", 0) == k]
         config = {**self.config, "num_replicas": 1}
+        if population.is_population(self.config):  # the member's values, as a plain run's
+            member = population.members(self.config)[k]
+            config.update({**population.hyperparameters(member), "seed": member["seed"]})
+            config["grid"] = ""
         return Run(self.path, config, history, summary, replica_index=k)
 
     def replicas(self) -> list["Run"]:

@@ -1,0 +1,123 @@
+"""Populations: a grid of hyperparameters times seeds, every member trained in one program.
+
+`config.grid` names the hyperparameters that vary and their values, e.g.
+
+    --config.grid='dropout_rate=0,0.1,0.25;learning_rate=1e-3,3e-4'
+    fj.get_config("cnn", grid={"dropout_rate": [0, 0.25]}, num_replicas=3)
+
+Its points are the cartesian product of the values (in the order given, the last field
+fastest); with `config.num_replicas` = R seeds, the run has M = points x R members, member
+m = point x R + k being point `point` with seed `replicas.replica_seed(config.seed, k)`. Member
+(h, k) trains as the plain run of the config with the fields h and that seed, to float rounding
+(its dropout rate and learning rate are then values of the state, not constants of the
+program). Members that share a seed share their data order, so one batch feeds every grid
+point (see `replicas.over_members`).
+
+An empty grid, or a grid of one point, is no population: the config's own fields (with the
+point's values) make today's program, bit for bit.
+"""
+
+import itertools
+import math
+
+import ml_collections
+
+from fmnist_jax import replicas
+from fmnist_jax.errors import ConfigError
+
+# The fields a member can vary without changing a shape or the program's structure.
+VARIABLE = ("dropout_rate", "learning_rate")
+
+
+def _number(field: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"config.grid: {field}={text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"config.grid: {field}={text!r} is not a finite number")
+    return value
+
+
+def parse(text: str) -> dict[str, list[float]]:
+    """`"field=v1,v2;field=v3"` as {field: [values]} (empty text: {}); ConfigError for a field
+    that cannot vary per member, a repeated field, an empty or non-numeric value."""
+    grid: dict[str, list[float]] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(";"))):
+        field, sep, values = (s.strip() for s in part.partition("="))
+        if field not in VARIABLE:
+            raise ConfigError(
+                f"config.grid: {field!r} cannot vary per member (it changes shapes or the"
+                f" program); fields that can: {', '.join(VARIABLE)}"
+            )
+        if field in grid:
+            raise ConfigError(f"config.grid names {field} twice")
+        items = [v.strip() for v in values.split(",")] if sep else []
+        if not items or any(not v for v in items):
+            raise ConfigError(f"config.grid: {field} has an empty value; write {field}=v1,v2,...")
+        grid[field] = [_number(field, v) for v in items]
+    return grid
+
+
+def format_grid(grid) -> str:
+    """A grid given as {field: values} (the API's form) as `config.grid`'s text."""
+    if isinstance(grid, str):
+        return grid
+    return ";".join(f"{k}={','.join(f'{float(v):g}' for v in vs)}" for k, vs in grid.items())
+
+
+def points(config) -> list[dict[str, float]]:
+    """The grid's points, {field: value} each; one empty point without a grid."""
+    grid = parse(config.get("grid", ""))
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def num_points(config) -> int:
+    return len(points(config))
+
+
+def is_population(config) -> bool:
+    """Whether the run's hyperparameters are per-member values (a grid of two or more)."""
+    return num_points(config) > 1
+
+
+def num_members(config) -> int:
+    return num_points(config) * config.get("num_replicas", 1)
+
+
+def point_config(config, point: dict) -> ml_collections.ConfigDict:
+    """`config` with a point's values in place and no grid: the plain run of that point."""
+    c = ml_collections.ConfigDict(config if isinstance(config, dict) else config.to_dict())
+    for field, value in point.items():
+        c[field] = value
+    c.grid = ""
+    return c
+
+
+def resolved(config) -> ml_collections.ConfigDict:
+    """A one-point grid folded into the config (its values in place, no grid): the plain
+    run it stands for; any other config as it is."""
+    pts = points(config)
+    return point_config(config, pts[0]) if len(pts) == 1 and pts[0] else config
+
+
+def members(config) -> list[dict]:
+    """Each member's identity in member order: its grid point's index and values, its seed
+    index `replica` and seed."""
+    seeds = replicas.seeds(config["seed"], config.get("num_replicas", 1))
+    return [
+        {"point": g, "replica": k, "seed": seed, **point}
+        for g, point in enumerate(points(config))
+        for k, seed in enumerate(seeds)
+    ]
+
+
+def hyperparameters(member: dict) -> dict[str, float]:
+    """A member's grid values (its fields of `VARIABLE`)."""
+    return {k: member[k] for k in VARIABLE if k in member}
+
+
+def member_name(member: dict) -> str:
+    """A member's name from its hyperparameters and seed (TensorBoard's run names)."""
+    fields = [f"{k}={member[k]:g}" for k in VARIABLE if k in member]
+    return ",".join([*fields, f"seed={member['seed']}"])
