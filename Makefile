@@ -27,7 +27,7 @@ MLP_REPLICAS ?= $(or $(REPLICAS),3)
 CNN_REPLICAS ?= $(or $(REPLICAS),1)
 SWEEP_REPLICAS ?= $(or $(REPLICAS),3)
 # Extra sweep flags, e.g. SWEEP_ARGS="--cnn_train_steps=3000 --cnn_replicas=2" (the ConvNet's 15,000 steps x 5
-# rates x 3 replicas take ~2 h on a 2-core CPU) or "--models=mlp".
+# rates x 3 seeds, one program, take 1-2.5 h on a 2-core CPU) or "--models=mlp".
 SWEEP_ARGS ?=
 
 # The environment exists only for the default interpreter; a user-given PYTHON is used as is.
@@ -39,7 +39,7 @@ ENV =
 DEV =
 endif
 
-.PHONY: help env reproduce test lint format figures report adversarial bench theory sweep $(EXPERIMENTS) clean-runs
+.PHONY: help env reproduce study test lint format figures report adversarial bench theory sweep $(EXPERIMENTS) clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,6 +62,12 @@ env: $(ENV)  ## create the virtual environment, install requirements.txt and the
 
 reproduce: $(EXPERIMENTS)  ## set up, then run every experiment, the attack, theory, figures, report
 	$(MAKE) adversarial theory figures report
+
+# What `make reproduce` cannot afford on a 2-core CPU within 30 minutes: every ConvNet claim over
+# 3 seeds and the full dropout-rate sweep (docs/populations.md gives the costs): 1.5-3 h there.
+study:  ## the sweep at full length, then reproduce with 3 ConvNet replicas -> runs/study, REPORT.md
+	$(MAKE) sweep RUNS=$(RUNS)/study
+	$(MAKE) reproduce RUNS=$(RUNS)/study CNN_REPLICAS=$(or $(REPLICAS),3)
 
 test: $(ENV) $(DEV)  ## set up (with requirements-dev.txt), then lint and run the whole test suite
 	$(PYTHON) -m ruff check $(LINT_PATHS)
@@ -107,7 +113,7 @@ bench: $(ENV)  ## speed: JAX vs PyTorch twins on this machine (installs torch fo
 theory: $(ENV)  ## exercise 1: the folding and sigmoid-gradient numbers -> runs/theory.json
 	$(PYTHON) -m fmnist_jax.theory --out $(RUNS)/theory.json
 
-sweep: $(ENV)  ## exercise 2.4: dropout rates 0-0.5, MLP and ConvNet, replicas -> runs/sweep
+sweep: $(ENV)  ## exercise 2.4: dropout rates 0-0.5 x seeds, one program per model -> runs/sweep
 	$(PYTHON) -m fmnist_jax.sweep --runs $(RUNS)/sweep --replicas $(SWEEP_REPLICAS) $(SWEEP_ARGS)
 
 figures: $(ENV)  ## figures 2-6 from the runs' event files -> figures/
