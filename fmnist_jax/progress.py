@@ -13,6 +13,8 @@ Each evaluation is also printed as a line of its own, so the history stays on sc
 import sys
 import time
 
+from fmnist_jax import population
+
 
 def _in_notebook() -> bool:
     try:
@@ -30,13 +32,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+# A record's identity, not a metric: where it stands and which member it is.
+IDENTITY = ("step", "epoch", "replica", "point", "seed", *population.VARIABLE)
+
+
 def format_record(record: dict, num_steps: int | None = None) -> str:
     """An evaluation record as `step 500 (epoch 0.53): train_loss 0.41, ...` (`step 500/2000`
     with `num_steps`)."""
     values = ", ".join(
-        f"{k} {v:.4f}"
-        for k, v in record.items()
-        if k not in ("step", "epoch", "replica") and v is not None
+        f"{k} {v:.4f}" for k, v in record.items() if k not in IDENTITY and v is not None
     )
     step = f"{record['step']}/{num_steps}" if num_steps else record["step"]
     return f"step {step} (epoch {record['epoch']:.2f}): {values}"
@@ -48,16 +52,20 @@ def format_records(records: list[dict], num_steps: int | None = None) -> str:
     if len(records) == 1:
         return format_record(records[0], num_steps)
     first = records[0]
-    keys = [k for k in first if k not in ("step", "epoch", "replica") and first[k] is not None]
+    keys = [k for k in first if k not in IDENTITY and first[k] is not None]
     values = []
     for k in keys:
         vs = [r[k] for r in records]
         values.append(f"{k} {sum(vs) / len(vs):.4f} ({min(vs):.4f}-{max(vs):.4f})")
     step = f"{first['step']}/{num_steps}" if num_steps else first["step"]
-    return (
-        f"step {step} (epoch {first['epoch']:.2f}), {len(records)} replicas, mean (range):"
-        f" {', '.join(values)}"
+    line = (
+        f"step {step} (epoch {first['epoch']:.2f}), {len(records)}"
+        f" {'members' if 'point' in first else 'replicas'}, mean (range): {', '.join(values)}"
     )
+    if "point" in first and "test_loss" in first:  # a population: which member leads
+        best = min(records, key=lambda r: r["test_loss"])
+        line += f"; lowest test_loss {best['test_loss']:.4f}: {population.member_name(best)}"
+    return line
 
 
 class LiveProgress:

@@ -173,3 +173,17 @@ def test_eight_devices_with_a_population_match_one(tmp_path):
     for n in (1, 8):
         run_on_devices(EIGHT_DEVICES, tmp_path / str(n), n)
     _assert_close(_history(tmp_path / "1"), _history(tmp_path / "8"), 1e-4)
+
+
+def test_the_progress_line_names_members_and_the_leading_one():
+    from fmnist_jax import progress
+
+    records = [
+        {"step": 8, "epoch": 1.0, "replica": m, "point": m, "seed": 0, "dropout_rate": rate,
+         "train_loss": 1.0, "test_loss": loss}
+        for m, (rate, loss) in enumerate([(0.0, 0.5), (0.25, 0.4)])
+    ]  # fmt: skip
+    line = progress.format_records(records, 24)
+    assert "2 members, mean (range): train_loss 1.0000 (1.0000-1.0000)," in line
+    assert "seed" not in line.split(";")[0] and "dropout_rate 0" not in line
+    assert line.endswith("lowest test_loss 0.4000: dropout_rate=0.25,seed=0")

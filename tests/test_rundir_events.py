@@ -95,3 +95,21 @@ def test_each_replica_is_a_tensorboard_run_of_its_own(tmp_path):
         "steps_per_sec"
         not in _accumulator(tmp_path / "two" / "replica_1" / "train").Tags()["tensors"]
     )
+
+
+def test_each_population_member_is_an_hparams_session_with_its_values(tmp_path):
+    cfg = config_lib.load_experiment("mlp", "test")
+    cfg.grid = "dropout_rate=0,0.5"
+    train.train_and_evaluate(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert not list(tmp_path.glob("events.out.tfevents.*"))  # no session over all members
+    for member in summary["replicas"]:
+        folder = tmp_path / f"dropout_rate={member['dropout_rate']:g},seed={member['seed']}"
+        content = _accumulator(folder).PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+        session = hparams_metadata.parse_session_start_info_plugin_data(
+            content[hparams_metadata.SESSION_START_INFO_TAG]
+        )
+        assert session.hparams["dropout_rate"].number_value == member["dropout_rate"]
+        assert session.hparams["seed"].number_value == member["seed"]
+        loss = _scalars(folder / "test", "loss")
+        assert loss[-1][1] == pytest.approx(member["final_test_loss"], rel=1e-6)
