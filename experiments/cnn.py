@@ -9,7 +9,7 @@ keeps falling (the exercise sees the turn near 10,000 iterations).
     python -m fmnist_jax.main --config experiments/cnn.py:test --workdir /tmp/cnn  # CPU smoke test
 """
 
-from fmnist_jax.config import base_config, shrink_for_test
+from fmnist_jax.config import base_config, with_variant
 
 
 def get_config(variant: str = ""):
@@ -24,4 +24,4 @@ def get_config(variant: str = ""):
     # the per-step loop end to end here (1,000 steps of cnn_dropout: 16.3 s against 20.4 s),
     # since `layers.conv` keeps XLA:CPU's convolutions on Eigen inside loops too.
     c.steps_per_chunk = 250
-    return shrink_for_test(c) if variant == "test" else c
+    return with_variant(c, variant)

@@ -7,11 +7,11 @@ slightly better. Its checkpoint is the model the adversarial search attacks (exe
     make cnn-dropout    # -> runs/cnn_dropout
 """
 
-from fmnist_jax.config import load_experiment, shrink_for_test
+from fmnist_jax.config import load_experiment, with_variant
 
 
 def get_config(variant: str = ""):
     c = load_experiment("cnn")
     c.name = "cnn_dropout"
     c.dropout_rate = 0.25
-    return shrink_for_test(c) if variant == "test" else c
+    return with_variant(c, variant)

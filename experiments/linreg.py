@@ -9,7 +9,7 @@ Expected: the loss falls smoothly from about 20 towards the noise floor 0.25.
     make linreg         # -> runs/linreg
 """
 
-from fmnist_jax.config import base_config, shrink_for_test
+from fmnist_jax.config import base_config, with_variant
 
 
 def get_config(variant: str = ""):
@@ -28,4 +28,4 @@ def get_config(variant: str = ""):
     # Each epoch as one program on data held on the device (fmnist_jax/feeds.py): 1.8x the
     # per-step loop here, the same metrics bit for bit.
     c.steps_per_chunk = steps_per_epoch
-    return shrink_for_test(c) if variant == "test" else c
+    return with_variant(c, variant)

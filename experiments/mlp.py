@@ -8,7 +8,7 @@ accuracy about 89 % (offline copy); test loss minimal after a few thousand steps
     make mlp            # -> runs/mlp
 """
 
-from fmnist_jax.config import base_config, shrink_for_test
+from fmnist_jax.config import base_config, with_variant
 
 
 def get_config(variant: str = ""):
@@ -24,4 +24,4 @@ def get_config(variant: str = ""):
     # Each evaluation interval as one program on data held on the device: 1.47x the per-step
     # loop's speed here (fmnist_jax/feeds.py; metrics equal to float rounding, ~4e-7).
     c.steps_per_chunk = 250
-    return shrink_for_test(c) if variant == "test" else c
+    return with_variant(c, variant)

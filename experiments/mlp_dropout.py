@@ -6,11 +6,11 @@ gap and a lower final test loss than mlp, test accuracy about the same.
     make mlp-dropout    # -> runs/mlp_dropout
 """
 
-from fmnist_jax.config import load_experiment, shrink_for_test
+from fmnist_jax.config import load_experiment, with_variant
 
 
 def get_config(variant: str = ""):
     c = load_experiment("mlp")
     c.name = "mlp_dropout"
     c.dropout_rate = 0.25
-    return shrink_for_test(c) if variant == "test" else c
+    return with_variant(c, variant)

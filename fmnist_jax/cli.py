@@ -47,6 +47,10 @@ def describe(e: BaseException) -> str:
         return unknown_field(e)  # ml_collections' unknown config field
     text = str(e).strip().splitlines()
     message = text[0] if text else type(e).__name__
+    if isinstance(e, flags.Error) and message.endswith(":") and len(text) > 1:
+        # config_flags wraps a failing config file's exception, traceback and all: its cause
+        # is the last line, "module.ConfigError: what is wrong".
+        message += " " + re.sub(r"^[\w.]+(Error|Exception): ", "", text[-1].strip())
     if isinstance(e, (errors.USER_ERRORS, flags.Error)):
         return message
     return f"{type(e).__name__}: {message}"

@@ -169,6 +169,20 @@ def shrink_for_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     return c
 
 
+VARIANTS = ("test",)
+
+
+def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    """The experiment in its variant: "" as it is, "test" shrunk to a CPU smoke test
+    (`shrink_for_test`); any other ConfigError naming the known ones (`--config
+    cnn.py:tset` must not train the full experiment without a word)."""
+    if not variant:
+        return config
+    if variant == "test":
+        return shrink_for_test(config)
+    raise ConfigError(f"unknown config variant {variant!r}; variants are {', '.join(VARIANTS)}")
+
+
 def experiments_dir() -> Path:
     """The experiment files: the copy an installed wheel carries as `fmnist_jax/experiments/`
     (see pyproject.toml), else `experiments/` beside the package (a checkout, or an editable

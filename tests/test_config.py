@@ -60,3 +60,9 @@ def test_shrink_for_test_keeps_the_model_and_swaps_the_data():
     assert small.dataset == "synthetic" and cfg.dataset == "fashion_mnist"
     linreg = config_lib.shrink_for_test(config_lib.load_experiment("linreg"))
     assert linreg.dataset == "linear_regression" and linreg.regression.num_train == 512
+
+
+def test_an_unknown_variant_is_an_error_naming_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown config variant 'tset'; variants are test"):
+        config_lib.load_experiment("cnn", "tset")
+    assert config_lib.load_experiment("cnn", "test").num_train_steps == 24

@@ -124,3 +124,18 @@ def test_kill_during_training_then_rerun_resumes_exactly(tmp_path):
     assert _history(killed) == _history(tmp_path / "straight")
     for sub in ("train", "test"):
         assert _events(killed / sub) == list(range(20, 601, 20))
+
+
+def test_a_misspelled_variant_is_one_line_naming_the_known_ones(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.main", "--config=cnn:tset", f"--workdir={tmp_path}"],
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    path = REPO / "experiments" / "cnn.py"
+    expected = (
+        f"error: flag --config={path}:tset: Error whilst parsing config file: unknown config"
+        " variant 'tset'; variants are test"
+    )
+    assert proc.stderr.strip().splitlines() == [expected]
+    assert not (tmp_path / "metrics.jsonl").exists()
