@@ -181,6 +181,12 @@ def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
         )
         if restored is not None:
             state, acc = restored[checkpoints.STATE], restored[checkpoints.ACCUMULATOR]
+        if initial_step > config.num_train_steps:
+            raise UsageError(
+                f"{workdir} is trained to step {initial_step}, past this config's"
+                f" num_train_steps={config.num_train_steps}; raise num_train_steps to go on, or"
+                " use another --workdir"
+            )
         history = rundir.read_history(workdir, initial_step)
         if initial_step >= config.num_train_steps and rundir.read_json(
             workdir / rundir.SUMMARY_FILE

@@ -13,7 +13,7 @@ import pytest
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, rundir, train
-from fmnist_jax.errors import ConfigError, RunError, TrainingError
+from fmnist_jax.errors import ConfigError, RunError, TrainingError, UsageError
 from tests.conftest import run_on_devices
 
 EXPERIMENTS = ["linreg", "mlp", "mlp_dropout", "cnn", "cnn_dropout"]
@@ -287,3 +287,14 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     state, history = train.train_and_evaluate(cfg, tmp_path)
     after = (tmp_path / "summary.json").read_text(), (tmp_path / "metrics.jsonl").read_text()
     assert after == before and int(state.step) == 24 and [r["step"] for r in history] == [8, 16, 24]
+
+
+def test_a_finished_workdir_rerun_with_fewer_steps_says_so(tmp_path):
+    cfg = config_lib.load_experiment("mlp", "test")
+    cfg.num_train_steps = 16
+    train.train_and_evaluate(cfg, tmp_path)
+    cfg.num_train_steps = 8
+    with pytest.raises(
+        UsageError, match="trained to step 16, past this config's num_train_steps=8"
+    ):
+        train.train_and_evaluate(cfg, tmp_path)
