@@ -161,10 +161,10 @@ def open_writers(
     other than 0) writes no files and imports no TensorFlow (`NoEvents` writers), nor does a
     process where TensorFlow is not installed."""
     workdir = Path(workdir)
-    kept = kept_scalars(workdir, up_to_step)
     names = folders(int(config.get("num_replicas") or 1))
     if just_logging:
         return {name: NoEvents() for name in names}
+    kept = kept_scalars(workdir, up_to_step)
     _replace_event_files(workdir, names)
     (workdir / SCALARS_FILE).write_text("".join(json.dumps(e) + "\n" for e in kept))
     metric_writers = _metric_writers()
