@@ -8,7 +8,8 @@ is sharded over `data`, replicas over `replica` and the attack's images over bot
 its `shard_map`): the train step, a scan chunk, evaluation (the host-batch eval step and the
 resident eval scan), the same with two replicas, the attack's pooled while loop (a descent
 method and the minimum-L1 search) over both devices. `PROGRAMS` names how each is built from
-the package's public entry points (`Steps(config, mesh)`'s attributes, `make_attack`).
+the package's public entry points (`Steps(config, mesh)`'s attributes, `steps.all_finite`,
+`make_attack`, `p_target_history` for the attack curves).
 """
 
 import json
@@ -93,20 +94,40 @@ def evaluate_resident(config, batches: int = 2):
     return steps.evaluate_resident, (state, idx, np.ones(idx.shape, bool), images, labels)
 
 
+def all_finite(config):
+    from fmnist_jax import steps as steps_lib
+
+    _, state, _ = _steps(config)
+    return steps_lib.all_finite, (state.params,)
+
+
+def _logits_fn():
+    """The ConvNet's forward pass with fresh weights, as the attack takes a trained one."""
+    from fmnist_jax import models
+
+    model = models.create_model(_config())
+    params = model.init(jax.random.PRNGKey(0), _images(1)[0])["params"]
+    return lambda x: model.apply({"params": params}, x)
+
+
+def attack_curves(num_steps: int = 3):
+    """p(target) over each step of the exercise's search, for the attack figure."""
+    from fmnist_jax.adversarial import presets, search
+
+    logits_fn, config = _logits_fn(), presets.METHODS["exercise"]
+
+    def history(images, targets):
+        return search.p_target_history(logits_fn, images, targets, config, num_steps)
+
+    return jax.jit(history), _images(4)
+
+
 def attack_program(method: str):
     """The attack's batch program over every local device (one pool each, `shard_map`), with
     an accelerator's pool size and enough images to fill one pool per device."""
-    from fmnist_jax import models
     from fmnist_jax.adversarial import presets, search
 
-    config = _config()
-    model = models.create_model(config)
-    images, labels = _images(1)
-    params = model.init(jax.random.PRNGKey(0), images)["params"]
-
-    def logits_fn(x):
-        return model.apply({"params": params}, x)
-
+    logits_fn = _logits_fn()
     pool = presets.pool_size_for("gpu")
     attack = search.make_attack(logits_fn, presets.METHODS[method], pool_size=pool)
     images, labels = _images(pool * len(attack.devices))
@@ -123,8 +144,10 @@ PROGRAMS = {
     "replicas_train_chunk": lambda: train_chunk(_config(**REPLICAS)),
     "replicas_eval_step": lambda: eval_step(_config(**REPLICAS)),
     "replicas_evaluate_resident": lambda: evaluate_resident(_config(**REPLICAS)),
+    "all_finite": lambda: all_finite(_config()),
     "attack_sign": lambda: attack_program("sign"),
     "attack_minl1": lambda: attack_program("minl1"),
+    "attack_curves": attack_curves,
 }
 
 
@@ -167,12 +190,14 @@ def lowered(tmp_path_factory):
 def test_program_lowers_for_gpu_and_tpu(lowered, name, platform):
     result = lowered[name][platform]
     assert "error" not in result, result.get("error")
-    assert result["devices"] == DEVICES  # sharded over both devices, as on the CPU
+    assert result["devices"] == lowered[name]["cpu"]["devices"]
 
 
 @pytest.mark.parametrize("name", PROGRAMS)
 def test_program_lowers_for_the_cpu(lowered, name):
     assert "error" not in lowered[name]["cpu"], lowered[name]["cpu"].get("error")
+    # sharded over both devices (the attack curves' program runs on one)
+    assert lowered[name]["cpu"]["devices"] == (1 if name == "attack_curves" else DEVICES)
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
