@@ -8,6 +8,7 @@ in $HIDE_MODULES from every import finder (an `import` then fails exactly as whe
 absent, and `importlib.util.find_spec` returns None), and that records at exit which of
 TensorFlow and tensorboard the process had imported ($LOADED_LOG)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -51,6 +52,9 @@ SITECUSTOMIZE = textwrap.dedent(
     """
 )
 HINT = "pip install tensorflow-cpu"
+needs_tensorflow = pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +141,7 @@ def test_the_attack_figures_and_report_run_without_tensorflow(run_without_tensor
     assert (root / "REPORT.md").is_file()
 
 
+@needs_tensorflow
 def test_a_resumed_run_with_tensorflow_replays_what_the_run_without_it_logged(tmp_path, site):
     workdir = tmp_path / "run"
     first = _python(
@@ -160,6 +165,7 @@ def test_a_resumed_run_with_tensorflow_replays_what_the_run_without_it_logged(tm
     assert 4 in [e.step for e in train.Tensors("steps_per_sec")]  # logged by the first run
 
 
+@needs_tensorflow
 def test_processes_other_than_0_never_import_tensorflow(tmp_path, site):
     """Two processes on 127.0.0.1; only process 0 imports TensorFlow, for its event files."""
     address = f"127.0.0.1:{_free_port()}"
