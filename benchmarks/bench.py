@@ -24,6 +24,7 @@ Data: Fashion-MNIST from the IDX folder in $FMNIST_DATA_DIR (default ../shared/d
 beside the repository); linear regression uses its experiment's synthetic problem.
 """
 
+import importlib.util
 import json
 import os
 import statistics
@@ -278,6 +279,20 @@ def require_data(models: list[str]) -> None:
         )
 
 
+def require_torch(models: list[str]) -> None:
+    """One clear error, before any worker starts, when a PyTorch row is asked for (an attack
+    row always has one) and torch or torchattacks is not installed."""
+    needed = ["torch"] if "torch" in FLAGS.frameworks.split(",") else []
+    if any(m in ATTACKS for m in models):
+        needed = ["torch", "torchattacks"]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise errors.MissingDependency(
+            f"the PyTorch rows need {' and '.join(missing)}, not installed here: pip install -r"
+            " benchmarks/requirements.txt (`make bench` does), or --frameworks=jax"
+        )
+
+
 def main() -> None:
     models = selected_models()
     if FLAGS.worker:
@@ -286,6 +301,7 @@ def main() -> None:
     require_data(models)
     if FLAGS.check_data:
         return
+    require_torch(models)
     if FLAGS.mode == "throughput":
         results = {m: throughput(m) for m in models}
         print_throughput(results)

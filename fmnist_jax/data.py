@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmnist_jax import errors
 from fmnist_jax import splits as splits_lib
 from fmnist_jax.errors import DataError
 
@@ -177,9 +178,18 @@ def load_tfds(data_dir: str | None = None) -> Dataset:
     """
     from fmnist_jax import runtime
 
-    runtime.hide_accelerators_from_tensorflow()
-    import tensorflow_datasets as tfds
-
+    try:
+        runtime.hide_accelerators_from_tensorflow()
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        command = errors.pip_install(e)
+        if command is None:
+            raise
+        raise errors.MissingDependency(
+            f"the tfds source needs {e.name.split('.')[0]}, which is not installed"
+            f" ({command}); or point ${ENV_DATA_DIR} (or --config.data_dir) at a folder with"
+            " the four IDX gz files"
+        ) from None
     builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
     if not builder.is_prepared():
         if not _online(builder.URL):

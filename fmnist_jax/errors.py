@@ -27,7 +27,28 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, a checkpoint that does not fit, ...)."""
 
 
-USER_ERRORS = (ConfigError, DataError, UsageError, RunError, TrainingError)
+class MissingDependency(RuntimeError):
+    """A feature needs an optional package that is not installed; the message names the pip
+    command that adds it."""
+
+
+USER_ERRORS = (ConfigError, DataError, UsageError, RunError, TrainingError, MissingDependency)
+
+# The optional dependencies, by the top-level module a feature imports: what pip installs.
+PIP_NAMES = {
+    "tensorflow": "tensorflow-cpu",
+    "tensorboard": "tensorboard",
+    "tensorflow_datasets": "tensorflow-datasets",
+    "torch": "torch",
+    "torchattacks": "torchattacks",
+}
+
+
+def pip_install(e: ImportError) -> str | None:
+    """`pip install <package>` for an ImportError of an optional dependency (TensorFlow's
+    submodules included); None for any other import failure, which is a bug to show as is."""
+    name = (e.name or "").split(".")[0]
+    return f"pip install {PIP_NAMES[name]}" if name in PIP_NAMES else None
 
 
 class Interrupted(RuntimeError):

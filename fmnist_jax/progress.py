@@ -8,10 +8,18 @@ hidden, so the API shows its own line: steps done, steps/s, ETA and the last eva
 - elsewhere (a log file, a pipe): a plain line every `every_secs`.
 
 Each evaluation is also printed as a line of its own, so the history stays on screen.
+
+`periodic_actions()` is what the train loop reports progress and profiles with: CLU's
+`periodic_actions`, or where TensorFlow (which that module imports) is not installed, this
+module's `ReportProgress` and `Profile`, which take the same arguments and do the same.
 """
 
+import collections
+import contextlib
 import sys
 import time
+
+from absl import logging
 
 from fmnist_jax import population
 
@@ -139,3 +147,97 @@ class LiveProgress:
         if self.tty and self._line:
             self.stream.write("\n")
             self.stream.flush()
+
+
+# --------------------------------------------------------------------------- without TensorFlow
+
+
+def periodic_actions():
+    """CLU's `periodic_actions` module, or this module where TensorFlow is not installed
+    (`rundir.open_writers` has said so already)."""
+    from fmnist_jax import errors
+
+    try:
+        from clu import periodic_actions
+    except ImportError as e:
+        if errors.pip_install(e) is None:
+            raise
+        return sys.modules[__name__]
+    return periodic_actions
+
+
+class ReportProgress:
+    """CLU's `ReportProgress` as the train loop calls it, without TensorFlow: called after
+    every step; at every `every_steps`-th step (or after `every_secs` seconds) and at the last
+    it logs steps/s, % done, ETA and the share of `timed` parts, and writes `steps_per_sec`
+    and `uptime` to `writer`."""
+
+    def __init__(self, *, num_train_steps: int, writer=None, every_steps=None, every_secs=60.0):
+        self.num_steps, self.writer = num_train_steps, writer
+        self.every_steps, self.every_secs = every_steps, every_secs
+        self._t0, self._last = time.monotonic(), None  # (step, time) of the last report
+        self._parts: dict[str, float] = collections.defaultdict(float)
+
+    def _due(self, step: int, t: float) -> bool:
+        last_step, last_t = self._last
+        if step == last_step:
+            return False
+        every = self.every_steps and step % self.every_steps == 0
+        late = self.every_secs is not None and t - last_t > self.every_secs
+        return bool(every or late or step == self.num_steps)
+
+    def __call__(self, step: int, t: float | None = None) -> bool:
+        t = time.monotonic() if t is None else t
+        if self._last is None or not self._due(step, t):
+            self._last = self._last or (step, t)
+            return False
+        rate = (step - self._last[0]) / max(t - self._last[1], 1e-9)
+        message = (
+            f"{rate:.1f} steps/s, {100 * step / self.num_steps:.1f}% ({step}/{self.num_steps}),"
+            f" ETA: {_duration((self.num_steps - step) / rate)}"
+        )
+        if self._parts:
+            total = t - self._t0
+            shares = ", ".join(
+                f"{100 * s / total:.1f}% {k}" for k, s in sorted(self._parts.items())
+            )
+            message += f" ({_duration(total)} : {shares})"
+        logging.info("%s", message)
+        if self.writer is not None:
+            self.writer.write_scalars(step, {"steps_per_sec": rate})
+            self.writer.write_scalars(step, {"uptime": t - self._t0})
+        self._last = (step, t)
+        return True
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        """Adds the wall time of the block to the part `name`."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self._parts[name] += time.monotonic() - start
+
+
+class Profile:
+    """CLU's `Profile` as the train loop uses it, without TensorFlow: a `jax.profiler` trace
+    into `logdir` (TensorBoard's profile plugin reads it) from step `first_profile` for
+    `num_profile_steps` steps."""
+
+    def __init__(self, *, logdir: str, num_profile_steps: int, first_profile: int, **unused):
+        del unused  # profile_duration_ms, every_secs: the loop passes None
+        self.logdir, self.num_steps, self.first = logdir, num_profile_steps, first_profile
+        self._started: int | None = None
+        self._done = False
+
+    def __call__(self, step: int) -> None:
+        import jax
+
+        if self._started is None and step == self.first:
+            jax.profiler.start_trace(self.logdir)
+            self._started = step
+        elif (
+            self._started is not None and not self._done and step >= self._started + self.num_steps
+        ):
+            jax.profiler.stop_trace()
+            self._done = True

@@ -238,8 +238,7 @@ def _actions(run: Run, first_step: int):
     """CLU's periodic actions: progress (steps/s, ETA) and, if configured, a profile."""
     if not run.writer:
         return _Quiet(), _Quiet()
-    from clu import periodic_actions
-
+    periodic_actions = progress_lib.periodic_actions()  # CLU's, or stand-ins without TF
     every = run.config.get("progress_every_steps", 0)
     report = periodic_actions.ReportProgress(
         num_train_steps=run.config.num_train_steps,

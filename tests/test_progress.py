@@ -2,6 +2,8 @@
 
 import io
 
+import pytest
+
 from fmnist_jax import progress
 
 
@@ -59,3 +61,44 @@ def test_several_replicas_make_one_line_of_means_and_ranges():
         line == "step 8/24 (epoch 0.50), 2 replicas, mean (range): test_loss 0.3000 (0.2000-0.4000)"
     )
     assert progress.format_records(records[:1], 24) == "step 8/24 (epoch 0.50): test_loss 0.2000"
+
+
+# --------------------------------------------------------------------------- without TensorFlow
+
+
+class _Writer:
+    def __init__(self):
+        self.lines = []
+
+    def write_scalars(self, step, scalars):
+        self.lines.append((step, *scalars))
+
+
+def test_report_progress_without_tensorflow_reports_as_clus_does(monkeypatch):
+    logged = []
+    monkeypatch.setattr(progress.logging, "info", lambda fmt, *a: logged.append(fmt % a))
+    writer = _Writer()
+    report = progress.ReportProgress(num_train_steps=10, writer=writer, every_steps=4)
+    assert [report(s, t=float(s)) for s in range(11)] == [
+        False, False, False, False, True, False, False, False, True, False, True,
+    ]  # fmt: skip
+    assert logged[0] == "1.0 steps/s, 40.0% (4/10), ETA: 6s"
+    assert writer.lines[:2] == [(4, "steps_per_sec"), (4, "uptime")]
+    assert [line[0] for line in writer.lines] == [4, 4, 8, 8, 10, 10]
+    with report.timed("eval"):
+        pass
+    assert "eval" in report._parts
+
+
+def test_profile_without_tensorflow_traces_the_steps_asked_for(tmp_path):
+    profile = progress.Profile(logdir=str(tmp_path), num_profile_steps=2, first_profile=1)
+    for step in range(5):
+        profile(step)
+    assert profile._done
+    assert list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
+
+
+def test_periodic_actions_are_clus_where_tensorflow_is_installed():
+    periodic_actions = pytest.importorskip("clu.periodic_actions", exc_type=ImportError)
+
+    assert progress.periodic_actions() is periodic_actions

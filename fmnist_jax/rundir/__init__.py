@@ -13,7 +13,8 @@
 The train loop writes through the functions here; plotting, the report, the API and the attack
 read a run with `read_run` (plain data) and restore checkpoints through
 `fmnist_jax.checkpoints`, which uses `checkpoint_manager` and `finished_steps` from here. Only
-`open_writers` (event files) imports TensorFlow.
+`open_writers` (event files) imports TensorFlow, on process 0 only; without TensorFlow a run
+has everything but the event files.
 """
 
 from fmnist_jax.rundir.checkpoint_files import (

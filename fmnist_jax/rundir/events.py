@@ -14,12 +14,19 @@
 Event files cannot be truncated, so a resumed run replaces them by a replay of what it keeps:
 the evaluations of metrics.jsonl and the scalars logged between them, which `ProgressWriter`
 records in `scalars.jsonl` as they are written, each up to the checkpoint it resumes from.
+
+Only process 0 writes event files, and only it imports TensorFlow (CLU's writers do); where
+TensorFlow is not installed it says so in one warning line and the run goes on without them
+(every reader reads metrics.jsonl; scalars.jsonl is still kept, so a later run with TensorFlow
+replays everything).
 """
 
 import json
 from pathlib import Path
 
-from fmnist_jax import population
+from absl import logging
+
+from fmnist_jax import errors, population
 
 COLLECTIONS = ("train", "test")  # record keys are "<collection>_<tag>"
 SCALARS_FILE = "scalars.jsonl"  # scalars logged between evaluations (CLU's progress)
@@ -55,6 +62,45 @@ class ProgressWriter:
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+
+class NoEvents:
+    """Stands in for a CLU writer where no event files are written: on processes other than 0,
+    and where TensorFlow is not installed."""
+
+    def write_scalars(self, step: int, scalars) -> None:
+        del step, scalars
+
+    def write_hparams(self, hparams) -> None:
+        del hparams
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _metric_writers():
+    """CLU's `metric_writers` (it imports TensorFlow, kept off the GPU and TPU), or None with
+    one warning line where TensorFlow or tensorboard is not installed."""
+    from fmnist_jax import runtime
+
+    try:
+        runtime.hide_accelerators_from_tensorflow()
+        from clu import metric_writers
+    except ImportError as e:
+        command = errors.pip_install(e)
+        if command is None:
+            raise
+        logging.warning(
+            "no TensorBoard event files: they need %s (%s); metrics.jsonl, checkpoints and"
+            " summary.json are written as usual",
+            e.name.split(".")[0],
+            command,
+        )
+        return None
+    return metric_writers
 
 
 def _member_folder(record: dict) -> str | None:
@@ -137,34 +183,31 @@ def open_writers(
 ) -> dict:
     """CLU writers for each event-file folder (`folders`) holding exactly the kept `history`
     and progress scalars up to `up_to_step`, and the run's hparams; `just_logging` (processes
-    other than 0) writes no files."""
-    from fmnist_jax import runtime
-
-    runtime.hide_accelerators_from_tensorflow()
-    from clu import metric_writers  # imports TensorFlow: only where a run writes
-
+    other than 0) writes no files and imports no TensorFlow (`NoEvents` writers), nor does a
+    process where TensorFlow is not installed."""
     workdir = Path(workdir)
-    kept = kept_scalars(workdir, up_to_step)
     names = folders(config)
-    if not just_logging:
-        _replace_event_files(workdir, [*names, *sessions(config)])
-    writers = {
-        name: metric_writers.create_default_writer(
-            workdir, just_logging=just_logging, collection=name
-        )
-        for name in names
-    }
-    if not just_logging:
+    if just_logging:
+        return {name: NoEvents() for name in names}
+    kept = kept_scalars(workdir, up_to_step)
+    _replace_event_files(workdir, [*names, *sessions(config)])
+    (workdir / SCALARS_FILE).write_text("".join(json.dumps(e) + "\n" for e in kept))
+    metric_writers = _metric_writers()
+    if metric_writers is None:
+        writers = {name: NoEvents() for name in names}
+    else:
+        writers = {
+            name: metric_writers.create_default_writer(workdir, collection=name) for name in names
+        }
         for folder, hparams in sessions(config).items():
             session = metric_writers.SummaryWriter(str(workdir / folder))
             session.write_hparams(hparams)
             session.close()
-        (workdir / SCALARS_FILE).write_text("".join(json.dumps(e) + "\n" for e in kept))
-    for record in history:
-        write_record(writers, record)
-    for entry in kept:
-        scalars = {k: v for k, v in entry.items() if k not in ("collection", "step")}
-        writers[entry["collection"]].write_scalars(entry["step"], scalars)
+        for record in history:
+            write_record(writers, record)
+        for entry in kept:
+            scalars = {k: v for k, v in entry.items() if k not in ("collection", "step")}
+            writers[entry["collection"]].write_scalars(entry["step"], scalars)
     first = names[0]
-    writers[first] = ProgressWriter(writers[first], workdir, first, not just_logging)
+    writers[first] = ProgressWriter(writers[first], workdir, first)
     return writers
