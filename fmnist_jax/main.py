@@ -97,7 +97,7 @@ def launch():
 
 def main() -> None:
     config = load_config()
-    from fmnist_jax import distributed, train  # import jax: after configure_cpu
+    from fmnist_jax import distributed, train
 
     distributed.initialize(launch())  # before any JAX computation
     hint = runtime.malloc_hint()
