@@ -29,10 +29,13 @@ changed by more than half a grey level; the L1 column is the sum over pixels for
     (the same on the previous model, before layers.conv, load 3.5-5: minl1 on 1,000 images
     100.0%, L1 6.54, 2.6 attacks/s; exercise 1.3 attacks/s)
 
-    `make adversarial` (2026-12-06, the same model, loaded: load average 5-9)
+    `make adversarial` (2026-12-06, cnn_dropout retrained at 1cf6f95: the rows above repeat to
+    the last digit but for attacks/s; the machine loaded by others' jobs; attacks/s: exercise
+    at load 5-9, minl1 old and new run in turn three times at load 2.8-3.9, the medians; the
+    new one ran at 0.61-0.75x the old one's rate in each pair, 300 model calls against 203)
     exercise                            200   97.0%   286  625  18.6   1.03   0.201     2.4
-    minl1 until 2026-12-06              200  100.0%   203   70   6.90  1.67   0.988     8.2
-    minl1, 300 linearised prox steps    200  100.0%   300   32   5.13  1.79   0.997     7.3
+    minl1 until 2026-12-06              200  100.0%   203   70   6.90  1.67   0.988    16.0
+    minl1, 300 linearised prox steps    200  100.0%   300   32   5.13  1.79   0.997    10.9
 
     earlier, 100 training images
     exercise: gd lr 0.001, sum           68%      404   10.1   0.73   0.189  (3,000-step budget)
