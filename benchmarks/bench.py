@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout's package, also without `make env`
 
 from absl import flags
-from attack_workers import ATTACKS
+from attack_workers import ATTACKS, JAX_ONLY
 from workers import MODELS, data_dir, experiment_config, parse_model, run_worker
 
 from fmnist_jax import cli, errors
@@ -122,7 +122,10 @@ def contenders(model: str = "") -> dict[str, tuple[str, str, bool, str]]:
     """name -> (framework, prototype, tuned, JAX loop): the project's JAX model, the prototype
     if asked for, PyTorch; with --with_sync the JAX loop of the previous round (a host read of
     the loss every step), with --with_untuned both frameworks without the runtime settings.
-    An attack row has two: the project's batch program and torchattacks (row `torch`)."""
+    An attack row has two: the project's batch program and torchattacks (row `torch`), but
+    for the JAX-only ones (the minimum-L1 search)."""
+    if model in JAX_ONLY:
+        return {"jax": ("jax", "", True, "step")}
     if model in ATTACKS:
         return {"jax": ("jax", "", True, "step"), "torch": ("torch", "", True, "step")}
     out, loop = {}, FLAGS.jax_loop
@@ -210,25 +213,28 @@ def print_throughput(results: dict) -> None:
 
 def print_attacks(results: dict) -> None:
     """The attack rows: the project's batch program (jax) against torchattacks' PGD (torch) on
-    the same weights; `x torchattacks` is the median over rounds of the paired ratio."""
+    the same weights; `x torchattacks` is the median over rounds of the paired ratio. The
+    minimum-L1 row has no torchattacks run; its median L1 (of the successes) is its quality."""
     rows = {m: r for m, r in results.items() if m in ATTACKS}
     if not rows:
         return
     print(
         f"{'attack':14} {'run':13} {'batch':>5} {'rate median':>11} {'rate best':>10}"
         f" {'unit':>14} {'x torchattacks':>14} {'1st run s':>9} {'success':>7} {'med steps':>9}"
+        f" {'med L1':>6}"
     )
     for model, r in rows.items():
         unit = "image-steps/s" if model == "attack-pgd100" else "attacks/s"
         for name, x in r.items():
             ratio = "-"
-            if name != "torch":
+            if name != "torch" and "torch" in r:
                 pairs = [a / b for a, b in zip(x["rates"], r["torch"]["rates"])]
                 ratio = f"{statistics.median(pairs):.2f}"
             print(
                 f"{model:14} {x['framework']:13} {x['batch_size']:>5} {x['images_per_s']:>11.0f}"
                 f" {x['best_images_per_s']:>10.0f} {unit:>14} {ratio:>14}"
                 f" {x['first_step_s']:>9.2f} {x.get('success', '-'):>7} {x.get('median_steps', '-'):>9}"
+                f" {x.get('median_l1', '-'):>6.4}"
             )
     print(f"attack weights: {next(iter(next(iter(rows.values())).values()))['weights']}")
 

@@ -26,8 +26,6 @@ from tests.conftest import REPO
         ({"l1_reduction": "max"}, "unknown l1_reduction"),
         ({"epsilon": 0.0}, "epsilon"),
         ({"clip": (1.0, 0.0)}, "clip"),
-        ({"rounds": 0}, "rounds"),
-        ({"rounds": 400}, "rounds"),
         ({"update": "minl1", "epsilon": 0.1}, "minl1"),
     ],
 )

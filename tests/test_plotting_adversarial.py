@@ -94,11 +94,13 @@ def test_curves_without_any_success_draw_empty_histograms(tmp_path):
         assert not ax.containers and ax.get_legend() is None
 
 
-def test_comparison_puts_each_methods_noise_and_adversarial_side_by_side(tmp_path):
+def test_comparison_puts_each_methods_noise_changed_pixels_and_adversarial_side_by_side(
+    tmp_path,
+):
     images, result = result_of_two()
-    smaller = result._replace(
-        adversarial=images + 0.5 * (result.adversarial - images), l1=result.l1 / 2
-    )
+    sparse = images.copy()
+    sparse[0, 3, 4, 0], sparse[0, 5, 6, 0] = 1.0, 0.0  # two pixels changed, one up, one down
+    smaller = result._replace(adversarial=sparse, l1=result.l1 / 2)
     path = tmp_path / "minl1.png"
     results = {"exercise": result, "minl1": smaller}
     fig = figures.plot_comparison(path, images, results, [0], CLASS_NAMES)
@@ -107,11 +109,13 @@ def test_comparison_puts_each_methods_noise_and_adversarial_side_by_side(tmp_pat
     assert titles == [
         "Dress, w.p. 0.9993",
         f"exercise: L1 {float(result.l1[0]):.1f}",
+        f"{int(result.l0[0])} pixels changed",
         "p(Trouser) 0.9503",
         f"minl1: L1 {float(result.l1[0]) / 2:.1f}",
+        "2 pixels changed",
         "p(Trouser) 0.9503",
     ]
-    np.testing.assert_allclose(
-        fig.axes[3].images[0].get_array(), (smaller.adversarial - images)[0, ..., 0]
-    )
+    np.testing.assert_allclose(fig.axes[4].images[0].get_array(), (sparse - images)[0, ..., 0])
+    changed = np.asarray(fig.axes[5].images[0].get_array())
+    assert changed[3, 4] == 1 and changed[5, 6] == -1 and np.sum(changed != 0) == 2
     assert "exercise, minl1" in fig.get_suptitle()

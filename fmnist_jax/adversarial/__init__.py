@@ -3,7 +3,7 @@
     presets.py   AttackConfig, validate, METHODS (the measured presets), method_config
     pool.py      the pooled while-loop program any per-image `Search` runs in: pure JAX
     search.py    the objective, one descent search, the batch program (`make_attack`)
-    minimal.py   the minimum-L1 search ("minl1"): proximal steps and a per-image weight search
+    minimal.py   the minimum-L1 search ("minl1"): proximal steps with a solved multiplier
     runner.py    run(workdir, output, ...): restore, choose images, records, summary, CSV
     __main__.py  the command line, `python -m fmnist_jax.adversarial --workdir ... --output ...`
 

@@ -1,28 +1,37 @@
 """The minimum-L1 search ("minl1"): the smallest L1 noise reaching p(target) >= threshold.
 
-For one image x and target t it minimises, over x' in [0, 1]^d,
+For one image x and target t it seeks, over x' in [0, 1]^d,
 
-    hinge(x') + weight * ||x' - x||_1,   hinge = max(logit(threshold) + AIM - m(x'), 0)
+    min ||x' - x||_1   subject to   m(x') >= logit(threshold),
 
-where m = log p(t | x') - log(1 - p(t | x')) is the target's log-odds: p(t) >= threshold exactly
-when m >= logit(threshold). The hinge is zero once the threshold is passed, so only the L1 term
-pulls there and the iterates settle on the boundary with as little L1 as the weight allows.
-Steps are proximal (FISTA): a gradient step on the hinge, scaled so that its largest pixel
-moves by `learning_rate`; soft-thresholding of x' - x by learning_rate * weight; clipping to
-[0, 1] (together the exact proximal map of the L1 term and the box); then FISTA's momentum
-extrapolation, whose point, clipped, is the next one evaluated. The weight is therefore
-dimensionless: the L1 weight of the objective in units of the hinge's largest pixel gradient,
-so one value suits every image and model.
+where m = log p(t | x') - log(1 - p(t | x')) is the target's log-odds. Each step linearises m at
+the current point x + delta (its value m_k and gradient g: one forward and backward pass) and
+takes a proximal step on the Lagrangian ||d||_1 - mu * g . d, with the multiplier mu chosen so
+that the linear model of m lands on the aim (a primal-dual step whose dual variable is solved
+for, not ascended):
 
-The weight is searched per image over `config.rounds` rounds of `max_steps // rounds` steps,
-starting at `config.l1_weight`: after a round that held the threshold in its second half it
-grows (x2 until a round fails, then the geometric mean of the bracket), after one that did not
-it shrinks the same way; each round restarts from the best point found so far (or from x).
+    d(mu) = clip(S_eta(delta + eta * mu * g / max|g|), -x, 1 - x)    S_eta: soft-thresholding
+    m_k + g . (d(mu) - delta) = aim,   mu >= 0 (0: the shrink alone keeps the aim)
 
-The search keeps the best point: the smallest L1 among the evaluated points with
-p(target) >= threshold, and the weight it was found with; a search that never reached the
-threshold returns its last point. It is a `pool.Search`, so the batch program is the same
-single while loop as the descent methods'; a slot moves to its next round or image on its own.
+The proximal map of eta * ||d||_1 plus the box is separable, hence exact per pixel. g . d(mu)
+grows with mu; mu is found among multiples (FACTORS) of the last one, and the two points that
+bracket the aim are interpolated: g . d is linear in d, so the linear model meets the aim
+exactly (outside the bracket the nearest end, and mu moves by up to 8x a step).
+
+eta falls geometrically from `learning_rate` to FINAL times it, CYCLES times over `max_steps`,
+each cycle after the first starting again from the best point found (a warm restart: a large
+eta from there often finds a sparser change than the first cycle's). Early, a large eta makes a step nearly the closed-form minimum of the linear model (the pixels with the largest
+|g| pushed to the box, as on a linear model); late, a small one walks along the boundary: every
+step keeps the linear model at the aim while it shrinks the L1 and moves the change to the
+pixels whose |g| is largest (the boundary refinement), until the fixed point, where the KKT
+conditions of the problem hold with multiplier mu. The aim is logit(threshold) + MARGIN plus
+the recent overestimate of the linear model (an average of aim - m over the last steps, where
+m curves below its tangent), so the iterates land on the feasible side of the boundary.
+
+The search keeps the best point: the smallest L1 among the evaluated points with m past the
+threshold, and the L1 weight it stands for (max|g| / mu, per unit of log-odds); a search that never
+reached the threshold returns its last point. It is a `pool.Search`, so the batch program is
+the same single while loop as the descent methods'; each slot ends after max_steps model calls.
 """
 
 import math
@@ -34,36 +43,36 @@ import jax.numpy as jnp
 from fmnist_jax.adversarial.pool import Search
 from fmnist_jax.adversarial.presets import AttackConfig
 
-# How far past logit(threshold) the hinge aims, in log-odds: iterates that land just short of
-# the aim still pass the threshold.
-AIM = 0.05
+# Past the threshold, what the linear model aims at, in log-odds (falling as eta does).
+MARGIN = 0.05
 # What counts as reaching the threshold inside the search: a hair past it, so that the batch
 # program's own forward pass of the returned point (the reported p) agrees.
 PASSED = 1e-4
-GROWTH = 2.0  # the weight's factor while one side of the bracket is open
-DECAY = 0.9  # the step falls linearly over a round to 1 - DECAY of learning_rate
-TINY = 1e-12  # a zero gradient (the threshold passed) leaves only the L1 shrink
+CYCLES = 2  # eta's schedule runs this many times over max_steps, each from the best point
+FINAL = 0.01  # eta's last value, as a fraction of its first (learning_rate)
+# The multiples of the last multiplier a step chooses between (0: the shrink alone).
+FACTORS = (0.0, 0.125, 0.5, 2.0, 8.0)
+START_MU = 4.0  # the first multiplier, in units of 1 / max|g|
+MIN_MU, MAX_MU = 1e-3, 1e6  # ... and its bounds, in the same units (an unreachable target)
+SMOOTHING = 0.7  # weight of the previous average of the linear model's overestimate
+TINY = 1e-12
 
 
 class MinL1State(NamedTuple):
     """One image's minimum-L1 search (the `pool` carry of one slot)."""
 
-    point: jax.Array  # the point evaluated last, in [0, 1]
-    grad: jax.Array  # gradient of the hinge at `point`
-    p_target: jax.Array  # p(target | point)
-    prox: jax.Array  # the last proximal iterate (FISTA's x_k)
-    momentum: jax.Array  # FISTA's t_k
-    weight: jax.Array  # this round's L1 weight, in units of g0
-    low: jax.Array  # the largest weight that reached the threshold (0: none yet)
-    high: jax.Array  # the smallest weight that did not (inf: none yet)
-    reached: jax.Array  # whether this round reached the threshold
-    round: jax.Array
-    round_step: jax.Array
+    point: jax.Array  # the point evaluated last, in the box
+    grad: jax.Array  # gradient of m at `point`
+    m: jax.Array  # m(point)
+    mu: jax.Array  # the last multiplier, in units of 1 / max|g|
+    weight: jax.Array  # the L1 weight it stands for: max|g| / mu, per unit of log-odds
+    aimed: jax.Array  # what the linear model promised m(point) to be
+    overshoot: jax.Array  # average of aimed - m over the last steps
     step: jax.Array  # steps (model calls) so far
     best: jax.Array  # the best point, or the last one while none reached the threshold
     best_l1: jax.Array  # its L1 (inf while none)
-    best_p: jax.Array
-    best_weight: jax.Array  # the weight it was found with
+    best_m: jax.Array
+    best_weight: jax.Array
     found: jax.Array
 
 
@@ -75,13 +84,13 @@ def log_odds(logits_fn, x_adv, targets) -> jax.Array:
     return jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1) - jax.nn.logsumexp(others, axis=-1)
 
 
-def _hinge(x_adv, targets, logits_fn, aim):
-    """The batch's summed hinges (each depends on its own image only) and the log-odds."""
+def _summed_log_odds(x_adv, targets, logits_fn):
+    """The batch's summed log-odds (each depends on its own image only) and each one."""
     m = log_odds(logits_fn, x_adv, targets)
-    return jnp.sum(jnp.maximum(aim - m, 0.0)), m
+    return jnp.sum(m), m
 
 
-_hinge_and_grad = jax.value_and_grad(_hinge, has_aux=True)
+_log_odds_and_grad = jax.value_and_grad(_summed_log_odds, has_aux=True)
 
 
 def soft_threshold(delta: jax.Array, amount) -> jax.Array:
@@ -89,86 +98,74 @@ def soft_threshold(delta: jax.Array, amount) -> jax.Array:
     return jnp.sign(delta) * jnp.maximum(jnp.abs(delta) - amount, 0.0)
 
 
-def next_weight(weight, low, high, reached):
-    """(weight, low, high) after a round: up after a success, down after a failure, by GROWTH
-    while the bracket is open on that side, else to the bracket's geometric mean."""
-    low = jnp.where(reached, weight, low)
-    high = jnp.where(reached, high, weight)
-    up = jnp.where(jnp.isinf(high), weight * GROWTH, jnp.sqrt(low * high))
-    down = jnp.where(low > 0, jnp.sqrt(low * high), weight / GROWTH)
-    return jnp.where(reached, up, down), low, high
+def prox_step(delta, g, eta, mu, low, high, need):
+    """(d, mu): the proximal step d = clip(S_eta(delta + eta * mu * g / max|g|), low, high)
+    whose g . d is `need`, mu chosen among mu * FACTORS and the bracketing pair interpolated;
+    the nearest end when `need` lies outside what they reach."""
+    push = g / jnp.maximum(jnp.max(jnp.abs(g)), TINY)
+    mus = mu * jnp.asarray(FACTORS, delta.dtype)
+    candidates = jnp.clip(
+        soft_threshold(delta + eta * mus.reshape((-1,) + (1,) * delta.ndim) * push, eta),
+        low,
+        high,
+    )
+    gain = jnp.sum((g * candidates).reshape(len(FACTORS), -1), axis=1)  # nondecreasing in mu
+    k = jnp.clip(jnp.sum(gain < need), 1, len(FACTORS) - 1)
+    a = jnp.clip((need - gain[k - 1]) / jnp.maximum(gain[k] - gain[k - 1], TINY), 0.0, 1.0)
+    d = candidates[k - 1] + a * (candidates[k] - candidates[k - 1])
+    return d, jnp.clip(mus[k - 1] + a * (mus[k] - mus[k - 1]), MIN_MU, MAX_MU)
 
 
 def minl1_search(logits_fn, config: AttackConfig, max_steps) -> Search:
     """The minimum-L1 search of one image as a `pool.Search` (module docstring)."""
     passed = math.log(config.threshold / (1.0 - config.threshold)) + PASSED
-    aim = passed - PASSED + AIM
     lo, hi = config.clip if config.clip is not None else (-jnp.inf, jnp.inf)
-    round_steps = jnp.maximum(max_steps // config.rounds, 1)
-
-    def evaluate(points, targets):
-        """(log-odds, hinge gradient) of a batch: one forward and backward pass."""
-        (_, m), g = _hinge_and_grad(points, targets, logits_fn, aim)
-        return m, g
 
     def start(x, t):
-        zero = jnp.zeros((), jnp.int32)
-        inf = jnp.asarray(jnp.inf, x.dtype)
+        zero, inf = jnp.zeros((), x.dtype), jnp.asarray(jnp.inf, x.dtype)
         return MinL1State(
-            x, jnp.zeros_like(x), jnp.zeros((), x.dtype), x, jnp.ones((), x.dtype),
-            jnp.asarray(config.l1_weight, x.dtype),
-            jnp.zeros((), x.dtype), inf, jnp.asarray(False), zero, zero, zero,
-            x, inf, jnp.zeros((), x.dtype), jnp.zeros((), x.dtype), jnp.asarray(False),
-        )  # fmt: skip
-
-    def step(s, x):
-        """The next proximal iterate and the momentum point to evaluate."""
-        lr = config.learning_rate * (1.0 - DECAY * s.round_step / round_steps)
-        z = s.point - lr / jnp.maximum(jnp.max(jnp.abs(s.grad)), TINY) * s.grad
-        prox = jnp.clip(x + soft_threshold(z - x, lr * s.weight), lo, hi)
-        momentum = (1.0 + jnp.sqrt(1.0 + 4.0 * s.momentum**2)) / 2.0
-        point = jnp.clip(prox + (s.momentum - 1.0) / momentum * (prox - s.prox), lo, hi)
-        return s._replace(point=point, prox=prox, momentum=momentum, round_step=s.round_step + 1)
-
-    def new_round(s, x):
-        """The next round: the next weight, restarted at the best point (or x)."""
-        weight, low, high = next_weight(s.weight, s.low, s.high, s.reached)
-        origin = jnp.where(s.found, s.best, x)
-        return s._replace(
-            point=origin, prox=origin, momentum=jnp.ones_like(s.momentum), weight=weight,
-            low=low, high=high, reached=jnp.asarray(False), round=s.round + 1,
-            round_step=jnp.zeros_like(s.round_step),
+            x, jnp.zeros_like(x), zero, jnp.asarray(START_MU, x.dtype), zero, zero, zero,
+            jnp.zeros((), jnp.int32), x, inf, zero, zero, jnp.asarray(False),
         )  # fmt: skip
 
     def advance(s, x, t):
-        ended = s.round_step >= round_steps
-        return jax.tree.map(
-            lambda a, b: jnp.where(ended, a, b), new_round(s, x), step(s, x)
-        )._replace(step=s.step + 1)
+        """The next point: the proximal step whose linear model of m meets the aim."""
+        cycle = jnp.maximum(max_steps // CYCLES, 1)
+        decay = FINAL ** ((s.step % cycle) / cycle).astype(x.dtype)
+        eta = config.learning_rate * decay
+        delta = s.point - x
+        aimed = passed + MARGIN * decay + jnp.maximum(s.overshoot, 0.0)
+        need = aimed - s.m + jnp.sum(s.grad * delta)
+        d, mu = prox_step(delta, s.grad, eta, s.mu, lo - x, hi - x, need)
+        weight = jnp.max(jnp.abs(s.grad)) / mu
+        # A new cycle starts at the best point: evaluating it again costs one model call.
+        restart = (s.step % cycle == 0) & (s.step > 0) & s.found
+        point = jnp.where(restart, s.best, jnp.clip(x + d, lo, hi))
+        aimed = jnp.where(restart, s.best_m, aimed)  # its m, known: no overshoot to learn
+        return s._replace(point=point, mu=mu, weight=weight, aimed=aimed, step=s.step + 1)
 
     def finish(s, x, t):  # a batch: one model call for every slot
-        m, g = evaluate(s.point, t)
+        (_, m), g = _log_odds_and_grad(s.point, t, logits_fn)
         return jax.vmap(record)(s, x, m, g)
 
     def record(s, x, m, g):
-        """`s` with the evaluation of its point: gradient, p, this round's verdict, the best."""
-        p = jax.nn.sigmoid(m)
+        """`s` with the evaluation of its point: gradient, m, the overshoot, the best point."""
         l1 = jnp.sum(jnp.abs(s.point - x))
         hit = m >= passed
-        late = s.round_step >= round_steps // 2  # a round's verdict: hits in its second half
         better = hit & (l1 < s.best_l1)
         keep = better | ~s.found  # the last point stands in until a success
+        missed = SMOOTHING * s.overshoot + (1.0 - SMOOTHING) * (s.aimed - m)
         return s._replace(
-            grad=g, p_target=p, reached=s.reached | (hit & late),
+            grad=g, m=m, overshoot=jnp.where(s.step > 0, missed, s.overshoot),
             best=jnp.where(keep, s.point, s.best), best_l1=jnp.where(better, l1, s.best_l1),
-            best_p=jnp.where(keep, p, s.best_p),
+            best_m=jnp.where(keep, m, s.best_m),
             best_weight=jnp.where(keep, s.weight, s.best_weight), found=s.found | hit,
         )  # fmt: skip
 
     def running(s):
-        return (s.round < config.rounds - 1) | (s.round_step < round_steps)
+        return s.step < max_steps
 
     def output(s):
-        return s.best, s.step, s.best_p, s.best_weight
+        return s.best, s.step, s.best_weight
 
     return Search(start, advance, finish, running, output)

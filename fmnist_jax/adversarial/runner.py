@@ -12,8 +12,8 @@ on the first `slow_images` of them), and writes into `output`:
     records.csv    one row per (method, image): RECORD_FIELDS
     figure.png     Figure 7 for the first method (`plotting.adversarial.plot_examples`)
     figure-<m>.png the same for each other method
-    minl1.png      the exercise's rule, the default method and minl1 side by side
-                   (`plot_comparison`), when minl1 ran
+    minl1.png      the exercise's rule, the default method (sign) and minl1 side by side:
+                   noise, changed pixels, adversarial image (`plot_comparison`), when minl1 ran
     curves.png     p(target) against steps, histograms of steps and L1 (`plot_curves`)
 
 Progress goes to absl's log; the command line is `python -m fmnist_jax.adversarial`.

@@ -288,7 +288,7 @@ def _searches(logits_fn, config, pool_size, images, targets, max_steps):
     """(x', steps, p_target or None, per-pixel L1 weight) of every image: one pool."""
     if config.update == "minl1":
         search_ = minl1_search(logits_fn, config, max_steps)
-        x_adv, steps, _, weight = run_pool(search_, images, targets, pool_size)
+        x_adv, steps, weight = run_pool(search_, images, targets, pool_size)
         return x_adv, steps, None, weight
     x_adv, steps, p = pooled_search(logits_fn, images, targets, config, max_steps, pool_size)
     pixel_weight = pixel_l1_weight(config.l1_weight, config.l1_reduction, images[0])

@@ -2,7 +2,7 @@
 
 `plot_examples` draws Figure 7's rows (original | noise | adversarial, each titled with the
 model's class and probability); `plot_comparison` the same images attacked by several methods
-side by side (`minl1.png`); `plot_curves` draws p(target) against steps for a few replayed
+side by side, with the pixels each changed (`minl1.png`: the noise's sparsity); `plot_curves` draws p(target) against steps for a few replayed
 searches (`adversarial.search.p_target_history`) and histograms of the steps and L1 norms of
 the successful searches per method. Both write a PNG and return the `Figure`; neither uses
 pyplot's global state. They read an `AttackResult` and the runner's records by field name and
@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 DPI = 100
+PANELS = 3  # per method in plot_comparison: noise, changed pixels, adversarial image
+CHANGED = 0.5 / 255  # a pixel counts as changed past half a grey level (the attack's L0)
 
 
 def class_title(class_names, index, p) -> str:
@@ -52,13 +54,15 @@ def plot_examples(path: Path, images, result, picks, class_names, title: str) ->
 
 
 def plot_comparison(path: Path, images, results: dict, picks, class_names) -> Figure:
-    """A few images attacked by several methods side by side: the original, then per method
-    its noise and its adversarial image, titled with the method, L1 and p(target).
+    """A few images attacked by several methods side by side, for the noise's sparsity: the
+    original, then per method its noise (titled with its L1), the pixels it changed (by more
+    than half a grey level, as the L0 counts them: red up, blue down, titled with their count)
+    and its adversarial image (titled with p(target)).
 
     results: method -> AttackResult for (a prefix of) `images`; picks: the rows' sample indices.
     """
-    fig = Figure(figsize=(2.6 * (1 + 2 * len(results)), 2.8 * len(picks)))
-    axes = fig.subplots(len(picks), 1 + 2 * len(results), squeeze=False)
+    fig = Figure(figsize=(2.2 * (1 + PANELS * len(results)), 2.5 * len(picks)))
+    axes = fig.subplots(len(picks), 1 + PANELS * len(results), squeeze=False)
     first = next(iter(results.values()))
     for row, i in zip(axes, picks):
         x = np.asarray(images[i])[..., 0]
@@ -68,17 +72,21 @@ def plot_comparison(path: Path, images, results: dict, picks, class_names) -> Fi
             fontsize=9,
         )
         for k, (name, result) in enumerate(results.items()):
+            noise_ax, changed_ax, adversarial_ax = row[1 + PANELS * k : 1 + PANELS * (k + 1)]
             x_adv = np.asarray(result.adversarial[i])[..., 0]
             noise = x_adv - x
             scale = max(float(np.abs(noise).max()), 1e-6)
-            row[1 + 2 * k].imshow(noise, cmap="RdBu_r", vmin=-scale, vmax=scale)
-            row[1 + 2 * k].set_title(f"{name}: L1 {float(result.l1[i]):.1f}", fontsize=9)
-            row[2 + 2 * k].imshow(x_adv, cmap="gray", vmin=0, vmax=1)
+            noise_ax.imshow(noise, cmap="RdBu_r", vmin=-scale, vmax=scale)
+            noise_ax.set_title(f"{name}: L1 {float(result.l1[i]):.1f}", fontsize=9)
+            changed = np.sign(noise) * (np.abs(noise) > CHANGED)
+            changed_ax.imshow(changed, cmap="bwr", vmin=-1, vmax=1)
+            changed_ax.set_title(f"{int(np.sum(changed != 0))} pixels changed", fontsize=9)
+            adversarial_ax.imshow(x_adv, cmap="gray", vmin=0, vmax=1)
             target = class_names[int(result.targets[i])]
-            row[2 + 2 * k].set_title(f"p({target}) {float(result.p_target[i]):.4f}", fontsize=9)
+            adversarial_ax.set_title(f"p({target}) {float(result.p_target[i]):.4f}", fontsize=9)
         for ax in row:
             ax.set_axis_off()
-    fig.suptitle("noise and adversarial image per method: " + ", ".join(results))
+    fig.suptitle("noise, changed pixels and adversarial image per method: " + ", ".join(results))
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     return fig
