@@ -8,7 +8,9 @@ exists) and ends in `cli.run(main, required=[...])`, which
 - turns every failure into one line `error: <what and where>` on stderr and exit status 2 for
   mistakes the user can fix (`errors.USER_ERRORS`, flag errors), 1 for anything else, with
   `--verbose` showing the traceback instead;
-- sets absl logging to INFO without the INFO chatter of orbax, JAX and TensorFlow.
+- sets absl logging to INFO without the INFO chatter of orbax, JAX and TensorFlow;
+- first of all, ends in one line naming the installed and the supported jax where the installed
+  one is older than the tested range (`runtime.jax_version_problem`).
 """
 
 import contextlib
@@ -20,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
-from fmnist_jax import errors
+from fmnist_jax import errors, runtime
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -118,6 +120,10 @@ def run(
     prepare: Callable[[list[str]], list[str]] | None = None,
 ) -> None:
     """Runs `main()` as a command line after parsing the flags (see the module docstring)."""
+    problem = runtime.jax_version_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     if "verbose" not in FLAGS:
         flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
     for name in required:

@@ -24,6 +24,7 @@ own value for either setting wins. `FMNIST_CPU_TUNING=0` turns both off.
 import importlib.metadata
 import os
 import platform
+import re
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 
@@ -38,6 +39,9 @@ ACCELERATOR_PLUGINS = (
     "jax-rocm-plugin",
 )
 MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
+# The jax releases the suite runs on: from requirements.txt's (Python 3.11) to
+# requirements-latest.txt's (Python >= 3.12); pyproject.toml declares the same range.
+SUPPORTED_JAX = ("0.10.2", "0.13")  # >= the first, < the second
 
 
 def enabled(environ: Mapping[str, str]) -> bool:
@@ -62,16 +66,34 @@ def tuned_glibc_tunables(current: str) -> str:
     return f"{current}:{MALLOC_TUNABLE}" if current else MALLOC_TUNABLE
 
 
-def _version(distribution: str) -> str:
+def installed_version(distribution: str) -> str:
+    """The installed version of `distribution` (read without importing it); "" if none."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return ""
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """'0.12.0.1' -> (0, 12, 0, 1); the leading release numbers of a version string."""
+    match = re.match(r"\d+(\.\d+)*", version)
+    return tuple(int(n) for n in match.group(0).split(".")) if match else ()
+
+
+def jax_version_problem(installed: str | None = None) -> str | None:
+    """One line naming the installed jax and the supported range, where jax is missing or older
+    than the range (the code uses APIs that older releases lack); None otherwise."""
+    installed = installed_version("jax") if installed is None else installed
+    low, high = SUPPORTED_JAX
+    if installed and _release(installed) >= _release(low):
+        return None
+    found = f"jax {installed} is installed" if installed else "jax is not installed"
+    return f"{found}; fmnist-jax supports jax >={low},<{high}: pip install 'jax>={low},<{high}'"
+
+
 def installed_plugins() -> list[str]:
     """The jax accelerator plugins installed in this environment."""
-    return [name for name in ACCELERATOR_PLUGINS if _version(name)]
+    return [name for name in ACCELERATOR_PLUGINS if installed_version(name)]
 
 
 def configure_cpu(environ: MutableMapping[str, str] = os.environ) -> bool:
@@ -80,7 +102,7 @@ def configure_cpu(environ: MutableMapping[str, str] = os.environ) -> bool:
     place afterwards. Call it before `import jax`."""
     if enabled(environ) and "jax" not in sys.modules:
         flags = tuned_xla_flags(
-            environ.get("XLA_FLAGS", ""), _version("jaxlib"), installed_plugins()
+            environ.get("XLA_FLAGS", ""), installed_version("jaxlib"), installed_plugins()
         )
         if flags:
             environ["XLA_FLAGS"] = flags
