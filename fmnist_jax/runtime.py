@@ -1,7 +1,8 @@
 """Process settings that make XLA:CPU train this project's models fast: explicit, never on import.
 
-Two problems of the CPU runtime, measured with jaxlib 0.10.2 on a 2-core AVX2 machine (numbers
-and commands in benchmarks/README.md); neither fix changes what is computed:
+Two problems of the CPU runtime, measured with jaxlib 0.10.2 on a 2-core AVX2 machine and
+again with 0.12.0.1, where both are still there (numbers and commands in benchmarks/README.md);
+neither fix changes what is computed:
 
 1. XLA hands convolutions to YNNPACK by default, where this ConvNet's run on one core (its
    kernel gradient at ~22 GFLOP/s). `--xla_cpu_experimental_ynn_fusion_type=
@@ -30,7 +31,8 @@ from collections.abc import Mapping, MutableMapping, Sequence
 
 OPT_OUT = "FMNIST_CPU_TUNING"
 XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-VERIFIED_JAXLIB = ("0.10.",)  # release prefixes where XLA_FLAG exists and was measured
+# Release prefixes where XLA_FLAG exists and was measured (0.11.2: exists, same HLO as 0.12).
+VERIFIED_JAXLIB = ("0.10.", "0.11.", "0.12.")
 ACCELERATOR_PLUGINS = (
     "libtpu",
     "libtpu-nightly",

@@ -21,7 +21,9 @@ FLAG = runtime.XLA_FLAG
         ("", "0.10.2", FLAG),
         ("--xla_force_host_platform_device_count=8", "0.10.2",
          f"--xla_force_host_platform_device_count=8 {FLAG}"),
+        ("", "0.12.0.1", FLAG),
         ("", "0.9.0", ""),  # not verified there: an unknown flag would abort XLA
+        ("", "0.13.0", ""),
         ("", "", ""),  # jaxlib not installed
         ("--xla_cpu_experimental_ynn_fusion_type=", "0.10.2",
          "--xla_cpu_experimental_ynn_fusion_type="),  # the user's choice wins
@@ -91,8 +93,8 @@ print("ynnpack" if "__ynn_fusion" in hlo else "xla")
 @pytest.mark.parametrize(("opt_out", "backend"), [("1", "xla"), ("0", "ynnpack")])
 def test_canary_configure_cpu_moves_convolutions_off_ynnpack(opt_out, backend):
     """The flag is honoured by the installed jaxlib (it is silently ignored if misspelled): a
-    performance canary, pinned to jaxlib 0.10's YNNPACK fusions; a jaxlib upgrade that fails
-    it means re-measuring `runtime.XLA_FLAG` (benchmarks/README.md)."""
+    performance canary, pinned to the YNNPACK fusions of jaxlib 0.10 to 0.12; a jaxlib upgrade
+    that fails it means re-measuring `runtime.XLA_FLAG` (benchmarks/README.md)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run(
         [sys.executable, "-c", _CONV_BACKEND],
