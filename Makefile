@@ -42,9 +42,16 @@ find_python = $(firstword $(foreach p,$(1),$(shell $(p) -c 'import sys; \
 	sys.exit(sys.version_info < tuple(map(int, "$(2)".split("."))))' >/dev/null 2>&1 && echo $(p))))
 BASE_PYTHON ?= $(call find_python,$(PYTHON_CANDIDATES),3.11)
 LATEST_BASE_PYTHON ?= $(call find_python,$(PYTHON_CANDIDATES),3.12)
-# What the newest stack runs: the whole suite, as long as `.ci/run` (make test, then make
-# test-latest) stays under 45 minutes.
-LATEST_TESTS ?= tests
+# What the newest stack runs: the suite less five tests of process behaviour (kill and rerun,
+# SIGTERM, dead or missing peers, the attack's command line end to end) that use no jax API the
+# rest misses; they are a quarter of the suite's time (12.5 of 51 min on 2026-12-06, load 10-15),
+# so `.ci/run` (make test, then make test-latest) stays well under 45 minutes.
+LATEST_TESTS ?= tests \
+	--deselect tests/test_main.py::test_kill_during_training_then_rerun_resumes_exactly \
+	--deselect tests/test_preemption.py::test_sigterm_saves_the_step_reached_and_the_rerun_equals_a_straight_run \
+	--deselect tests/test_adversarial_runner.py::test_cli_end_to_end \
+	--deselect tests/test_distributed.py::test_a_peer_that_dies_ends_the_other_in_one_line_and_keeps_the_checkpoints \
+	--deselect tests/test_distributed.py::test_a_peer_that_never_starts_ends_in_one_line_within_the_timeout
 
 # The environment exists only for the default interpreter; a user-given PYTHON is used as is.
 ifeq ($(PYTHON),$(VENV)/bin/python)
