@@ -105,9 +105,11 @@ test-latest: $(LATEST_VENV)/.installed  ## the test suite (LATEST_TESTS) on the 
 	$(LATEST_VENV)/bin/python -m pytest -q $(LATEST_TESTS)
 
 # benchmarks/gpu_check.sh runs on a GPU image with jax, flax, optax and orbax but without clu and
-# ml-collections, where nothing installs from a registry: their pure-Python wheels (and wrapt,
-# the one dependency of theirs the image lacks) and a copy of the data, carried with the tree.
-GPU_WHEELS = clu==0.0.12 ml-collections==1.1.0 wrapt==2.5.2
+# ml-collections (nor pytest), where nothing installs from a registry: their pure-Python wheels
+# (and wrapt, pluggy and iniconfig, their dependencies such an image lacks) and a copy of the
+# data, carried with the tree.
+GPU_WHEELS = clu==0.0.12 ml-collections==1.1.0 wrapt==2.5.2 \
+	pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
 FMNIST_DATA_DIR ?= ../shared/data/fashion_mnist
 
 gpu-prep:  ## the wheels and data benchmarks/gpu_check.sh carries -> .gpu-wheels/, .gpu-data/
