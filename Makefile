@@ -45,7 +45,8 @@ LATEST_BASE_PYTHON ?= $(call find_python,$(PYTHON_CANDIDATES),3.12)
 # What the newest stack runs: the suite less five tests of process behaviour (kill and rerun,
 # SIGTERM, dead or missing peers, the attack's command line end to end) that use no jax API the
 # rest misses; they are a quarter of the suite's time (12.5 of 51 min on 2026-12-06, load 10-15),
-# so `.ci/run` (make test, then make test-latest) stays well under 45 minutes.
+# so `.ci/run` (make test, then make test-latest) stays well under 45 minutes (the rest: 9.7 min
+# at load 3-7, plus ~4 min for the first install of .venv-latest).
 LATEST_TESTS ?= tests \
 	--deselect tests/test_main.py::test_kill_during_training_then_rerun_resumes_exactly \
 	--deselect tests/test_preemption.py::test_sigterm_saves_the_step_reached_and_the_rerun_equals_a_straight_run \
