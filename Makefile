@@ -4,6 +4,9 @@
 
 VENV    ?= .venv
 PYTHON  ?= $(VENV)/bin/python
+# The second, newest stack (requirements-latest.txt: jax >= 0.11 needs Python >= 3.12), for
+# `make test-latest`.
+LATEST_VENV ?= .venv-latest
 RUNS    ?= runs
 # Ruff's settings (line length 100) come from pyproject.toml.
 LINT_PATHS = fmnist_jax experiments benchmarks tests
@@ -30,6 +33,27 @@ SWEEP_REPLICAS ?= $(or $(REPLICAS),3)
 # rates x 3 seeds, one program, take 1-2.5 h on a 2-core CPU) or "--models=mlp".
 SWEEP_ARGS ?=
 
+# The interpreters the environments are built with: the first of these candidates whose version
+# is at least the one asked for (pyenv's shims of versions that are installed but not selected
+# fail, hence its folders); `make env BASE_PYTHON=/path/to/python3.11` chooses one.
+PYTHON_CANDIDATES = python3.11 python3.12 python3.13 python3 \
+	$(wildcard $(HOME)/.pyenv/versions/3.1[1-3]*/bin/python3)
+find_python = $(firstword $(foreach p,$(1),$(shell $(p) -c 'import sys; \
+	sys.exit(sys.version_info < tuple(map(int, "$(2)".split("."))))' >/dev/null 2>&1 && echo $(p))))
+BASE_PYTHON ?= $(call find_python,$(PYTHON_CANDIDATES),3.11)
+LATEST_BASE_PYTHON ?= $(call find_python,$(PYTHON_CANDIDATES),3.12)
+# What the newest stack runs: the suite less five tests of process behaviour (kill and rerun,
+# SIGTERM, dead or missing peers, the attack's command line end to end) that use no jax API the
+# rest misses; they are a quarter of the suite's time (12.5 of 51 min on 2026-12-06, load 10-15),
+# so `.ci/run` (make test, then make test-latest) stays well under 45 minutes (the rest: 9.7 min
+# at load 3-7, plus ~4 min for the first install of .venv-latest).
+LATEST_TESTS ?= tests \
+	--deselect tests/test_main.py::test_kill_during_training_then_rerun_resumes_exactly \
+	--deselect tests/test_preemption.py::test_sigterm_saves_the_step_reached_and_the_rerun_equals_a_straight_run \
+	--deselect tests/test_adversarial_runner.py::test_cli_end_to_end \
+	--deselect tests/test_distributed.py::test_a_peer_that_dies_ends_the_other_in_one_line_and_keeps_the_checkpoints \
+	--deselect tests/test_distributed.py::test_a_peer_that_never_starts_ends_in_one_line_within_the_timeout
+
 # The environment exists only for the default interpreter; a user-given PYTHON is used as is.
 ifeq ($(PYTHON),$(VENV)/bin/python)
 ENV = $(VENV)/.installed
@@ -39,7 +63,7 @@ ENV =
 DEV =
 endif
 
-.PHONY: help env reproduce study test lint format figures report adversarial bench theory sweep $(EXPERIMENTS) clean-runs
+.PHONY: help env reproduce study test test-latest gpu-prep lint format figures report adversarial bench theory sweep $(EXPERIMENTS) clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,7 +71,8 @@ help:  ## list the targets
 # The pinned stack, then the package itself (editable, no dependencies: requirements.txt has them),
 # so that `python -m fmnist_jax...` works from any folder with this environment's python.
 $(VENV)/.installed: requirements.txt pyproject.toml
-	python3 -m venv $(VENV)
+	$(if $(BASE_PYTHON),,$(error needs Python >= 3.11 (none of $(PYTHON_CANDIDATES) is): make BASE_PYTHON=/path/to/python3.11))
+	$(BASE_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
 	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
@@ -73,6 +98,33 @@ test: $(ENV) $(DEV)  ## set up (with requirements-dev.txt), then lint and run th
 	$(PYTHON) -m ruff check $(LINT_PATHS)
 	$(PYTHON) -m ruff format --check $(LINT_PATHS)
 	$(PYTHON) -m pytest -q
+
+# The newest jax/flax/optax/orbax the registry serves, on Python >= 3.12, in its own environment.
+$(LATEST_VENV)/.installed: requirements-latest.txt requirements-dev.txt pyproject.toml
+	$(if $(LATEST_BASE_PYTHON),,$(error make test-latest needs Python >= 3.12 (jax >= 0.11 does; none of $(PYTHON_CANDIDATES) is): make test-latest LATEST_BASE_PYTHON=/path/to/python3.12))
+	$(LATEST_BASE_PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet -r requirements-latest.txt -r requirements-dev.txt
+	$(LATEST_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test-latest: $(LATEST_VENV)/.installed  ## the test suite (LATEST_TESTS) on the newest stack, in .venv-latest
+	$(LATEST_VENV)/bin/python -m pytest -q $(LATEST_TESTS)
+
+# benchmarks/gpu_check.sh runs on a GPU image with jax, flax, optax and orbax but without clu and
+# ml-collections (nor pytest), where nothing installs from a registry: their pure-Python wheels
+# (and wrapt, pluggy and iniconfig, their dependencies such an image lacks) and a copy of the
+# data, carried with the tree.
+GPU_WHEELS = clu==0.0.12 ml-collections==1.1.0 wrapt==2.5.2 \
+	pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
+FMNIST_DATA_DIR ?= ../shared/data/fashion_mnist
+
+gpu-prep:  ## the wheels and data benchmarks/gpu_check.sh carries -> .gpu-wheels/, .gpu-data/
+	$(or $(BASE_PYTHON),python3) -m pip download --quiet --no-deps --only-binary=:all: \
+		--platform any --python-version 3.12 -d .gpu-wheels $(GPU_WHEELS)
+	mkdir -p .gpu-data/fashion_mnist
+	cp $(FMNIST_DATA_DIR)/*-ubyte.gz .gpu-data/fashion_mnist/
+	@du -sh .gpu-wheels .gpu-data
 
 lint: $(ENV) $(DEV)  ## ruff lint and format check
 	$(PYTHON) -m ruff check $(LINT_PATHS)

@@ -29,9 +29,8 @@ def conv_im2col(
     """`lax.conv_general_dilated` for NHWC input and HWIO kernel, stride 1, no dilation, one
     group: patches by shifted slices, then one matrix product. Drop-in for `nn.Conv`'s
     `conv_general_dilated`."""
+    import jax.numpy as jnp
     from jax import lax
-
-    from fmnist_jax import layers
 
     ones = (1,) * (lhs.ndim - 2)
     if tuple(window_strides) != ones or feature_group_count != 1:
@@ -42,7 +41,11 @@ def conv_im2col(
     kh, kw, cin, cout = rhs.shape
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
-    patches = layers.image_patches(lhs, kh, kw, padding)
+    xp = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    patches = jnp.concatenate(
+        [xp[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)], axis=-1
+    )
     y = lax.dot_general(
         patches, rhs.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())), precision=precision
     )

@@ -10,7 +10,9 @@ exists) and ends in `cli.run(main, required=[...])`, which
   `--verbose` showing the traceback instead;
 - sets absl logging to INFO without the INFO chatter of orbax, JAX and TensorFlow;
 - applies the process settings every command shares (`runtime.configure_process`: XLA:CPU's
-  convolution flag, TensorFlow quiet), before any JAX computation.
+  convolution flag, TensorFlow quiet), before any JAX computation;
+- first of all, ends in one line naming the installed and the supported jax where the installed
+  one is older than the tested range (`runtime.jax_version_problem`).
 """
 
 import contextlib
@@ -118,6 +120,10 @@ def run(
 ) -> None:
     """Runs `main()` as a command line after parsing the flags (see the module docstring),
     with the process settings every command line shares (`runtime.configure_process`)."""
+    problem = runtime.jax_version_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     runtime.configure_process()
     if "verbose" not in FLAGS:
         flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")

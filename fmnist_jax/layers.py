@@ -65,26 +65,6 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def image_patches(x: jax.Array, kh: int, kw: int, padding) -> jax.Array:
-    """[B, Ho, Wo, kh*kw*C]: each stride-1 output position's receptive field in NHWC `x`
-    padded by `padding` ((top, bottom), (left, right)), taps in row-major order and channels
-    innermost, i.e. the order of an HWIO kernel flattened to [kh*kw*C, O]."""
-    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-    taps = [xp[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)]
-    return jnp.concatenate(taps, axis=-1)
-
-
-def _kernel_grad_by_patches(x, g, kernel_shape, padding):
-    """d(loss)/d(kernel) of a stride-1 NHWC/HWIO convolution as one matrix product: the
-    input's patches ([B*H*W, kh*kw*Cin]) contracted with the output gradient."""
-    kh, kw, cin, cout = kernel_shape
-    b, ho, wo, _ = g.shape
-    patches = image_patches(x, kh, kw, padding).reshape(b * ho * wo, kh * kw * cin)
-    dw = jax.lax.dot_general(patches, g.reshape(b * ho * wo, cout), (((0,), (0,)), ((), ())))
-    return dw.reshape(kernel_shape).astype(g.dtype)
-
-
 def _kernel_grad_by_conv(x, g, padding, precision=None):
     """d(loss)/d(kernel) of a stride-1 NHWC/HWIO convolution as a convolution in the layout
     XLA:CPU hands to Eigen: the input's channels as the batch, its batch as the features
@@ -128,8 +108,8 @@ def _input_grad_by_taps(g, w, padding, input_shape):
     return padded[:, top : top + input_shape[1], left : left + input_shape[2], :].astype(g.dtype)
 
 
-# kh*kw*Cin up to this: both gradients as products over taps or patches (the first layer);
-# above it, as convolutions in Eigen's layout.
+# kh*kw*Cin up to this: the input gradient as products over taps (the first layer); above it,
+# as a convolution in Eigen's layout.
 FEW_COLUMNS = 64
 
 
@@ -169,12 +149,12 @@ def conv(
       into an HWIO copy only outside loops: inside a `lax.while_loop` or `lax.scan` (the
       attack's pooled search, device-resident training chunks) it runs the `01oi` convolution on
       its generic emitter, ~8x slower (conv2's input gradient at batch 100: 20 ms against 2.6).
-    - the kernel gradient as `_kernel_grad_by_conv`, a convolution in the layout Eigen takes
-      (autodiff's `f01b_i01o` form is rewritten so only outside loops).
     - for few input channels (kh*kw*Cin <= FEW_COLUMNS: the ConvNet's first layer, Cin=1)
-      both as products instead: the kernel gradient over the nine-column patch matrix
-      (`_kernel_grad_by_patches`; XLA:CPU's image-sized-window convolution is ~2x slower,
-      whole step ~1.05x) and the input gradient over the nine taps (`_input_grad_by_taps`).
+      the input gradient as products over the nine taps instead (`_input_grad_by_taps`).
+    - the kernel gradient as `_kernel_grad_by_conv`, a convolution in the layout Eigen takes
+      (autodiff's `f01b_i01o` form is rewritten so only outside loops). The first layer's
+      kernel gradient was a product over its nine-column patch matrix until jaxlib 0.12,
+      where that is slower inside loops than this convolution (benchmarks/README.md, Round 4).
 
     The forward pass is XLA's own, and so is everything on GPU and TPU
     (`lax.platform_dependent`). Other strides, dilations, groups or paddings go to
@@ -212,8 +192,6 @@ def conv(
         return _input_grad(g, w, padding, precision)
 
     def cpu_kernel_grad(x, g, w):
-        if few_columns:
-            return _kernel_grad_by_patches(x, g, w.shape, padding)
         return _kernel_grad_by_conv(x, g, padding, precision)
 
     @jax.custom_vjp

@@ -1,7 +1,8 @@
 """Process settings that make XLA:CPU train this project's models fast: explicit, never on import.
 
-Two problems of the CPU runtime, measured with jaxlib 0.10.2 on a 2-core AVX2 machine (numbers
-and commands in benchmarks/README.md); neither fix changes what is computed:
+Two problems of the CPU runtime, measured with jaxlib 0.10.2 on a 2-core AVX2 machine and
+again with 0.12.0.1, where both are still there (numbers and commands in benchmarks/README.md);
+neither fix changes what is computed:
 
 1. XLA hands convolutions to YNNPACK by default, where this ConvNet's run on one core (its
    kernel gradient at ~22 GFLOP/s). `--xla_cpu_experimental_ynn_fusion_type=
@@ -24,12 +25,14 @@ own value for either setting wins. `FMNIST_CPU_TUNING=0` turns both off.
 import importlib.metadata
 import os
 import platform
+import re
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 
 OPT_OUT = "FMNIST_CPU_TUNING"
 XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-VERIFIED_JAXLIB = ("0.10.",)  # release prefixes where XLA_FLAG exists and was measured
+# Release prefixes where XLA_FLAG exists and was measured (0.11.2: exists, same HLO as 0.12).
+VERIFIED_JAXLIB = ("0.10.", "0.11.", "0.12.")
 ACCELERATOR_PLUGINS = (
     "libtpu",
     "libtpu-nightly",
@@ -38,6 +41,9 @@ ACCELERATOR_PLUGINS = (
     "jax-rocm-plugin",
 )
 MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
+# The jax releases the suite runs on: from requirements.txt's (Python 3.11) to
+# requirements-latest.txt's (Python >= 3.12); pyproject.toml declares the same range.
+SUPPORTED_JAX = ("0.10.2", "0.13")  # >= the first, < the second
 
 
 def enabled(environ: Mapping[str, str]) -> bool:
@@ -62,22 +68,40 @@ def tuned_glibc_tunables(current: str) -> str:
     return f"{current}:{MALLOC_TUNABLE}" if current else MALLOC_TUNABLE
 
 
-def _version(distribution: str) -> str:
+def installed_version(distribution: str) -> str:
+    """The installed version of `distribution` (read without importing it); "" if none."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return ""
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """'0.12.0.1' -> (0, 12, 0, 1); the leading release numbers of a version string."""
+    match = re.match(r"\d+(\.\d+)*", version)
+    return tuple(int(n) for n in match.group(0).split(".")) if match else ()
+
+
+def jax_version_problem(installed: str | None = None) -> str | None:
+    """One line naming the installed jax and the supported range, where jax is missing or older
+    than the range (the code uses APIs that older releases lack); None otherwise."""
+    installed = installed_version("jax") if installed is None else installed
+    low, high = SUPPORTED_JAX
+    if installed and _release(installed) >= _release(low):
+        return None
+    found = f"jax {installed} is installed" if installed else "jax is not installed"
+    return f"{found}; fmnist-jax supports jax >={low},<{high}: pip install 'jax>={low},<{high}'"
+
+
 def installed_plugins() -> list[str]:
     """The jax accelerator plugins installed in this environment."""
-    return [name for name in ACCELERATOR_PLUGINS if _version(name)]
+    return [name for name in ACCELERATOR_PLUGINS if installed_version(name)]
 
 
 def _add_xla_flag(environ: MutableMapping[str, str]) -> bool:
     if enabled(environ):
         flags = tuned_xla_flags(
-            environ.get("XLA_FLAGS", ""), _version("jaxlib"), installed_plugins()
+            environ.get("XLA_FLAGS", ""), installed_version("jaxlib"), installed_plugins()
         )
         if flags:
             environ["XLA_FLAGS"] = flags

@@ -1,6 +1,6 @@
 """Tests for `fmnist_jax.layers`: the 2x2 max-pool's values and hand-written gradient, the
-patch-product kernel gradient of the first convolution, and the sigmoid whose gradient reuses
-its forward value (its comparison with the naive form is in test_theory.py)."""
+convolution's written-out gradients, and the sigmoid whose gradient reuses its forward value
+(its comparison with the naive form is in test_theory.py)."""
 
 import collections
 import re
@@ -105,7 +105,7 @@ def _conv_pair(lhs, rhs, padding):
 )
 def test_written_out_gradients_match_xla(x_shape, w_shape, padding):
     """Forward bit for bit; the input gradient (by taps or by the flipped kernel) and the kernel
-    gradient (by patches or by the Eigen-layout convolution) equal autodiff's."""
+    gradient (by the Eigen-layout convolution) equal autodiff's."""
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(5), 3)
     x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
     xla, patched = _conv_pair(x, w, padding)
@@ -120,19 +120,8 @@ def test_written_out_gradients_match_xla(x_shape, w_shape, padding):
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.perf_canary
-def test_canary_patch_kernel_gradient_is_a_dot_in_the_compiled_cpu_step():
-    x, w = jnp.ones((2, 28, 28, 1)), jnp.ones((3, 3, 1, 32))
-    _, patched = _conv_pair(x, w, "SAME")
-    hlo = jax.jit(jax.grad(lambda w: jnp.sum(patched(x, w)))).lower(w).compile().as_text()
-    assert "convolution(" not in hlo  # the kernel gradient no longer is a convolution
-    xla, _ = _conv_pair(x, w, "SAME")
-    hlo = jax.jit(jax.grad(lambda w: jnp.sum(xla(x, w)))).lower(w).compile().as_text()
-    assert "convolution(" in hlo
-
-
 def test_other_convolutions_are_passed_to_xla_unchanged():
-    # 144 patch columns: the kernel gradient stays a convolution (`_kernel_grad_by_conv`)
+    # strided: XLA's own gradients
     x, w = jnp.ones((1, 8, 8, 16)), jnp.ones((3, 3, 16, 4))
     strided = layers.conv(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     assert strided.shape == (1, 4, 4, 4)
@@ -145,31 +134,21 @@ def test_other_convolutions_are_passed_to_xla_unchanged():
     assert "convolution(" in hlo
 
 
-def test_convnet_uses_the_patch_gradient_only_in_its_first_layer():
-    model = models.ConvNet()
-    x = jnp.ones((2, 28, 28, 1))
-    params = model.init(jax.random.PRNGKey(0), x)["params"]
-    hlo = (
-        jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x))))
-        .lower(params).compile().as_text()
-    )  # fmt: skip
-    # conv1 forward; conv2 forward, input and kernel gradients; conv1's kernel gradient: a dot
-    assert hlo.count("convolution(") == 4
-
-
-def test_patch_kernel_gradient_is_cpu_only():
-    """Lowered for a GPU or TPU, the kernel gradient stays XLA's convolution (the branch of
+def test_written_out_gradients_are_cpu_only():
+    """Lowered for a GPU or TPU, both gradients stay XLA's own convolutions (the branch of
     `lax.platform_dependent` for other platforms), without such a device here."""
     x, w = jnp.ones((2, 28, 28, 1)), jnp.ones((3, 3, 1, 32))
     _, patched = _conv_pair(x, w, "SAME")
-    grad = jax.jit(jax.grad(lambda w: jnp.sum(patched(x, w) ** 2)))
 
-    def ops(platform):
-        text = jax.export.export(grad, platforms=[platform])(w).mlir_module()
-        return text.count("stablehlo.convolution"), text.count("stablehlo.dot_general")
+    def ops(argnum, platform):
+        grad = jax.jit(jax.grad(lambda x, w: jnp.sum(patched(x, w) ** 2), argnums=argnum))
+        text = jax.export.export(grad, platforms=[platform])(x, w).mlir_module()
+        return [text.count(f"stablehlo.{op}") for op in ("convolution", "dot_general", "transpose")]
 
-    assert ops("cpu") == (1, 1)  # forward conv, kernel gradient as a product
-    assert ops("cuda") == ops("tpu") == (2, 0)  # forward and kernel gradient convolutions
+    assert ops(0, "cpu") == [1, 1, 0]  # input gradient as a product over the taps
+    assert ops(1, "cpu") == [2, 0, 3]  # kernel gradient: a convolution in Eigen's layout
+    for platform in ("cuda", "tpu"):
+        assert ops(0, platform) == ops(1, platform) == [2, 0, 0]  # forward and XLA's gradient
 
 
 @pytest.mark.perf_canary
@@ -202,17 +181,6 @@ def test_canary_every_convolution_of_the_step_in_a_loop_is_in_eigen_layout():
         hlo = jax.jit(fn).lower(arg).compile().as_text()
         labels = re.findall(r"convolution\(.*dim_labels=([^,\s]+)", hlo)
         assert labels and set(labels) == {"b01f_01io->b01f"}, labels
-
-
-def test_image_patches_times_the_flat_kernel_is_the_convolution():
-    x = jax.random.normal(jax.random.PRNGKey(6), (2, 6, 5, 3))
-    w = jax.random.normal(jax.random.PRNGKey(7), (3, 2, 3, 4))
-    patches = layers.image_patches(x, 3, 2, ((1, 1), (0, 1)))
-    assert patches.shape == (2, 6, 5, 18)
-    expected = jax.lax.conv_general_dilated(
-        x, w, (1, 1), ((1, 1), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    np.testing.assert_allclose(patches @ w.reshape(18, 4), expected, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- sigmoid

@@ -2,9 +2,11 @@
 CPU with a tiny step count and synthetic data (the same code path as on a Colab TPU)."""
 
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import nbformat
 import pytest
@@ -36,6 +38,41 @@ def test_notebook_is_valid_and_stored_without_outputs():
         assert word in sources, word
     opens = sources.index('"tensorboard", f"--logdir {WORKDIR}"')
     assert opens < sources.index("fj.fit("), "TensorBoard opens before training"
+
+
+def _first_code_cell() -> str:
+    return next(c.source for c in _read().cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("old_jax", [False, True])
+def test_first_cell_on_colab_keeps_a_supported_jax(old_jax, monkeypatch, capsys):
+    """On Colab (faked; pip recorded, not run) the first cell keeps a jax within the tested range
+    (this environment's) and installs no jax, so no restart; an older one it replaces by the
+    jax of the stack tested on this Python. Its last line says what it found."""
+    from fmnist_jax import runtime
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    if old_jax:
+        real = runtime.installed_version
+        monkeypatch.setattr(
+            runtime, "installed_version", lambda n: "0.4.30" if n == "jax" else real(n)
+        )
+    monkeypatch.chdir(REPO)
+    exec(compile(_first_code_cell(), "colab.ipynb, first code cell", "exec"), {})  # noqa: S102
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    args = [a for cmd in calls for a in cmd]
+    jax_args = [a for a in args if a.startswith(("jax=", "jax[", "jaxlib="))]
+    if old_jax:
+        pins = "requirements-latest.txt" if sys.version_info >= (3, 12) else "requirements.txt"
+        (pin,) = [x for x in (REPO / pins).read_text().splitlines() if x.startswith("jax==")]
+        assert jax_args == [pin] and str(REPO / pins) in args
+        assert line.startswith("found jax 0.4.30 replaced by") and "Restart session" in line
+    else:
+        assert jax_args == [] and "--no-deps" in args, calls
+        version = runtime.installed_version("jax")
+        assert line.startswith(f"found jax {version} (the runtime's, kept; tested >=0.10.2,<")
 
 
 @pytest.fixture

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
+from fmnist_jax import runtime
 from tests.conftest import REPO
 
 SOURCES = ("pyproject.toml", "README.md", "fmnist_jax", "experiments")
@@ -124,21 +126,26 @@ def test_metadata_requires_the_stack_with_a_tensorflow_per_platform(metadata):
     assert metadata["Name"] == "fmnist-jax" and metadata["Requires-Python"] == ">=3.11"
     requires = _requires(metadata)
     assert set(RUNTIME) <= set(requires)
-    assert "0.10.2" in requires["jax"].specifier and "0.11.0" not in requires["jax"].specifier
+    for pinned in ("0.10.2", "0.11.2", "0.12.0.1"):  # requirements*.txt, the GPU image
+        assert pinned in requires["jax"].specifier and pinned in requires["jaxlib"].specifier
+    assert "0.13.0" not in requires["jax"].specifier and "0.10.1" not in requires["jax"].specifier
+    assert requires["jax"].specifier == SpecifierSet(">={},<{}".format(*runtime.SUPPORTED_JAX))
     for (system, machine), build in TENSORFLOW.items():
         env = {"sys_platform": system, "platform_machine": machine}
         chosen = [n for n in ("tensorflow", "tensorflow-cpu") if requires[n].marker.evaluate(env)]
         assert chosen == [build], (system, machine)
-    extras = {e: _requires(metadata, e) for e in ("dev", "bench", "cuda12", "tpu")}
+    extras = {e: _requires(metadata, e) for e in ("dev", "bench", "cuda12", "cuda13", "tpu")}
     assert set(extras["dev"]) == {"pytest", "ruff", "nbclient", "nbformat", "ipykernel"}
     assert set(extras["bench"]) == {"torch", "torchattacks"}
-    assert extras["cuda12"]["jax"].extras == {"cuda12"} and extras["tpu"]["jax"].extras == {"tpu"}
+    for extra in ("cuda12", "cuda13", "tpu"):
+        assert extras[extra]["jax"].extras == {extra}
 
 
 @pytest.mark.parametrize(
     "path, extra",
     [
         ("requirements.txt", ""),
+        ("requirements-latest.txt", ""),
         ("requirements-dev.txt", "dev"),
         ("benchmarks/requirements.txt", "bench"),
     ],

@@ -21,7 +21,9 @@ FLAG = runtime.XLA_FLAG
         ("", "0.10.2", FLAG),
         ("--xla_force_host_platform_device_count=8", "0.10.2",
          f"--xla_force_host_platform_device_count=8 {FLAG}"),
+        ("", "0.12.0.1", FLAG),
         ("", "0.9.0", ""),  # not verified there: an unknown flag would abort XLA
+        ("", "0.13.0", ""),
         ("", "", ""),  # jaxlib not installed
         ("--xla_cpu_experimental_ynn_fusion_type=", "0.10.2",
          "--xla_cpu_experimental_ynn_fusion_type="),  # the user's choice wins
@@ -91,8 +93,8 @@ print("ynnpack" if "__ynn_fusion" in hlo else "xla")
 @pytest.mark.parametrize(("opt_out", "backend"), [("1", "xla"), ("0", "ynnpack")])
 def test_canary_configure_cpu_moves_convolutions_off_ynnpack(opt_out, backend):
     """The flag is honoured by the installed jaxlib (it is silently ignored if misspelled): a
-    performance canary, pinned to jaxlib 0.10's YNNPACK fusions; a jaxlib upgrade that fails
-    it means re-measuring `runtime.XLA_FLAG` (benchmarks/README.md)."""
+    performance canary, pinned to the YNNPACK fusions of jaxlib 0.10 to 0.12; a jaxlib upgrade
+    that fails it means re-measuring `runtime.XLA_FLAG` (benchmarks/README.md)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run(
         [sys.executable, "-c", _CONV_BACKEND],
@@ -115,3 +117,37 @@ def test_training_command_says_how_to_get_the_malloc_speed_up(tmp_path):
     settings = json.loads((tmp_path / "summary.json").read_text())["runtime"]
     assert settings["GLIBC_TUNABLES"] == ""  # no restart of the process: it ran as started
     assert FLAG in settings["XLA_FLAGS"]
+
+
+@pytest.mark.parametrize(
+    ("installed", "supported"),
+    [("0.10.2", True), ("0.12.0.1", True), ("0.11.2", True), ("0.10.3rc1", True),
+     ("0.10.1", False), ("0.4.38", False), ("", False)],
+)  # fmt: skip
+def test_jax_version_problem_only_below_the_supported_range(installed, supported):
+    problem = runtime.jax_version_problem(installed)
+    assert (problem is None) == supported
+    if problem:
+        low, high = runtime.SUPPORTED_JAX
+        assert f"jax >={low},<{high}" in problem and "\n" not in problem
+        assert (f"jax {installed} is installed" if installed else "not installed") in problem
+
+
+def test_an_unsupported_jax_ends_the_command_line_in_one_line(tmp_path):
+    """A jax older than the range (a fake distribution found first on sys.path) stops every
+    command line at start-up with one line naming both versions, exit status 2."""
+    dist = tmp_path / "jax-0.4.30.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: jax\nVersion: 0.4.30\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    out = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.main", "--config", "mlp:test", "--workdir",
+         str(tmp_path / "run")],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    low, high = runtime.SUPPORTED_JAX
+    expected = f"jax 0.4.30 is installed; fmnist-jax supports jax >={low},<{high}"
+    assert out.stderr.strip().splitlines() == [
+        f"error: {expected}: pip install 'jax>={low},<{high}'"
+    ]
