@@ -49,13 +49,16 @@ def take(tree, replica: int):
 MAPS = ("auto", "vmap", "unroll")
 
 
-def choose_map(requested: str, model: str, platform: str) -> str:
-    """ "vmap" or "unroll" for `config.replica_map` ("auto": unroll the ConvNet on a CPU, where
+def choose_map(requested: str, model: str, platform: str, population: bool = False) -> str:
+    """ "vmap" or "unroll" for `config.replica_map` ("auto": on a CPU unroll the ConvNet, where
     XLA runs a vmapped convolution with per-replica kernels as a grouped convolution ~9x
-    slower per replica (benchmarks/replicas.py); vmap everything else)."""
+    slower per replica, and a population of any model, whose vmap over grid points moves every
+    member's weights into one wide product each step, 2x slower per member than unrolled
+    (MLP, 5 points x 3 seeds, 2026-12-06: 4.9 against 2.5 ms a member-step);
+    vmap everything else)."""
     if requested != "auto":
         return requested
-    return "unroll" if model == "cnn" and platform == "cpu" else "vmap"
+    return "unroll" if platform == "cpu" and (model == "cnn" or population) else "vmap"
 
 
 def _index(args, in_axes, r: int):

@@ -243,7 +243,7 @@ class Steps:
         self.num_points = g = population.num_points(config)
         self.num_members = g * r
         how = replicas.choose_map(
-            config.get("replica_map", "auto"), config.model, jax.default_backend()
+            config.get("replica_map", "auto"), config.model, jax.default_backend(), g > 1
         )
         self.replica_map = how
         self.replicated = NamedSharding(mesh, PartitionSpec())

@@ -85,6 +85,8 @@ def test_auto_unrolls_the_convnet_on_a_cpu_only():
     assert replicas.choose_map("auto", "cnn", "gpu") == "vmap"
     assert replicas.choose_map("auto", "mlp", "cpu") == "vmap"
     assert replicas.choose_map("vmap", "cnn", "cpu") == "vmap"
+    assert replicas.choose_map("auto", "mlp", "cpu", population=True) == "unroll"
+    assert replicas.choose_map("auto", "mlp", "tpu", population=True) == "vmap"
 
 
 def test_vmap_and_unroll_map_the_same_function():
