@@ -202,11 +202,15 @@ def test_program_lowers_for_the_cpu(lowered, name):
 
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_accelerators_get_xla_convolutions_for_every_gradient(lowered, platform):
-    """`layers.conv`'s CPU branch writes the first kernel gradient as a product; a GPU or TPU
-    gets autodiff's convolutions (more of them, no product for that gradient)."""
-    cpu, other = lowered["train_step"]["cpu"], lowered["train_step"][platform]
+    """`layers.conv`'s CPU branch writes the first layer's input gradient (the attack's) as
+    products over its taps; a GPU or TPU gets autodiff's convolutions (more of them, fewer
+    products). Training computes no input gradient: its ops are the same on every platform
+    (the CPU branch changes only the layouts of its kernel gradients)."""
+    cpu, other = lowered["attack_sign"]["cpu"], lowered["attack_sign"][platform]
     assert other["convolution"] > cpu["convolution"]
     assert other["dot_general"] < cpu["dot_general"]
+    for key in ("convolution", "dot_general"):
+        assert lowered["train_step"][platform][key] == lowered["train_step"]["cpu"][key]
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
