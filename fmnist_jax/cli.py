@@ -44,6 +44,8 @@ def unknown_field(e: Exception) -> str:
 
 def describe(e: BaseException) -> str:
     """One line saying what went wrong."""
+    if isinstance(e, ImportError) and errors.pip_install(e):  # an optional dependency
+        return f"{e.name.split('.')[0]} is not installed ({errors.pip_install(e)})"
     typo = ("Did you mean", "does not exist", "cannot be added")
     if isinstance(e, (KeyError, AttributeError)) and any(w in str(e) for w in typo):
         return unknown_field(e)  # ml_collections' unknown config field
@@ -78,6 +80,7 @@ def reported(verbose: bool = False, user_error: bool = False):
         if verbose:
             raise
         user = user_error or isinstance(e, (errors.USER_ERRORS, flags.Error))
+        user = user or (isinstance(e, ImportError) and errors.pip_install(e) is not None)
         print(f"error: {describe(e)}", file=sys.stderr)
         if not user:
             print("(rerun with --verbose for the traceback)", file=sys.stderr)

@@ -41,6 +41,7 @@ PIP_NAMES = {
     "tensorflow_datasets": "tensorflow-datasets",
     "torch": "torch",
     "torchattacks": "torchattacks",
+    "matplotlib": "matplotlib",  # figures only (a stock GPU image may lack it)
 }
 
 

@@ -59,3 +59,16 @@ def test_ctrl_c_outside_the_train_loop_is_one_line_and_exit_130(capsys):
         capsys.readouterr().err
         == "stopped: SIGINT (Ctrl-C); the last finished checkpoint is kept\n"
     )
+
+
+def test_a_missing_optional_dependency_is_one_line_with_its_pip_command(capsys):
+    missing = ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+    with pytest.raises(SystemExit) as exit_info, cli.reported():
+        raise missing
+    assert exit_info.value.code == cli.EXIT_USER_ERROR
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["error: matplotlib is not installed (pip install matplotlib)"]
+    # A module that is not an optional dependency stays a bug: exit 1 with the hint.
+    with pytest.raises(SystemExit) as exit_info, cli.reported():
+        raise ModuleNotFoundError("No module named 'fmnist_jax.nope'", name="fmnist_jax.nope")
+    assert exit_info.value.code == cli.EXIT_INTERNAL_ERROR
