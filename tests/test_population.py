@@ -6,6 +6,7 @@ import json
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -187,3 +188,23 @@ def test_the_progress_line_names_members_and_the_leading_one():
     assert "2 members, mean (range): train_loss 1.0000 (1.0000-1.0000)," in line
     assert "seed" not in line.split(";")[0] and "dropout_rate 0" not in line
     assert line.endswith("lowest test_loss 0.4000: dropout_rate=0.25,seed=0")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "sgd"])
+def test_a_members_injected_learning_rate_updates_bit_for_bit_as_the_plain_optimizer(optimizer):
+    import optax
+
+    from fmnist_jax import steps
+
+    cfg = _config(optimizer=optimizer, learning_rate=1e-3)
+    params = {"w": jax.random.normal(jax.random.PRNGKey(0), (50, 20))}
+    results = []
+    for member in (False, True):
+        tx, p = steps.create_optimizer(cfg, member), params
+        state = tx.init(p)
+        for i in range(50):
+            grads = jax.tree.map(lambda w, i=i: jnp.sin(w * (i + 1.0)), p)
+            updates, state = jax.jit(tx.update)(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        results.append(np.asarray(p["w"]))
+    np.testing.assert_array_equal(results[0], results[1])
