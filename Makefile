@@ -63,7 +63,7 @@ ENV =
 DEV =
 endif
 
-.PHONY: help env reproduce study test test-latest gpu-prep lint format figures report adversarial bench theory sweep $(EXPERIMENTS) clean-runs
+.PHONY: help env reproduce study test test-latest gpu-prep lint format figures report adversarial adversarial-replicas bench theory sweep $(EXPERIMENTS) clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -90,9 +90,17 @@ reproduce: $(EXPERIMENTS)  ## set up, then run every experiment, the attack, the
 
 # What `make reproduce` cannot afford on a 2-core CPU within 30 minutes: every ConvNet claim over
 # 3 seeds and the full dropout-rate sweep (docs/populations.md gives the costs): 1.5-3 h there.
-study:  ## the sweep at full length, then reproduce with 3 ConvNet replicas -> runs/study, REPORT.md
+study:  ## the sweep at full length, reproduce with 3 ConvNet replicas, each attacked -> runs/study, REPORT.md
 	$(MAKE) sweep RUNS=$(RUNS)/study
 	$(MAKE) reproduce RUNS=$(RUNS)/study CNN_REPLICAS=$(or $(REPLICAS),3)
+	$(MAKE) adversarial-replicas report RUNS=$(RUNS)/study
+
+# Beyond the exercise: does dropout change the noise the attack needs? Every replica of cnn and
+# cnn_dropout, the same 200 images and targets, the exercise's rule and minl1.
+adversarial-replicas: $(ENV)  ## the attack on every replica of cnn, cnn_dropout -> runs/adversarial_replicas
+	for run in cnn cnn_dropout; do $(PYTHON) -m fmnist_jax.adversarial --workdir $(RUNS)/$$run \
+	  --member all --method exercise,minl1 --num_images 200 \
+	  --output $(RUNS)/adversarial_replicas/$$run || exit 1; done
 
 test: $(ENV) $(DEV)  ## set up (with requirements-dev.txt), then lint and run the whole test suite
 	$(PYTHON) -m ruff check $(LINT_PATHS)

@@ -17,6 +17,11 @@ from fmnist_jax.plotting.curves import DEFAULT_SMOOTHING, tensorboard_smooth
 from fmnist_jax.rundir import Curve, Run
 
 ADVERSARIAL_RUN = "adversarial"
+# The attack on every replica of the ConvNet with and without dropout (`make study`):
+# <runs>/adversarial_replicas/<run>/<k>/summary.json, the same images and targets for all.
+ATTACK_REPLICAS_RUN = "adversarial_replicas"
+ATTACK_REPLICA_RUNS = ("cnn", "cnn_dropout")
+ATTACK_NOISE_METHODS = ("exercise", "minl1")
 
 # --- Thresholds ---------------------------------------------------------------------------
 # Over-fitting: the final test loss must end at least this fraction above its minimum. Relative,
@@ -251,6 +256,29 @@ def check_adversarial(
         evidence += f" [{low:.1%}, {high:.1%}] of {images} images"
     evidence += f" (needs > {min_success:.0%})"
     return Check(rate > min_success, "; ".join([evidence, *extras]), rate)
+
+
+def check_attack_noise(base: Mapping, dropout: Mapping, method: str) -> Check:
+    """Beyond the exercise: dropout raises the noise a targeted attack needs. `base` and
+    `dropout` are the attack summaries of one replica pair, on the same images and targets;
+    the effect is the relative change of `method`'s median L1 noise over its successes, in
+    percent. It holds for any rise: the interval over replicas says whether the rise is real."""
+    where = f"{ATTACK_REPLICAS_RUN} ({method})"
+    same = ("seed", "num_images", "slow_images")
+    if any(base.get(k) != dropout.get(k) for k in same):
+        raise MissingData(f"{where}: the two runs were attacked on different images ({same})")
+    found = [(s.get("methods") or {}).get(method) for s in (base, dropout)]
+    if None in found:
+        raise MissingData(f"{where}: no result for method {method!r}")
+    (b, b_rate), (d, d_rate) = (
+        (number(r, "median_l1", where), number(r, "success_rate", where)) for r in found
+    )
+    change = (d / b - 1) * 100
+    evidence = (
+        f"median L1 {b:.3g} without dropout, {d:.3g} with ({change:+.1f} %); success"
+        f" {b_rate:.0%} / {d_rate:.0%}"
+    )
+    return Check(change > 0, evidence, change, (0.0, math.inf))
 
 
 def success_interval(successes: int, trials: int) -> tuple[float, float]:

@@ -70,6 +70,17 @@ def load_adversarial(runs_dir: str | os.PathLike) -> dict | None:
     return rundir.read_json(Path(runs_dir) / ADVERSARIAL_RUN / rundir.SUMMARY_FILE)
 
 
+def load_attack_replicas(runs_dir: str | os.PathLike) -> dict[str, list[dict]]:
+    """The attack summaries of every replica of the ConvNet runs (`make study`): run name ->
+    the summary.json of <runs>/adversarial_replicas/<run>/<k> for k = 0, 1, ... while present."""
+    folder, found = Path(runs_dir) / claims.ATTACK_REPLICAS_RUN, {}
+    for run in claims.ATTACK_REPLICA_RUNS:
+        found[run] = []
+        while s := rundir.read_json(folder / run / str(len(found[run])) / rundir.SUMMARY_FILE):
+            found[run].append(s)
+    return found
+
+
 # --------------------------------------------------------------------------- provenance
 
 
@@ -343,6 +354,7 @@ def render_report(
     figures_dir: Path,
     runs_dir: Path,
     out_dir: Path,
+    attacks: Mapping[str, Sequence[Mapping]] | None = None,
 ) -> str:
     """The whole report as markdown; image links are relative to `out_dir`."""
     sections = [
@@ -353,7 +365,9 @@ def render_report(
         ),
         "## Data\n\n" + data_section(runs),
         "## Theory (exercise §1)\n\n" + theory_section(rundir.read_json(runs_dir / THEORY_FILE)),
-        "## Claims of the exercise\n\n" + claims_table(verdicts.check_claims(runs, adversarial)),
+        "## Claims of the exercise\n\n" + claims_table(
+            verdicts.check_claims(runs, adversarial, attacks)
+        ),
         "## Results\n\n" + results_table(runs),
         "## Figures\n\n" + figures_section(figures_dir, out_dir),
         "## Adversarial examples\n\n" + adversarial_section(adversarial, runs_dir, out_dir),
@@ -372,7 +386,8 @@ def write_report(
     for name, run in runs.items():
         if run is None:
             print(f"warning: run {runs_dir / name} missing (no summary.json)", file=sys.stderr)
-    text = render_report(runs, load_adversarial(runs_dir), figures_dir, runs_dir, out.parent)
+    adversarial, attacks = load_adversarial(runs_dir), load_attack_replicas(runs_dir)
+    text = render_report(runs, adversarial, figures_dir, runs_dir, out.parent, attacks)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out

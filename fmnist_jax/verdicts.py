@@ -17,10 +17,14 @@ from fmnist_jax import replicas
 from fmnist_jax.claims import (
     ADVERSARIAL_P_TARGET,
     ADVERSARIAL_RUN,
+    ATTACK_NOISE_METHODS,
+    ATTACK_REPLICA_RUNS,
+    ATTACK_REPLICAS_RUN,
     EXERCISE_CNN_TURN_STEP,
     Check,
     MissingData,
     check_adversarial,
+    check_attack_noise,
     check_dropout_gap,
     check_dropout_test_loss,
     check_overfits,
@@ -218,10 +222,37 @@ def _model_claims(runs: Mapping[str, Run | None], model: str, label: str) -> lis
     return verdicts
 
 
-def check_claims(runs: Mapping[str, Run | None], adversarial: Mapping | None) -> list[Verdict]:
+def _attack_noise_claims(attacks: Mapping[str, Sequence[Mapping]] | None) -> list[Verdict]:
+    """Dropout vs the attack's noise, one claim per method: replica k of the ConvNet without
+    dropout paired with replica k with dropout (`attacks`: run name -> the attack summaries
+    of its replicas in order; None or a run without any: not run)."""
+    found = []
+    for method in ATTACK_NOISE_METHODS:
+        claim = f"Dropout raises the ℓ1 noise a targeted attack needs ({method}; beyond the exercise)"
+        pairs = [(attacks or {}).get(run) or [] for run in ATTACK_REPLICA_RUNS]
+        if not all(pairs):
+            missing = f"missing: {ATTACK_REPLICAS_RUN} (make study)"
+            found.append(Verdict(claim, NOT_CHECKED_MISSING_RUN, missing))
+            continue
+        try:
+            checks = [check_attack_noise(b, d, method) for b, d in zip(*pairs)]
+        except MissingData as e:
+            found.append(Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e)))
+            continue
+        found.append(summarize_checks(claim, checks, "dropout changes the median ℓ1 by", "%"))
+    return found
+
+
+def check_claims(
+    runs: Mapping[str, Run | None],
+    adversarial: Mapping | None,
+    attacks: Mapping[str, Sequence[Mapping]] | None = None,
+) -> list[Verdict]:
     """Every claim of the exercise, checked on the runs present (None: missing) and the
-    attack's summary.json (None: not run; the attack is of one model, replica 0)."""
+    attack's summary.json (None: not run; the attack is of one model, replica 0), with the
+    dropout-vs-attack-noise claims (`attacks`, see `_attack_noise_claims`) before it."""
     verdicts = _model_claims(runs, "mlp", "MLP") + _model_claims(runs, "cnn", "ConvNet")
+    verdicts += _attack_noise_claims(attacks)
     claim = f"Adversarial examples reach p(target) ≥ {ADVERSARIAL_P_TARGET}"
     if adversarial is None:
         verdicts.append(Verdict(claim, NOT_CHECKED_MISSING_RUN, f"missing: {ADVERSARIAL_RUN}"))

@@ -288,3 +288,32 @@ def test_figure7_is_the_first_method_titled_with_its_rule(tmp_path, monkeypatch)
     assert drawn[0] == ("figure.png", f"targeted adversarial search, exercise:\n{rule}")
     assert list(drawn[3][1][1]) == names  # minl1.png: the three methods' results
     np.testing.assert_array_equal(drawn[3][1][2], [0, 2])  # the images all three reached
+
+
+def test_cli_attacks_every_member_on_the_same_images_and_targets(tmp_path):
+    """--member all: each replica of a 2-replica run into --output/<k>, on the same images and
+    targets, each with its own model (so its own outcomes); a bad --member is one line."""
+    workdir, output = tmp_path / "cnn", tmp_path / "attacks"
+    config = load_experiment("cnn", "test")
+    config.num_train_steps, config.num_replicas = 8, 2
+    train.train_and_evaluate(config, workdir)
+    flags = ["--num_images=6", "--max_steps=20", "--threshold=0.12", "--method=minl1"]
+    proc = run_cli(f"--workdir={workdir}", f"--output={output}", "--member=all", *flags)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {}
+    for k in (0, 1):
+        assert json.loads((output / str(k) / "summary.json").read_text())["member"] == k
+        with open(output / str(k) / "records.csv") as f:
+            rows[k] = list(csv.DictReader(f))
+    assert [(r["index"], r["target"]) for r in rows[0]] == [
+        (r["index"], r["target"]) for r in rows[1]
+    ]
+    assert [r["clean_p_predicted"] for r in rows[0]] != [r["clean_p_predicted"] for r in rows[1]]
+
+    proc = run_cli(f"--workdir={workdir}", f"--output={output}", "--member=first", *flags)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --member must be a member index (0, 1, ...) or all, got 'first'"
+    )
+    proc = run_cli(f"--workdir={workdir}", f"--output={output}", "--member=2", *flags)
+    assert proc.returncode != 0 and "member 2 does not exist" in proc.stderr.splitlines()[-1]

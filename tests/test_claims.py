@@ -162,8 +162,8 @@ def test_check_claims_marks_missing_and_unfinished_runs_not_checked():
     one = f"{verdicts.HOLDS} (1 run)"
     incomplete, missing = verdicts.NOT_CHECKED_INCOMPLETE, verdicts.NOT_CHECKED_MISSING_RUN
     # MLP: over-fits, gap, test loss hold; the accuracy claim lacks its field. ConvNet:
-    # over-fits and turns; four claims need cnn_dropout; the attack is missing.
-    assert statuses == [one] * 3 + [incomplete] + [one] * 2 + [missing] * 5
+    # over-fits and turns; four claims need cnn_dropout; the attacks are missing.
+    assert statuses == [one] * 3 + [incomplete] + [one] * 2 + [missing] * 7
     gap = found["Dropout 0.25 reduces the ConvNet's final train–test loss gap"]
     assert gap.evidence == "missing: cnn_dropout"
     assert verdicts_by_claim({**runs, "cnn_dropout": None}) == found
@@ -302,3 +302,39 @@ def test_decide_reads_the_interval_against_the_region():
     assert verdicts.decide((0.0, 0.1), (-math.inf, -0.01)) == verdicts.FAILS
     assert verdicts.decide((0.005, 0.015), (0.0, 0.02)) == verdicts.HOLDS
     assert verdicts.decide((-0.005, 0.015), (0.0, 0.02)) == verdicts.UNDECIDED
+
+
+# --------------------------------------------------------------------------- attack noise
+
+
+def attack(median_l1, success=1.0, seed=0, method="minl1"):
+    """A fabricated attack summary.json of one replica."""
+    result = {"median_l1": median_l1, "success_rate": success}
+    return {"methods": {method: result}, "seed": seed, "num_images": 200, "slow_images": 200}
+
+
+def attack_verdicts(base, dropout):
+    found = verdicts.check_claims({}, None, {"cnn": base, "cnn_dropout": dropout})
+    return {v.claim.split("(")[1].split(";")[0]: v for v in found if "ℓ1 noise" in v.claim}
+
+
+def test_attack_noise_claim_pairs_replica_k_and_reads_the_relative_change_interval():
+    base = [attack(5.0), attack(5.2), attack(4.8)]
+    up = attack_verdicts(base, [attack(5.5), attack(5.6), attack(5.4)])["minl1"]
+    assert up.status == "holds (3 of 3 hold)" and (up.held, up.total) == (3, 3)
+    assert "dropout changes the median ℓ1 by +10" in up.evidence
+    assert "median L1 5 without dropout, 5.5 with (+10.0 %)" in up.evidence
+    mixed = attack_verdicts(base, [attack(5.5), attack(5.3), attack(4.7)])["minl1"]
+    assert mixed.status == "undecided (2 of 3 hold)"
+    down = attack_verdicts(base, [attack(4.0), attack(4.1), attack(3.9)])["minl1"]
+    assert down.status == "does not hold (0 of 3 hold)"
+    # the exercise's rule has no result in these summaries
+    assert attack_verdicts(base, base)["exercise"].status == verdicts.NOT_CHECKED_INCOMPLETE
+
+
+def test_attack_noise_claim_without_the_attacks_or_on_other_images_is_not_checked():
+    (v,) = [v for v in verdicts.check_claims({}, None) if "minl1" in v.claim]
+    assert v.status == verdicts.NOT_CHECKED_MISSING_RUN and "make study" in v.evidence
+    other = attack_verdicts([attack(5.0)], [attack(5.0, seed=1)])["minl1"]
+    assert other.status == verdicts.NOT_CHECKED_INCOMPLETE
+    assert "attacked on different images" in other.evidence

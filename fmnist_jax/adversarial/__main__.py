@@ -3,7 +3,7 @@ r"""Command line: exercise 2.5's targeted adversarial search on a trained run.
     python -m fmnist_jax.adversarial --workdir runs/cnn_dropout --output runs/adversarial \
         [--num_images 1000] [--seed 0] [--method exercise,gd,sign,adam,fgsm,pgd,minl1 | all] \
         [--threshold 0.95] [--max_steps N] [--epsilon 0.1] [--l1_reduction mean|sum] \
-        [--pool_size N] [--slow_images 200] [--verbose]
+        [--pool_size N] [--slow_images 200] [--member K|all] [--verbose]
 
 The first method is the reported one (Figure 7, the summary's default_method); the slow ones
 (exercise, minl1) attack the first --slow_images images. Writes summary.json, records.csv,
@@ -48,6 +48,12 @@ flags.DEFINE_integer(
     f"The slow methods ({', '.join(presets.SLOW_METHODS)}) attack the first this many of the"
     " images (same targets).",
 )
+flags.DEFINE_string(
+    "member",
+    "0",
+    "Which replica (population member) of the run to attack, or all: each into"
+    " --output/<k>. The images and targets are the same for every member (--seed decides).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -55,19 +61,22 @@ def main() -> None:
     methods = presets.parse_methods(FLAGS.method)
     from fmnist_jax.adversarial import runner  # after flag parsing: keeps --help fast
 
-    runner.run(
-        FLAGS.workdir,
-        FLAGS.output,
-        FLAGS.num_images,
-        FLAGS.seed,
-        methods,
-        threshold=FLAGS.threshold,
-        max_steps=FLAGS.max_steps,
-        epsilon=FLAGS.epsilon,
-        l1_reduction=FLAGS.l1_reduction,
-        pool_size=FLAGS.pool_size,
-        slow_images=FLAGS.slow_images,
-    )
+    members = runner.parse_members(FLAGS.member, FLAGS.workdir)
+    for member in members:
+        runner.run(
+            FLAGS.workdir,
+            FLAGS.output if FLAGS.member != "all" else f"{FLAGS.output}/{member}",
+            FLAGS.num_images,
+            FLAGS.seed,
+            methods,
+            threshold=FLAGS.threshold,
+            max_steps=FLAGS.max_steps,
+            epsilon=FLAGS.epsilon,
+            l1_reduction=FLAGS.l1_reduction,
+            pool_size=FLAGS.pool_size,
+            slow_images=FLAGS.slow_images,
+            member=member,
+        )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
 from fmnist_jax import data as data_lib
-from fmnist_jax import rundir, train
+from fmnist_jax import population, rundir, train
 from fmnist_jax.adversarial.presets import (
     DEFAULT_METHOD,
     DEFAULT_METHODS,
@@ -63,6 +64,17 @@ CLASS_NAMES = data_lib.CLASS_NAMES
 # --------------------------------------------------------------------------- inputs
 
 
+def parse_members(text: str, workdir) -> list[int]:
+    """--member: "all" (every member of the run in `workdir`) or one index; UsageError else.
+    A missing or out-of-range member is refused later, when its checkpoint is read."""
+    if text == "all":
+        config = ml_collections.ConfigDict(rundir.read_config(Path(workdir)))
+        return list(range(population.num_members(config)))
+    if not text.isdigit():
+        raise UsageError(f"--member must be a member index (0, 1, ...) or all, got {text!r}")
+    return [int(text)]
+
+
 def choose_images(key: jax.Array, num_train: int, num_images: int) -> np.ndarray:
     """`num_images` distinct random training indices."""
     if not 0 < num_images <= num_train:
@@ -72,10 +84,11 @@ def choose_images(key: jax.Array, num_train: int, num_images: int) -> np.ndarray
     return np.asarray(jax.random.choice(key, num_train, (num_images,), replace=False))
 
 
-def load_attack_data(workdir, num_images: int, seed: int):
-    """(logits_fn, images, labels, indices, target key): the run's model and `num_images`
-    random training images, as float32 in [0, 1]."""
-    model_config, model, params = train.load_trained(workdir)
+def load_attack_data(workdir, num_images: int, seed: int, member: int = 0):
+    """(logits_fn, images, labels, indices, target key): member `member`'s model of the run
+    and `num_images` random training images, as float32 in [0, 1]. The images and targets
+    depend on `seed` and the data only, so every member of every run gets the same ones."""
+    model_config, model, params = train.load_trained(workdir, replica=member)
     split = data_lib.load(model_config).train
     index_key, target_key = jax.random.split(jax.random.key(seed))
     indices = choose_images(index_key, len(split["targets"]), num_images)
@@ -197,6 +210,7 @@ def run(
     methods: list[str] | None = None,
     pool_size: int | None = None,
     slow_images: int = SLOW_IMAGES,
+    member: int = 0,
     **overrides,
 ) -> dict:
     """Attacks `num_images` random training images of `workdir`'s model with each method
@@ -204,19 +218,20 @@ def run(
     targets); writes summary.json, records.csv and the figures into `output` and returns the
     summary. The first method is the reported one (`default_method`, Figure 7). `pool_size`
     (slots per local device; the images are split over the local devices) None:
-    `presets.pool_size_for` the device's platform (32 on a CPU). `overrides`
+    `presets.pool_size_for` the device's platform (32 on a CPU). `member`: which replica
+    (population member) of the run is attacked. `overrides`
     (threshold, max_steps, epsilon, l1_reduction) go to `method_config`."""
     configs = {m: method_config(m, **overrides) for m in methods or DEFAULT_METHODS}
     if not (isinstance(slow_images, int) and slow_images > 0):
         raise UsageError(f"--slow_images must be a positive integer, got {slow_images!r}")
-    logits_fn, images, labels, indices, key = load_attack_data(workdir, num_images, seed)
+    logits_fn, images, labels, indices, key = load_attack_data(workdir, num_images, seed, member)
     pool_size = pool_size or pool_size_for(jax.local_devices()[0].platform)
     num_classes = jax.eval_shape(logits_fn, images[:1]).shape[-1]
     targets = draw_targets(key, labels, num_classes)  # what each program would draw from key
     results, records, summaries = {}, {}, {}
     for name, config in configs.items():
         k = method_images(name, num_images, slow_images)
-        logging.info("%s: attacking %d training images of %s", name, k, workdir)
+        logging.info("%s: attacking %d training images of %s, member %d", name, k, workdir, member)
         result, compile_s, run_s = timed_attack(
             logits_fn, config, pool_size, images[:k], labels[:k], key, targets[:k]
         )
@@ -234,6 +249,7 @@ def run(
         "slow_images": min(num_images, slow_images),
         "seed": seed,
         "workdir": str(workdir),
+        "member": member,
         "threshold": configs[main].threshold,
         "pool_size": pool_size,
         "pool_devices": len(jax.local_devices()),
