@@ -365,9 +365,8 @@ def render_report(
         ),
         "## Data\n\n" + data_section(runs),
         "## Theory (exercise §1)\n\n" + theory_section(rundir.read_json(runs_dir / THEORY_FILE)),
-        "## Claims of the exercise\n\n" + claims_table(
-            verdicts.check_claims(runs, adversarial, attacks)
-        ),
+        "## Claims of the exercise\n\n"
+        + claims_table(verdicts.check_claims(runs, adversarial, attacks)),
         "## Results\n\n" + results_table(runs),
         "## Figures\n\n" + figures_section(figures_dir, out_dir),
         "## Adversarial examples\n\n" + adversarial_section(adversarial, runs_dir, out_dir),

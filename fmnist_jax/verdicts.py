@@ -228,7 +228,9 @@ def _attack_noise_claims(attacks: Mapping[str, Sequence[Mapping]] | None) -> lis
     of its replicas in order; None or a run without any: not run)."""
     found = []
     for method in ATTACK_NOISE_METHODS:
-        claim = f"Dropout raises the ℓ1 noise a targeted attack needs ({method}; beyond the exercise)"
+        claim = (
+            f"Dropout raises the ℓ1 noise a targeted attack needs ({method}; beyond the exercise)"
+        )
         pairs = [(attacks or {}).get(run) or [] for run in ATTACK_REPLICA_RUNS]
         if not all(pairs):
             missing = f"missing: {ATTACK_REPLICAS_RUN} (make study)"
