@@ -140,7 +140,7 @@ class TorchAttack:
         return self.per_run
 
 
-def worker_attack(framework: str, row: str, args, config) -> dict:
+def worker_attack(framework: str, row: str, config) -> dict:
     """The throughput protocol of `workers.worker_throughput` for one attack row: one warm-up
     attack (compilation for JAX), `ready`, then one timed attack of the batch per `run` line."""
     import importlib.metadata
@@ -149,7 +149,7 @@ def worker_attack(framework: str, row: str, args, config) -> dict:
     import sys
     import time
 
-    from workers import framework_versions, peak_rss_mib
+    from workers import framework_versions, peak_rss_mib  # one way: workers never imports this
 
     side = (JaxAttack if framework == "jax" else TorchAttack)(config, row)
     t = time.perf_counter()
@@ -174,7 +174,7 @@ def worker_attack(framework: str, row: str, args, config) -> dict:
         "first_step_s": first,
         "weights": side.weights,
         "peak_rss_mib": peak_rss_mib(),
-        "versions": framework_versions(framework, args),
+        "versions": framework_versions(framework),
     }
     if framework == "torch":
         out["versions"]["torchattacks"] = importlib.metadata.version("torchattacks")
