@@ -98,6 +98,11 @@ def test_get_config_wrong_type_is_a_config_error():
 # --------------------------------------------------------------------------- docs snippet, fit
 
 
+def test_readme_links_the_api_page():
+    readme = (REPO / "README.md").read_text()
+    assert f"({API_PAGE})" in readme, f"README.md does not link to {API_PAGE}"
+
+
 def test_docs_snippet_runs(snippet):
     assert snippet["config"].name == "cnn_dropout"
     assert (snippet["workdir"] / "summary.json").is_file()
