@@ -1,6 +1,6 @@
 """fmnist-jax: the ConvNets-on-Fashion-MNIST exercise in JAX/Flax.
 
-The interactive API (see `fmnist_jax.api` and the README):
+The interactive API (see `fmnist_jax.api` and docs/api.md):
 
     get_config(experiment, variant="", **overrides)  an experiment's ConfigDict
     load_data(config)                                its data set (numpy arrays in memory)

@@ -1,4 +1,4 @@
-"""The interactive API (fmnist_jax.api): the README's snippet run as written, get_config's
+"""The interactive API (fmnist_jax.api): docs/api.md's snippet run as written, get_config's
 overrides and errors, fit's history and state, restore + predict, attack with explicit targets,
 and fit on 8 fake devices."""
 
@@ -18,34 +18,32 @@ from fmnist_jax.api import as_images
 from fmnist_jax.config import ConfigError
 from tests.conftest import REPO
 
-README_SECTION = "## Interactive use and Colab"
-SNIPPET_WORKDIR = "runs/cnn_dropout_api"  # where the README snippet trains, relative to its cwd
+API_PAGE = "docs/api.md"  # the interactive API's page; the README links to it
+SNIPPET_WORKDIR = "runs/cnn_dropout_api"  # where the page's snippet trains, relative to its cwd
 
 
-def readme_snippet() -> str:
-    """The first ```python block of the README's interactive section."""
-    text = (REPO / "README.md").read_text()
-    assert README_SECTION in text, f"README.md has no {README_SECTION!r} section"
-    section = text.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert blocks, f"no ```python block in README's {README_SECTION!r}"
+def docs_snippet() -> str:
+    """The first ```python block of the API page (the one a reader copies first)."""
+    text = (REPO / API_PAGE).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert blocks, f"no ```python block in {API_PAGE}"
     return blocks[0]
 
 
 @pytest.fixture(scope="module")
 def snippet(tmp_path_factory):
-    """The README snippet, executed once in an empty folder; returns its variables.
+    """The docs/api.md snippet, executed once in an empty folder; returns its variables.
 
     It is the tiny "test" variant (synthetic data, 24 steps), so its run doubles as the trained
     model for the other tests of this module.
     """
-    folder = tmp_path_factory.mktemp("readme")
+    folder = tmp_path_factory.mktemp("api_docs")
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        namespace = {"__name__": "readme_snippet"}
-        code = compile(readme_snippet(), "README.md", "exec")
-        exec(code, namespace)  # noqa: S102 - the README's own code, run as a reader runs it
+        namespace = {"__name__": "docs_snippet"}
+        code = compile(docs_snippet(), API_PAGE, "exec")
+        exec(code, namespace)  # noqa: S102 - the page's own code, run as a reader runs it
     finally:
         os.chdir(cwd)
     namespace["workdir"] = folder / SNIPPET_WORKDIR
@@ -97,10 +95,15 @@ def test_get_config_wrong_type_is_a_config_error():
         fj.get_config("cnn", lerning_rate=0.1)
 
 
-# --------------------------------------------------------------------------- README, fit
+# --------------------------------------------------------------------------- docs snippet, fit
 
 
-def test_readme_snippet_runs(snippet):
+def test_readme_links_the_api_page():
+    readme = (REPO / "README.md").read_text()
+    assert f"({API_PAGE})" in readme, f"README.md does not link to {API_PAGE}"
+
+
+def test_docs_snippet_runs(snippet):
     assert snippet["config"].name == "cnn_dropout"
     assert (snippet["workdir"] / "summary.json").is_file()
     assert snippet["probs"].shape == (4, 10)
