@@ -13,11 +13,49 @@ they keep the `01oi` kernel layout and run on XLA:CPU's generic emitter (benchma
 
 import argparse
 import re
+import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+def timeit(fn, *args, repeats: int = 7, number: int = 5) -> float:
+    """Median seconds per call of a jitted `fn` after one warm-up call."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / number)
+    return statistics.median(times)
+
+
+def convnet(conv: str):
+    """The project's ConvNet (`project`: `layers.conv`'s written-out gradients), or the same
+    network with autodiff's own convolution gradients (`lax`)."""
+    import flax.linen as nn
+
+    from fmnist_jax import layers, models
+
+    if conv == "project":
+        return models.ConvNet()
+
+    class LaxConvNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for features in (32, 64):
+                x = nn.relu(layers.max_pool_2x2(nn.Conv(features, (3, 3), padding="SAME")(x)))
+            x = nn.relu(nn.Dense(128)(x.reshape((x.shape[0], -1))))
+            return nn.Dense(10)(x)
+
+    return LaxConvNet()
 
 
 def main(argv=None):
@@ -33,10 +71,8 @@ def main(argv=None):
     import jax.numpy as jnp
     import numpy as np
     import optax
-    from explore import timeit
-    from variants import make_convnet
 
-    model = make_convnet(args.conv, 0.0)
+    model = convnet(args.conv)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(0, 1, (args.batch, 28, 28, 1)).astype(np.float32))
     targets = jnp.asarray(rng.integers(0, 10, args.batch).astype(np.int32))

@@ -8,6 +8,7 @@ plain replicas (synthetic images: the cost does not depend on them).
 Each case is compiled and warmed up by one chunk, then timed over two.
 """
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ def time_case(grid: str, num_replicas: int, how: str, chunks: int = 2) -> tuple[
     return (time.perf_counter() - start) / (chunks * feed.chunk), s.num_members
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     from fmnist_jax import runtime
 
     runtime.configure_process()

@@ -16,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's package
+from absl import flags
 from workers import data_dir
+
+from fmnist_jax import cli
 
 MODELS = {"mlp": ("mlp_dropout", 500), "cnn": ("cnn_dropout", 60)}  # experiment, block steps
 
@@ -63,8 +64,7 @@ def timed_block(entry: dict, block: int) -> float:
     return time.perf_counter() - start
 
 
-def main(argv) -> None:
-    del argv
+def main() -> None:
     counts = [int(r) for r in _REPLICAS.value.split(",")]
     maps = _MAPS.value.split(",")
     header = f"{'model':8s} {'map':6s} {'R':>3s} {'img/s per replica':>18s} {'img/s (all)':>12s}"
@@ -90,4 +90,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

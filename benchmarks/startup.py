@@ -30,9 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from absl import app, flags
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the checkout's package and tests/
+from absl import flags
+
+from fmnist_jax import cli
 
 _TREES = flags.DEFINE_list("trees", [str(REPO)], "Source trees to compare (PYTHONPATH).")
 _PROCESSES = flags.DEFINE_integer("processes", 1, "Processes of the run: 1 or 2.")
@@ -100,9 +102,7 @@ def run_once(tree: str, site: Path) -> dict:
     }
 
 
-def main(argv) -> None:
-    del argv
-    sys.path.insert(0, str(REPO))
+def main() -> None:
     from tests.test_without_tensorflow import SITECUSTOMIZE
 
     site = Path(tempfile.mkdtemp(prefix="no-tf-"))
@@ -124,4 +124,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
