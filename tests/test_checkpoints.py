@@ -11,6 +11,7 @@ import fmnist_jax as fj
 from fmnist_jax import config as config_lib
 from fmnist_jax import rundir, train
 from fmnist_jax.errors import RunError
+from tests.conftest import metrics_lines
 
 
 def flip_a_byte(workdir: Path, step: int) -> Path:
@@ -21,10 +22,6 @@ def flip_a_byte(workdir: Path, step: int) -> Path:
     data[len(data) // 2] ^= 0xFF
     biggest.write_bytes(bytes(data))
     return biggest
-
-
-def _history(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture
@@ -53,7 +50,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_training_resumes_from_the_
     assert (workdir / "checkpoints" / "16.damaged").is_dir()
     assert any("checkpoints/16 is damaged" in r.getMessage() for r in caplog.records)
     train.train_and_evaluate(cfg, tmp_path / "straight")
-    assert _history(workdir) == _history(tmp_path / "straight")
+    assert metrics_lines(workdir) == metrics_lines(tmp_path / "straight")
 
 
 def test_readers_skip_a_damaged_checkpoint_and_refuse_it_when_asked_for(run16):
@@ -93,4 +90,4 @@ def test_a_checkpoint_orbax_cannot_read_is_set_aside_like_a_damaged_one(run16, t
     assert json.loads((workdir / "summary.json").read_text())["resumed_from_step"] == 8
     assert (workdir / "checkpoints" / "16.damaged").is_dir()
     train.train_and_evaluate(cfg, tmp_path / "straight")
-    assert _history(workdir) == _history(tmp_path / "straight")
+    assert metrics_lines(workdir) == metrics_lines(tmp_path / "straight")

@@ -15,7 +15,7 @@ import pytest
 import fmnist_jax as fj
 from fmnist_jax import distributed
 from fmnist_jax.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, metrics_lines
 
 # batch 32, eval batch 64: divisible by 2; host batches in both (several processes feed theirs)
 TRAIN = ["--config", "mlp_dropout:test", "--config.steps_per_chunk=1"]
@@ -57,10 +57,6 @@ def _one_process_two_devices(workdir, *args):
     assert proc.returncode == 0, err[-3000:]
 
 
-def _history(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def _assert_same_curves(a, b):
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for x, y in zip(a, b, strict=True):
@@ -77,7 +73,7 @@ def runs(tmp_path_factory):
     start = time.perf_counter()
     logs = _two_processes(two, "--config.num_train_steps=16")
     _one_process_two_devices(one, "--config.num_train_steps=16")
-    first = (_history(two), _history(one), json.loads((two / "summary.json").read_text()))
+    first = (metrics_lines(two), metrics_lines(one), json.loads((two / "summary.json").read_text()))
     _two_processes(two)  # resumes to the config's 24 steps
     _one_process_two_devices(one)
     print(f"two-process runs: {time.perf_counter() - start:.1f} s")
@@ -101,11 +97,11 @@ def test_only_process_0_writes_and_logs(runs):
 
 
 def test_a_resumed_two_process_run_continues_the_same_curves(runs):
-    history = _history(runs["two"])
+    history = metrics_lines(runs["two"])
     assert [r["step"] for r in history] == [8, 16, 24]
     assert history[:2] == runs["first"][0]
     assert json.loads((runs["two"] / "summary.json").read_text())["resumed_from_step"] == 16
-    _assert_same_curves(history, _history(runs["one"]))
+    _assert_same_curves(history, metrics_lines(runs["one"]))
 
 
 def test_one_process_restores_the_two_process_checkpoint(runs):
@@ -120,7 +116,7 @@ def test_two_processes_train_replicas_as_one_process_does(tmp_path):
     args = ["--config.num_train_steps=16", "--config.num_replicas=2"]
     _two_processes(tmp_path / "two", *args)
     _one_process_two_devices(tmp_path / "one", *args)
-    two, one = _history(tmp_path / "two"), _history(tmp_path / "one")
+    two, one = metrics_lines(tmp_path / "two"), metrics_lines(tmp_path / "one")
     assert [(r["step"], r["replica"]) for r in two] == [(8, 0), (8, 1), (16, 0), (16, 1)]
     _assert_same_curves(two, one)
     assert two[-1]["test_loss"] != two[-2]["test_loss"]  # the replicas differ

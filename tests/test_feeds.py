@@ -3,10 +3,6 @@ the same batches, the same metrics (bit for bit on linear regression, to float r
 networks), resume and the non-finite stop at step granularity, 8 devices as 1."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -14,18 +10,7 @@ import pytest
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, feeds, train
 from fmnist_jax.errors import TrainingError
-from tests.conftest import REPO
-
-
-def _history(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _close(a, b, rel):
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for x, y in zip(a, b, strict=True):
-        for key in x:
-            assert x[key] == pytest.approx(y[key], rel=rel, abs=rel), (x["step"], key)
+from tests.conftest import assert_curves_close, metrics_lines, train_on_devices
 
 
 def test_chunks_divide_the_evaluation_interval_and_end_on_evaluations():
@@ -55,7 +40,7 @@ def test_device_chunks_give_the_metrics_of_host_steps(tmp_path, name, rel):
         cfg = config_lib.load_experiment(name, "test")
         cfg.steps_per_chunk = chunk
         train.train_and_evaluate(cfg, tmp_path / str(chunk))
-        runs[chunk] = _history(tmp_path / str(chunk))
+        runs[chunk] = metrics_lines(tmp_path / str(chunk))
         assert (
             json.loads((tmp_path / str(chunk) / "summary.json").read_text())["steps_per_chunk"]
             == chunk
@@ -63,7 +48,7 @@ def test_device_chunks_give_the_metrics_of_host_steps(tmp_path, name, rel):
     if rel == 0.0:
         assert runs[1] == runs[8]
     else:
-        _close(runs[1], runs[8], rel)
+        assert_curves_close(runs[1], runs[8], rel, keys=None)
 
 
 def test_a_resumed_chunked_run_equals_an_uninterrupted_one(tmp_path):
@@ -74,7 +59,7 @@ def test_a_resumed_chunked_run_equals_an_uninterrupted_one(tmp_path):
     train.train_and_evaluate(cfg, tmp_path / "resumed")
     cfg.num_train_steps = 24
     train.train_and_evaluate(cfg, tmp_path / "resumed")
-    assert _history(tmp_path / "resumed") == _history(tmp_path / "straight")
+    assert metrics_lines(tmp_path / "resumed") == metrics_lines(tmp_path / "straight")
 
 
 def test_the_non_finite_stop_names_the_exact_step_inside_a_chunk(tmp_path):
@@ -88,25 +73,9 @@ def test_the_non_finite_stop_names_the_exact_step_inside_a_chunk(tmp_path):
     assert steps == [8, 16]
 
 
-EIGHT = textwrap.dedent(
-    """
-    import sys
-    from fmnist_jax import config, train
-    cfg = config.load_experiment("mlp_dropout", "test")
-    cfg.num_train_steps, cfg.steps_per_chunk = 16, 8
-    train.train_and_evaluate(cfg, sys.argv[1])
-    """
-)
-
-
 def test_eight_devices_chunked_match_one(tmp_path):
-    histories = []
-    for n in (1, 8):
-        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-        env["JAX_NUM_CPU_DEVICES"] = str(n)
-        subprocess.run(
-            [sys.executable, "-c", EIGHT, str(tmp_path / str(n))], cwd=REPO, env=env,
-            check=True, capture_output=True, timeout=300,
-        )  # fmt: skip
-        histories.append(_history(tmp_path / str(n)))
-    _close(*histories, rel=1e-4)
+    one, eight = (
+        train_on_devices(tmp_path / str(n), n, num_train_steps=16, steps_per_chunk=8)
+        for n in (1, 8)
+    )
+    assert_curves_close(one, eight, rel=1e-4, keys=None)

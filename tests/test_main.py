@@ -12,7 +12,7 @@ import pytest
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, main
 from fmnist_jax.errors import UsageError
-from tests.conftest import REPO
+from tests.conftest import REPO, metrics_lines
 
 
 def _cli(*args, env=None, timeout=300, cwd=REPO):
@@ -90,10 +90,6 @@ def _events(run_dir):
     return [e.step for e in acc.Tensors("loss")]
 
 
-def _history(workdir):
-    return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_kill_during_training_then_rerun_resumes_exactly(tmp_path):
     args = [
         "--config", "mlp_dropout:test",
@@ -121,7 +117,7 @@ def test_kill_during_training_then_rerun_resumes_exactly(tmp_path):
     assert summary["resumed_from_step"] > 0
     straight = _cli(*args, "--workdir", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-2000:]
-    assert _history(killed) == _history(tmp_path / "straight")
+    assert metrics_lines(killed) == metrics_lines(tmp_path / "straight")
     for sub in ("train", "test"):
         assert _events(killed / sub) == list(range(20, 601, 20))
 

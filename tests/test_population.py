@@ -2,9 +2,6 @@
 (host feed and device chunks, vmap and unroll, 1 and 8 devices, resumed), a one-point grid is
 today's program, and a grid that cannot work is refused in one line."""
 
-import json
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,37 +11,17 @@ import fmnist_jax as fj
 from fmnist_jax import config as config_lib
 from fmnist_jax import population, replicas, rundir, train
 from fmnist_jax.errors import ConfigError, RunError, TrainingError
-from tests.conftest import run_on_devices
+from tests.conftest import assert_curves_close, metrics_lines, tiny_config, train_on_devices
 
-KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
 GRID = "dropout_rate=0,0.25;learning_rate=1e-3,3e-4"
 POINTS = [(0.0, 1e-3), (0.0, 3e-4), (0.25, 1e-3), (0.25, 3e-4)]
-
-
-def _config(name="mlp", **changes):
-    cfg = config_lib.load_experiment(name, "test")
-    for k, v in changes.items():
-        cfg[k] = v
-    return cfg
-
-
-def _history(workdir, member=None):
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if member is None or r["replica"] == member]
-
-
-def _assert_close(a, b, tol):
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for x, y in zip(a, b, strict=True):
-        for key in KEYS:
-            assert x[key] == pytest.approx(y[key], rel=tol, abs=tol), (x["step"], key)
 
 
 # --------------------------------------------------------------------------- the grid
 
 
 def test_points_are_the_product_in_order_and_members_point_major():
-    cfg = _config(grid=GRID, num_replicas=2)
+    cfg = tiny_config(grid=GRID, num_replicas=2)
     assert [tuple(p.values()) for p in population.points(cfg)] == POINTS
     members = population.members(cfg)
     assert len(members) == population.num_members(cfg) == 8
@@ -80,7 +57,7 @@ def test_the_api_takes_a_grid_as_a_dict():
 )
 def test_a_grid_that_cannot_work_is_one_config_error(grid, message):
     with pytest.raises(ConfigError, match=message):
-        config_lib.validate(_config(grid=grid))
+        config_lib.validate(tiny_config(grid=grid))
 
 
 # --------------------------------------------------------------------------- training
@@ -92,7 +69,7 @@ def test_a_grid_that_cannot_work_is_one_config_error(grid, message):
 def test_each_member_trains_as_the_plain_run_of_its_point_and_seed(tmp_path, model, how, chunk):
     common = {"num_replicas": 2, "replica_map": how, "steps_per_chunk": chunk}
     state, history = train.train_and_evaluate(
-        _config(model, grid=GRID, **common), tmp_path / "population"
+        tiny_config(model, grid=GRID, **common), tmp_path / "population"
     )
     assert jax.tree.leaves(state.params)[0].shape[0] == 8
     assert {(r["point"], r["dropout_rate"], r["learning_rate"]) for r in history} == {
@@ -101,10 +78,12 @@ def test_each_member_trains_as_the_plain_run_of_its_point_and_seed(tmp_path, mod
     for g, (rate, lr) in enumerate(POINTS):
         plain = tmp_path / f"plain{g}"
         train.train_and_evaluate(
-            _config(model, dropout_rate=rate, learning_rate=lr, **common), plain
+            tiny_config(model, dropout_rate=rate, learning_rate=lr, **common), plain
         )
         for k in range(2):
-            _assert_close(_history(tmp_path / "population", 2 * g + k), _history(plain, k), 2e-5)
+            assert_curves_close(
+                metrics_lines(tmp_path / "population", 2 * g + k), metrics_lines(plain, k), 2e-5
+            )
     summary = rundir.read_json(tmp_path / "population" / "summary.json")
     assert summary["num_members"] == 8 and "statistics" not in summary
     point = summary["points"][3]
@@ -114,8 +93,10 @@ def test_each_member_trains_as_the_plain_run_of_its_point_and_seed(tmp_path, mod
 
 
 def test_a_one_point_grid_is_the_plain_program_bit_for_bit(tmp_path):
-    train.train_and_evaluate(_config("mlp_dropout"), tmp_path / "plain")
-    train.train_and_evaluate(_config("mlp_dropout", grid="dropout_rate=0.25"), tmp_path / "grid")
+    train.train_and_evaluate(tiny_config("mlp_dropout"), tmp_path / "plain")
+    train.train_and_evaluate(
+        tiny_config("mlp_dropout", grid="dropout_rate=0.25"), tmp_path / "grid"
+    )
     plain = (tmp_path / "plain" / "metrics.jsonl").read_text()
     assert (tmp_path / "grid" / "metrics.jsonl").read_text() == plain
     summary = rundir.read_json(tmp_path / "plain" / "summary.json")
@@ -123,19 +104,21 @@ def test_a_one_point_grid_is_the_plain_program_bit_for_bit(tmp_path):
 
 
 def test_a_resumed_population_continues_the_same_curves_and_refuses_another_grid(tmp_path):
-    cfg = _config(grid="learning_rate=1e-3,3e-4", num_replicas=2)
+    cfg = tiny_config(grid="learning_rate=1e-3,3e-4", num_replicas=2)
     train.train_and_evaluate(cfg, tmp_path / "straight")
-    short = _config(grid=cfg.grid, num_replicas=2, num_train_steps=16)
+    short = tiny_config(grid=cfg.grid, num_replicas=2, num_train_steps=16)
     train.train_and_evaluate(short, tmp_path / "resumed")
     train.train_and_evaluate(cfg, tmp_path / "resumed")
-    _assert_close(_history(tmp_path / "straight"), _history(tmp_path / "resumed"), 1e-6)
+    assert_curves_close(
+        metrics_lines(tmp_path / "straight"), metrics_lines(tmp_path / "resumed"), 1e-6
+    )
     with pytest.raises(RunError, match="grid='learning_rate=1e-3,3e-4'.*use another --workdir"):
-        other = _config(grid="learning_rate=1e-3,1e-4", num_replicas=2)
+        other = tiny_config(grid="learning_rate=1e-3,1e-4", num_replicas=2)
         train.train_and_evaluate(other, tmp_path / "resumed")
 
 
 def test_a_non_finite_member_is_named_by_its_values(tmp_path):
-    cfg = _config(grid="learning_rate=1e-3,1e30", optimizer="sgd")
+    cfg = tiny_config(grid="learning_rate=1e-3,1e30", optimizer="sgd")
     with pytest.raises(
         TrainingError, match=rf"of member 1 \(learning_rate=1e\+30,seed={cfg.seed}\)"
     ):
@@ -143,7 +126,7 @@ def test_a_non_finite_member_is_named_by_its_values(tmp_path):
 
 
 def test_a_member_restores_with_its_values(tmp_path):
-    state, _ = train.train_and_evaluate(_config(grid="dropout_rate=0,0.5"), tmp_path)
+    state, _ = train.train_and_evaluate(tiny_config(grid="dropout_rate=0,0.5"), tmp_path)
     trained = fj.restore(tmp_path, member=1)
     assert trained.config.dropout_rate == 0.5 and trained.config.grid == ""
     for a, b in zip(
@@ -156,24 +139,16 @@ def test_a_member_restores_with_its_values(tmp_path):
     assert run.num_replicas == 2 and run.replica(1).config["dropout_rate"] == 0.5
 
 
-EIGHT_DEVICES = textwrap.dedent(
-    """
-    import sys
-    from fmnist_jax import config, train
-    import jax
-    assert jax.local_device_count() == int(sys.argv[2]), jax.devices()
-    cfg = config.load_experiment("mlp_dropout", "test")
-    cfg.num_replicas, cfg.num_train_steps, cfg.grid = 2, 16, "dropout_rate=0,0.25"
-    train.train_and_evaluate(cfg, sys.argv[1])
-    """
-)
+GRID2 = "dropout_rate=0,0.25"
 
 
 def test_eight_devices_with_a_population_match_one(tmp_path):
     """8 devices: the points over 2 of them, each batch over 4."""
-    for n in (1, 8):
-        run_on_devices(EIGHT_DEVICES, tmp_path / str(n), n)
-    _assert_close(_history(tmp_path / "1"), _history(tmp_path / "8"), 1e-4)
+    one, eight = (
+        train_on_devices(tmp_path / str(n), n, num_replicas=2, num_train_steps=16, grid=GRID2)
+        for n in (1, 8)
+    )
+    assert_curves_close(one, eight, 1e-4)
 
 
 def test_the_progress_line_names_members_and_the_leading_one():
@@ -196,7 +171,7 @@ def test_a_members_injected_learning_rate_updates_bit_for_bit_as_the_plain_optim
 
     from fmnist_jax import steps
 
-    cfg = _config(optimizer=optimizer, learning_rate=1e-3)
+    cfg = tiny_config(optimizer=optimizer, learning_rate=1e-3)
     params = {"w": jax.random.normal(jax.random.PRNGKey(0), (50, 20))}
     results = []
     for member in (False, True):

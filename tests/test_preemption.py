@@ -11,16 +11,12 @@ import time
 import pytest
 
 from fmnist_jax import preemption
-from tests.conftest import REPO
+from tests.conftest import REPO, metrics_lines
 
 ARGS = [
     "--config", "mlp_dropout:test", "--config.num_train_steps=240",
     "--config.eval_every_steps=20", "--config.checkpoint_every_steps=40",
 ]  # fmt: skip
-
-
-def _history(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _run(workdir, **kwargs):
@@ -65,4 +61,4 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_equals_a_straight_run(tmp_
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()[-2000:]
     assert json.loads((stopped / "summary.json").read_text())["resumed_from_step"] == step
     assert _run(straight).wait(timeout=300) == 0
-    assert _history(stopped) == _history(straight)
+    assert metrics_lines(stopped) == metrics_lines(straight)

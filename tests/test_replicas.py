@@ -3,41 +3,16 @@ plain run, the replicas differ, resume and 8 devices give the same curves, each 
 restored, and the statistics over replicas are the textbook ones."""
 
 import json
-import textwrap
 
 import jax
 import numpy as np
 import pytest
 
 import fmnist_jax as fj
-from fmnist_jax import config as config_lib
 from fmnist_jax import data, distributed, replicas, rundir, steps, summary, train
 from fmnist_jax.errors import TrainingError, UsageError
 from fmnist_jax.plotting import curves
-from tests.conftest import run_on_devices
-
-KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
-
-
-def _history(workdir, replica=None):
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if replica is None or r["replica"] == replica]
-
-
-def _assert_close(a, b, rel):
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for x, y in zip(a, b, strict=True):
-        for key in KEYS:
-            assert x[key] == pytest.approx(y[key], rel=rel, abs=rel), (x["step"], key)
-
-
-def _config(name="mlp_dropout", replicas_=1, **changes):
-    cfg = config_lib.load_experiment(name, "test")
-    cfg.num_replicas = replicas_
-    for k, v in changes.items():
-        cfg[k] = v
-    return cfg
-
+from tests.conftest import assert_curves_close, metrics_lines, tiny_config, train_on_devices
 
 # --------------------------------------------------------------------------- seeds, statistics
 
@@ -65,7 +40,7 @@ def test_the_interval_is_the_student_t_interval_of_the_mean():
 
 
 def test_the_summary_lists_each_replica_and_its_statistics():
-    cfg = _config(replicas_=2)
+    cfg = tiny_config("mlp_dropout", num_replicas=2)
     history = [
         {"step": s, "replica": k, "train_loss": 1.0, "test_loss": loss, "test_accuracy": acc}
         for s, per in ((8, ((0.5, 0.8), (0.7, 0.7))), (16, ((0.4, 0.9), (0.6, 0.8))))
@@ -114,7 +89,7 @@ def test_the_mesh_splits_replicas_where_the_devices_allow():
 
 
 def test_one_replica_runs_the_unreplicated_step_bit_for_bit():
-    cfg = _config()
+    cfg = tiny_config("mlp_dropout")
     dataset = data.load(cfg)
     mesh = distributed.make_mesh(1)
     s = steps.Steps(cfg, mesh)
@@ -129,14 +104,17 @@ def test_one_replica_runs_the_unreplicated_step_bit_for_bit():
 
 @pytest.mark.parametrize("chunk, how", [(1, "vmap"), (8, "vmap"), (1, "unroll"), (8, "unroll")])
 def test_replica_0_of_3_is_the_plain_run_and_the_replicas_differ(tmp_path, chunk, how):
-    train.train_and_evaluate(_config(steps_per_chunk=chunk), tmp_path / "plain")
+    train.train_and_evaluate(tiny_config("mlp_dropout", steps_per_chunk=chunk), tmp_path / "plain")
     state, history = train.train_and_evaluate(
-        _config(replicas_=3, steps_per_chunk=chunk, replica_map=how), tmp_path / "three"
+        tiny_config("mlp_dropout", num_replicas=3, steps_per_chunk=chunk, replica_map=how),
+        tmp_path / "three",
     )
     assert jax.tree.leaves(state.params)[0].shape[0] == 3
     assert [r["replica"] for r in history[:3]] == [0, 1, 2]
-    _assert_close(_history(tmp_path / "three", 0), _history(tmp_path / "plain"), rel=1e-5)
-    finals = [_history(tmp_path / "three", k)[-1]["test_loss"] for k in range(3)]
+    assert_curves_close(
+        metrics_lines(tmp_path / "three", 0), metrics_lines(tmp_path / "plain"), rel=1e-5
+    )
+    finals = [metrics_lines(tmp_path / "three", k)[-1]["test_loss"] for k in range(3)]
     assert len(set(finals)) == 3
     s = json.loads((tmp_path / "three" / "summary.json").read_text())
     assert [r["final_test_loss"] for r in s["replicas"]] == finals
@@ -144,38 +122,28 @@ def test_replica_0_of_3_is_the_plain_run_and_the_replicas_differ(tmp_path, chunk
 
 
 def test_a_resumed_run_of_replicas_continues_the_same_curves(tmp_path):
-    train.train_and_evaluate(_config(replicas_=2), tmp_path / "straight")
-    train.train_and_evaluate(_config(replicas_=2, num_train_steps=16), tmp_path / "resumed")
-    train.train_and_evaluate(_config(replicas_=2), tmp_path / "resumed")
-    straight, resumed = _history(tmp_path / "straight"), _history(tmp_path / "resumed")
+    train.train_and_evaluate(tiny_config("mlp_dropout", num_replicas=2), tmp_path / "straight")
+    train.train_and_evaluate(
+        tiny_config("mlp_dropout", num_replicas=2, num_train_steps=16), tmp_path / "resumed"
+    )
+    train.train_and_evaluate(tiny_config("mlp_dropout", num_replicas=2), tmp_path / "resumed")
+    straight, resumed = metrics_lines(tmp_path / "straight"), metrics_lines(tmp_path / "resumed")
     assert [(r["step"], r["replica"]) for r in resumed] == [
         (s, k) for s in (8, 16, 24) for k in (0, 1)
     ]
-    _assert_close(straight, resumed, rel=1e-6)
-
-
-EIGHT_DEVICES = textwrap.dedent(
-    """
-    import sys
-    from fmnist_jax import config, train
-    import jax
-    assert jax.local_device_count() == int(sys.argv[2]), jax.devices()
-    cfg = config.load_experiment("mlp_dropout", "test")
-    cfg.num_replicas, cfg.num_train_steps = 2, 16
-    train.train_and_evaluate(cfg, sys.argv[1])
-    """
-)
+    assert_curves_close(straight, resumed, rel=1e-6)
 
 
 def test_eight_devices_with_replicas_match_one(tmp_path):
     """8 devices: the replica axis over 2 of them, each batch over 4."""
-    for n in (1, 8):
-        run_on_devices(EIGHT_DEVICES, tmp_path / str(n), n)
-    _assert_close(_history(tmp_path / "1"), _history(tmp_path / "8"), rel=1e-4)
+    one, eight = (
+        train_on_devices(tmp_path / str(n), n, num_replicas=2, num_train_steps=16) for n in (1, 8)
+    )
+    assert_curves_close(one, eight, rel=1e-4)
 
 
 def test_a_non_finite_loss_names_the_replica(tmp_path):
-    cfg = _config(replicas_=2)
+    cfg = tiny_config("mlp_dropout", num_replicas=2)
     dataset = data.load(cfg)
     inputs = dataset.train["inputs"].astype(np.float32)
     inputs[:] = np.nan
@@ -185,8 +153,8 @@ def test_a_non_finite_loss_names_the_replica(tmp_path):
 
 
 def test_each_replica_restores_on_its_own_and_a_missing_one_is_refused(tmp_path):
-    state, _ = train.train_and_evaluate(_config(replicas_=2), tmp_path)
-    plain, _ = train.train_and_evaluate(_config(), tmp_path / "plain")
+    state, _ = train.train_and_evaluate(tiny_config("mlp_dropout", num_replicas=2), tmp_path)
+    plain, _ = train.train_and_evaluate(tiny_config("mlp_dropout"), tmp_path / "plain")
     assert jax.tree.leaves(plain.params)[0].ndim == jax.tree.leaves(state.params)[0].ndim - 1
     assert int(plain.step) == 24  # one replica: a plain run's state
     for k in range(2):
@@ -199,7 +167,7 @@ def test_each_replica_restores_on_its_own_and_a_missing_one_is_refused(tmp_path)
 
 
 def test_the_run_reader_splits_replicas_into_runs_of_one(tmp_path):
-    train.train_and_evaluate(_config(replicas_=2), tmp_path)
+    train.train_and_evaluate(tiny_config("mlp_dropout", num_replicas=2), tmp_path)
     run = rundir.read_run(tmp_path)
     assert run.num_replicas == 2
     one = run.replica(1)

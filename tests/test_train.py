@@ -4,7 +4,6 @@ handles (non-finite loss, unreadable or foreign checkpoints, a workdir of anothe
 
 import json
 import subprocess
-import textwrap
 from types import SimpleNamespace
 
 import jax
@@ -14,13 +13,9 @@ import pytest
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, rundir, train
 from fmnist_jax.errors import ConfigError, RunError, TrainingError, UsageError
-from tests.conftest import run_on_devices
+from tests.conftest import assert_curves_close, metrics_lines, train_on_devices
 
 EXPERIMENTS = ["linreg", "mlp", "mlp_dropout", "cnn", "cnn_dropout"]
-
-
-def _history(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +30,7 @@ def tiny_runs(tmp_path_factory):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_trains_and_writes_its_files(tiny_runs, name):
     workdir = tiny_runs / name
-    history = _history(workdir)
+    history = metrics_lines(workdir)
     assert [r["step"] for r in history] == [8, 16, 24]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     for sub in ("train", "test"):
@@ -64,7 +59,7 @@ def test_event_files_hold_the_logged_scalars(tiny_runs):
     )
     acc.Reload()
     losses = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors("loss")]
-    expected = [r["test_loss"] for r in _history(tiny_runs / "cnn")]
+    expected = [r["test_loss"] for r in metrics_lines(tiny_runs / "cnn")]
     np.testing.assert_allclose(losses, expected, rtol=1e-6)
     assert [e.step for e in acc.Tensors("accuracy")] == [8, 16, 24]
 
@@ -73,7 +68,7 @@ def test_train_and_evaluate_returns_the_state_and_the_history(tmp_path):
     cfg = config_lib.load_experiment("mlp", "test")
     state, history = train.train_and_evaluate(cfg, tmp_path)
     assert int(state.step) == cfg.num_train_steps
-    assert history == _history(tmp_path)
+    assert history == metrics_lines(tmp_path)
 
 
 def test_checkpoints_and_load_trained(tiny_runs):
@@ -96,7 +91,7 @@ def test_resume_continues_the_same_curves(tmp_path):
     cfg.num_train_steps = 24
     train.train_and_evaluate(cfg, resumed)
     assert json.loads((resumed / "summary.json").read_text())["resumed_from_step"] == 16
-    assert _history(resumed) == _history(straight)
+    assert metrics_lines(resumed) == metrics_lines(straight)
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
@@ -104,10 +99,10 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     cfg.num_train_steps = 16
     for name in ("a", "b"):
         train.train_and_evaluate(cfg, tmp_path / name)
-    assert _history(tmp_path / "a") == _history(tmp_path / "b")
+    assert metrics_lines(tmp_path / "a") == metrics_lines(tmp_path / "b")
     cfg.seed = 1
     train.train_and_evaluate(cfg, tmp_path / "c")
-    assert _history(tmp_path / "a") != _history(tmp_path / "c")
+    assert metrics_lines(tmp_path / "a") != metrics_lines(tmp_path / "c")
 
 
 def test_linear_regression_reaches_least_squares(tmp_path):
@@ -136,28 +131,9 @@ def test_convnet_on_the_offline_copy_passes_80_percent(offline_dir, tmp_path, mo
     assert summary["replicas"][0]["final_test_accuracy"] > 0.80, summary
 
 
-EIGHT_DEVICES = textwrap.dedent(
-    """
-    import json, sys
-    from fmnist_jax import config, train
-    import jax
-    assert jax.local_device_count() == int(sys.argv[2]), jax.devices()
-    cfg = config.load_experiment("mlp_dropout", "test")  # dropout: the RNG must shard too
-    cfg.num_train_steps = 16
-    train.train_and_evaluate(cfg, sys.argv[1])
-    """
-)
-
-
 def test_eight_devices_match_one(tmp_path):
-    histories = []
-    for n in (1, 8):
-        run_on_devices(EIGHT_DEVICES, tmp_path / str(n), n)
-        histories.append(_history(tmp_path / str(n)))
-    one, eight = histories
-    for a, b in zip(one, eight, strict=True):
-        for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    one, eight = (train_on_devices(tmp_path / str(n), n, num_train_steps=16) for n in (1, 8))
+    assert_curves_close(one, eight, rel=1e-4, abs=1e-5)
 
 
 # --------------------------------------------------------------------------- faults
