@@ -161,18 +161,19 @@ def conv(
     `lax.conv_general_dilated` unchanged (`_gradients_apply`)."""
     del unused
     dilations = (lhs_dilation, rhs_dilation)
-    kh, kw, cin, _ = rhs.shape
     ones = (1,) * (lhs.ndim - 2)
-    if lhs.ndim == 4 and isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), ones, padding)
-    if isinstance(padding, str) or not _gradients_apply(
-        lhs, rhs, window_strides, padding, dilations, dimension_numbers, feature_group_count
+    pads = padding  # "SAME"/"VALID" as pairs, as they are for stride 1 without dilation
+    if lhs.ndim == rhs.ndim == 4 and isinstance(padding, str):
+        pads = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], ones, padding)
+    if isinstance(pads, str) or not _gradients_apply(
+        lhs, rhs, window_strides, pads, dilations, dimension_numbers, feature_group_count
     ):
-        return jax.lax.conv_general_dilated(
+        return jax.lax.conv_general_dilated(  # the caller's padding: lax resolves a string
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
             dimension_numbers, feature_group_count, precision=precision,
         )  # fmt: skip
-    padding = tuple(tuple(p) for p in padding)
+    padding = tuple(tuple(p) for p in pads)
+    kh, kw, cin, _ = rhs.shape
     few_columns = kh * kw * cin <= FEW_COLUMNS
 
     def forward(x, w):
