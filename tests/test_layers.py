@@ -120,18 +120,59 @@ def test_written_out_gradients_match_xla(x_shape, w_shape, padding):
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
 
 
-def test_other_convolutions_are_passed_to_xla_unchanged():
-    # strided: XLA's own gradients
-    x, w = jnp.ones((1, 8, 8, 16)), jnp.ones((3, 3, 16, 4))
-    strided = layers.conv(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    assert strided.shape == (1, 4, 4, 4)
-    hlo = (
-        jax.jit(jax.grad(lambda w: jnp.sum(
-            layers.conv(
-                x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))))
-        .lower(w).compile().as_text()
-    )  # fmt: skip
-    assert "convolution(" in hlo
+NHWC = ("NHWC", "HWIO", "NHWC")
+PASSED_THROUGH = {  # convolutions whose gradients `layers.conv` leaves to XLA: (x, w, arguments)
+    "strided": ((2, 8, 8, 16), (3, 3, 16, 4), {"window_strides": (2, 2), "padding": "SAME"}),
+    "kernel dilation": ((2, 9, 9, 3), (3, 3, 3, 4), {"padding": "SAME", "rhs_dilation": (2, 2)}),
+    "input dilation": (
+        (2, 5, 5, 3), (3, 3, 3, 4), {"padding": ((2, 2), (1, 1)), "lhs_dilation": (2, 2)},
+    ),
+    "groups": ((2, 8, 8, 4), (3, 3, 2, 6), {"padding": "SAME", "feature_group_count": 2}),
+    "padding over k-1": ((2, 8, 8, 3), (3, 3, 3, 4), {"padding": ((3, 0), (1, 1))}),
+    "NCHW": (
+        (2, 3, 8, 8), (4, 3, 3, 3),
+        {"padding": "SAME", "dimension_numbers": ("NCHW", "OIHW", "NCHW")},
+    ),
+    "1-d": ((2, 16, 3), (3, 3, 4), {"padding": "SAME", "dimension_numbers": ("NHC", "HIO", "NHC")}),
+    "highest precision": (
+        (2, 8, 8, 16), (3, 3, 16, 4),
+        {"window_strides": (2, 2), "padding": "VALID", "precision": jax.lax.Precision.HIGHEST},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PASSED_THROUGH)
+def test_other_convolutions_are_passed_to_xla_unchanged(name):
+    """The same program as `lax.conv_general_dilated` with the same arguments: one
+    `conv_general_dilated` with the given strides, dilations, padding, groups, dimension
+    numbers and precision, forward and differentiated alike, so the same values bit for bit."""
+    x_shape, w_shape, kwargs = PASSED_THROUGH[name]
+    kx, kw = jax.random.split(jax.random.PRNGKey(3))
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+    kwargs = {"dimension_numbers": NHWC, "window_strides": (1, 1)[: x.ndim - 2], **kwargs}
+
+    def passed(x, w):
+        return layers.conv(x, w, **kwargs)
+
+    def lax(x, w):
+        return jax.lax.conv_general_dilated(x, w, **kwargs)
+
+    def loss(conv):
+        return jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))
+
+    forward = jax.make_jaxpr(passed)(x, w)
+    assert [e.primitive.name for e in forward.eqns] == ["conv_general_dilated"]
+    params = forward.eqns[0].params
+    expected = jax.lax.conv_dimension_numbers(x.shape, w.shape, kwargs["dimension_numbers"])
+    assert params["dimension_numbers"] == expected
+    assert params["feature_group_count"] == kwargs.get("feature_group_count", 1)
+    if "precision" in kwargs:
+        assert params["precision"] == (kwargs["precision"],) * 2
+    assert str(forward) == str(jax.make_jaxpr(lax)(x, w))
+    assert str(jax.make_jaxpr(loss(passed))(x, w)) == str(jax.make_jaxpr(loss(lax))(x, w))
+    np.testing.assert_array_equal(jax.jit(passed)(x, w), jax.jit(lax)(x, w))
+    for got, want in zip(jax.jit(loss(passed))(x, w), jax.jit(loss(lax))(x, w), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_written_out_gradients_are_cpu_only():

@@ -1,16 +1,54 @@
 """summary.json's `versions`: the stack, TensorFlow's build, accelerator plugins."""
 
 import importlib.metadata
+import tomllib
+
+import pytest
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
 
 from fmnist_jax import runtime, summary
+from tests.conftest import REPO
+
+# Where pyproject.toml installs TensorFlow, and which of its distributions.
+PLATFORMS = {
+    ("linux", "x86_64"): "tensorflow-cpu",
+    ("win32", "AMD64"): "tensorflow-cpu",
+    ("linux", "aarch64"): "tensorflow",
+    ("darwin", "arm64"): "tensorflow",
+}
+
+
+def tensorflow_for(environment: dict) -> list[str]:
+    """The TensorFlow distributions pyproject.toml's dependencies select in `environment`."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    found = []
+    for line in project["dependencies"]:
+        req = Requirement(line)
+        applies = req.marker is None or req.marker.evaluate(environment)
+        if req.name in ("tensorflow", "tensorflow-cpu") and applies:
+            found.append(req.name)
+    return found
+
+
+@pytest.mark.parametrize("platform", PLATFORMS, ids="-".join)
+def test_pyproject_installs_one_tensorflow_on_each_platform(platform):
+    sys_platform, machine = platform
+    environment = {**default_environment(), "sys_platform": sys_platform}
+    environment["platform_machine"] = machine
+    assert tensorflow_for(environment) == [PLATFORMS[platform]]
 
 
 def test_versions_name_tensorflow_tfds_and_the_installed_plugins(monkeypatch):
     found = summary.versions()
     assert found["jax"] == importlib.metadata.version("jax")
     assert found["tensorflow-datasets"] == importlib.metadata.version("tensorflow-datasets")
-    tf = importlib.metadata.version("tensorflow-cpu")
-    assert found["tensorflow"] == f"{tf} (tensorflow-cpu)"
+    here = tensorflow_for(default_environment())
+    if not here:
+        pytest.skip("pyproject.toml installs no TensorFlow on this platform")
+    (distribution,) = here  # the one this platform's markers select: tensorflow-cpu or tensorflow
+    tf = importlib.metadata.version(distribution)
+    assert found["tensorflow"] == f"{tf} ({distribution})"
     assert not any(name in found for name in runtime.ACCELERATOR_PLUGINS)  # none here
     monkeypatch.setattr(runtime, "installed_plugins", lambda: ["jax-cuda12-plugin"])
     monkeypatch.setattr(summary, "_version", lambda name: "0.10.2" if "cuda" in name else "1")
