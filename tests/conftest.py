@@ -46,6 +46,27 @@ def run_on_devices(
     )  # fmt: skip
 
 
+def train_command(*args: str, env=None, timeout: float = 300, cwd: Path = REPO):
+    """`python -m fmnist_jax.main *args`, finished: its exit status, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.main", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_clear_line(result, words: str) -> None:
+    """Exit status 2, no traceback, and a last stderr line `error: ...` containing `words`."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and words in last, last
+
+
 CURVE_KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
 
 

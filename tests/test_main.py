@@ -12,30 +12,11 @@ import pytest
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, main
 from fmnist_jax.errors import UsageError
-from tests.conftest import REPO, metrics_lines
-
-
-def _cli(*args, env=None, timeout=300, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, "-m", "fmnist_jax.main", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _assert_one_clear_line(result, words):
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and words in last, last
+from tests.conftest import REPO, assert_one_clear_line, metrics_lines, train_command
 
 
 def test_help_exits_0_and_lists_the_flags():
-    result = _cli("--help")
+    result = train_command("--help")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--config" in result.stdout and "--workdir" in result.stdout
 
@@ -62,24 +43,24 @@ def test_experiment_names_resolve_to_their_files():
     ],
 )
 def test_config_mistakes_end_in_one_line(tmp_path, args, words):
-    result = _cli("--config", "experiments/mlp.py:test", "--workdir", str(tmp_path), *args)
-    _assert_one_clear_line(result, words)
+    result = train_command("--config", "experiments/mlp.py:test", "--workdir", str(tmp_path), *args)
+    assert_one_clear_line(result, words)
     assert not (tmp_path / "config.json").exists()
 
 
 def test_missing_required_flag_ends_in_one_line(tmp_path):
-    _assert_one_clear_line(_cli("--config", "mlp:test"), "Flag --workdir must have a value")
+    assert_one_clear_line(train_command("--config", "mlp:test"), "Flag --workdir must have a value")
 
 
 def test_bad_data_folder_is_named(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
     (folder / data.IDX_FILES["train"][0]).write_bytes(b"not gzip at all")
-    result = _cli(
+    result = train_command(
         "--config", "experiments/mlp.py", "--workdir", str(tmp_path / "run"),
         env={data.ENV_DATA_DIR: str(folder)},
     )  # fmt: skip
-    _assert_one_clear_line(result, "train-images-idx3-ubyte.gz: not a gzip file")
+    assert_one_clear_line(result, "train-images-idx3-ubyte.gz: not a gzip file")
 
 
 def _events(run_dir):
@@ -111,11 +92,11 @@ def test_kill_during_training_then_rerun_resumes_exactly(tmp_path):
     time.sleep(0.3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    rerun = _cli(*args, "--workdir", str(killed))
+    rerun = train_command(*args, "--workdir", str(killed))
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["resumed_from_step"] > 0
-    straight = _cli(*args, "--workdir", str(tmp_path / "straight"))
+    straight = train_command(*args, "--workdir", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert metrics_lines(killed) == metrics_lines(tmp_path / "straight")
     for sub in ("train", "test"):
