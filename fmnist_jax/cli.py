@@ -8,7 +8,10 @@ exists) and ends in `cli.run(main, required=[...])`, which
 - turns every failure into one line `error: <what and where>` on stderr and exit status 2 for
   mistakes the user can fix (`errors.USER_ERRORS`, flag errors), 1 for anything else, with
   `--verbose` showing the traceback instead;
-- sets absl logging to INFO without the INFO chatter of orbax, JAX and TensorFlow;
+- sets absl logging to INFO without the INFO chatter of orbax, JAX and TensorFlow, and without
+  the tracebacks orbax's background threads print when a save fails (a full disk): that
+  failure reaches the main thread too, as the one line above; they go to absl's log at DEBUG,
+  below the INFO it shows (`--verbose` leaves them on the screen);
 - applies the process settings every command shares (`runtime.configure_process`: XLA:CPU's
   convolution flag, TensorFlow quiet), before any JAX computation;
 - first of all, ends in one line naming the installed and the supported jax where the installed
@@ -19,6 +22,8 @@ import contextlib
 import logging as pylogging
 import re
 import sys
+import threading
+import traceback
 from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
@@ -29,6 +34,9 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "--helpfull", "-h")
 NOISY_LOGGERS = ("orbax", "jax/_src", "tensorflow", "logging_writer", "absl/flags")
+# Code whose background threads report a failed checkpoint save themselves (orbax's writer
+# threads, their asyncio loops, tensorstore's callbacks into a loop already closed).
+BACKGROUND_CODE = ("/orbax/", "/asyncio/", "/tensorstore/")
 
 FLAGS = flags.FLAGS
 
@@ -101,6 +109,48 @@ def setup_logging() -> None:
     logging.get_absl_handler().addFilter(_quiet_libraries)
 
 
+def _from_background_code(tb) -> bool:
+    return any(
+        part in frame.filename for frame in traceback.extract_tb(tb) for part in BACKGROUND_CODE
+    )
+
+
+def _demote_background_errors(record) -> bool:
+    """orbax's and asyncio's ERROR records (with their tracebacks) as DEBUG records: shown
+    only where absl's verbosity shows DEBUG."""
+    if record.levelno >= pylogging.ERROR and any(p in record.pathname for p in BACKGROUND_CODE):
+        record.levelno, record.levelname = pylogging.DEBUG, "DEBUG"
+        return logging.get_absl_logger().isEnabledFor(pylogging.DEBUG)
+    return True
+
+
+def quiet_background_failures() -> None:
+    """A failure inside orbax's background threads (a checkpoint save on a full disk) prints
+    tracebacks from those threads: orbax's own ERROR records, "Event loop is closed" from
+    tensorstore's callbacks into a finished asyncio loop (`sys.unraisablehook`), and anything
+    that escapes such a thread (`threading.excepthook`). The same failure reaches the main
+    thread, which ends in one line; these go to the log at DEBUG instead. Failures whose
+    traceback never enters that code keep the default hooks."""
+    logging.get_absl_logger().addFilter(_demote_background_errors)
+    logging.get_absl_handler().addFilter(_demote_background_errors)
+    thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
+
+    def on_thread(args):
+        if not _from_background_code(args.exc_traceback):
+            return thread_hook(args)
+        exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+        name = args.thread.name if args.thread else "?"
+        logging.debug("background thread %s failed", name, exc_info=exc_info)
+
+    def on_unraisable(u):
+        if not _from_background_code(u.exc_traceback):
+            return unraisable_hook(u)
+        exc_info = (u.exc_type, u.exc_value, u.exc_traceback)
+        logging.debug("%s: %r", u.err_msg or "exception ignored", u.object, exc_info=exc_info)
+
+    threading.excepthook, sys.unraisablehook = on_thread, on_unraisable
+
+
 def _asked_for_help(argv: Sequence[str]) -> bool:
     return any(a in HELP_FLAGS or a.startswith("--help") for a in argv[1:])
 
@@ -137,6 +187,8 @@ def run(
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         setup_logging()
+        if not FLAGS.verbose:
+            quiet_background_failures()
         with reported(verbose=FLAGS.verbose):
             main()
 

@@ -72,3 +72,56 @@ def test_a_missing_optional_dependency_is_one_line_with_its_pip_command(capsys):
     with pytest.raises(SystemExit) as exit_info, cli.reported():
         raise ModuleNotFoundError("No module named 'fmnist_jax.nope'", name="fmnist_jax.nope")
     assert exit_info.value.code == cli.EXIT_INTERNAL_ERROR
+
+
+def _failure(raise_it) -> BaseException:
+    try:
+        raise_it()
+    except Exception as e:  # noqa: BLE001 - the exception itself is what the test needs
+        return e
+    raise AssertionError("nothing raised")
+
+
+def test_background_failures_of_orbax_and_asyncio_go_to_debug_and_others_keep_their_hooks(
+    monkeypatch,
+):
+    """What `quiet_background_failures` routes to the DEBUG log: orbax's ERROR records and an
+    asyncio error reported from a thread or as unraisable ("Event loop is closed", as
+    tensorstore's callback into a finished loop raises it); a failure of other code still
+    reaches the hook that was there before."""
+    import asyncio
+    import logging as pylogging
+    import sys
+    import threading
+    from types import SimpleNamespace
+
+    from absl import logging
+
+    reached = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reached.append(u.exc_type))
+    monkeypatch.setattr(threading, "excepthook", lambda a: reached.append(a.exc_type))
+    try:
+        cli.quiet_background_failures()
+        loop = asyncio.new_event_loop()
+        loop.close()
+        closed = _failure(lambda: loop.call_soon_threadsafe(print))
+        ours = _failure(lambda: 1 / 0)
+        for e in (closed, ours):
+            u = {"exc_type": type(e), "exc_value": e, "exc_traceback": e.__traceback__}
+            sys.unraisablehook(SimpleNamespace(**u, err_msg=None, object=None))
+        for fn in (lambda: loop.call_soon_threadsafe(print), lambda: 1 / 0):
+            thread = threading.Thread(target=fn)
+            thread.start()
+            thread.join()
+        assert reached == [ZeroDivisionError, ZeroDivisionError]
+
+        def record(path):
+            return pylogging.LogRecord("absl", pylogging.ERROR, path, 1, "save failed", (), None)
+
+        orbax = record("/site-packages/orbax/checkpoint/_src/futures/future.py")
+        assert not cli._demote_background_errors(orbax) and orbax.levelname == "DEBUG"
+        own = record("/repo/fmnist_jax/train.py")
+        assert cli._demote_background_errors(own) and own.levelno == pylogging.ERROR
+    finally:
+        logging.get_absl_logger().removeFilter(cli._demote_background_errors)
+        logging.get_absl_handler().removeFilter(cli._demote_background_errors)
