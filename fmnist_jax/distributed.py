@@ -16,11 +16,15 @@ must be on a filesystem every process sees.
 
 A peer that never starts, or dies, ends every surviving process with one line on stderr within
 the configured timeouts: JAX's runtime aborts the process (a C++ abort, not a Python exception),
-so a watchdog prints the line and exits first.
+so a watchdog prints the line and exits first. A process that fails while the run is being set
+up (its workdir's lock refused, no data) tells the others at the next `failing_together` point,
+and every process ends at once with that process's error line.
 """
 
+import builtins
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import re
@@ -31,6 +35,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
+from fmnist_jax import errors
 from fmnist_jax.errors import ConfigError
 
 EXIT_PEER_FAILURE = 3
@@ -128,6 +133,68 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+OUTCOME_BYTES = 2048  # what a process tells the others of its failure: type and message
+
+
+def _encode(error: BaseException | None) -> np.ndarray:
+    """[failed, JSON {type, module, message} as UTF-8, zero padded] for an all-gather."""
+    out = np.zeros(1 + OUTCOME_BYTES, np.uint8)
+    if error is None:
+        return out
+    kind = type(error)
+    message = str(error).encode()[: OUTCOME_BYTES // 2].decode(errors="ignore")
+    payload = json.dumps({"type": kind.__name__, "module": kind.__module__, "message": message})
+    data = payload.encode()[:OUTCOME_BYTES]
+    out[0], out[1 : 1 + len(data)] = 1, np.frombuffer(data, np.uint8)
+    return out
+
+
+def _decode(row: np.ndarray) -> Exception:
+    """Another process's error as the same type (one of Python's or `fmnist_jax.errors`) with
+    the same message, so that `cli` prints the same line; else a RuntimeError naming it."""
+    raw = bytes(row[1:]).rstrip(b"\0").decode(errors="replace")
+    try:
+        found = json.loads(raw)
+    except json.JSONDecodeError:  # cut off mid-way: say what arrived
+        return RuntimeError(raw)
+    home = {"builtins": builtins, errors.__name__: errors}.get(found["module"])
+    kind = getattr(home, found["type"], None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        with contextlib.suppress(TypeError):  # a constructor with other arguments
+            return kind(found["message"])
+    return RuntimeError(f"{found['type']}: {found['message']}")
+
+
+def agree(name: str, error: BaseException | None = None) -> None:
+    """Every process calls this at the same point, `error` being how it failed there (None:
+    it did not). Where another process failed, raises that process's error here too (the
+    first failing process's, by process index); returns otherwise (a failed caller raises its
+    own). One process: returns at once."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    del name  # the point's name, for readers; all-gathers match by order
+    outcomes = np.asarray(multihost_utils.process_allgather(_encode(error)))
+    failed = np.flatnonzero(outcomes[:, 0])
+    if error is None and failed.size:
+        raise _decode(outcomes[failed[0]])
+
+
+@contextlib.contextmanager
+def failing_together(name: str):
+    """Runs the block on every process and ends it with `agree(name)`: an exception in the
+    block on any process ends the block on all of them with that exception's type and
+    message, at once, instead of leaving the others at the next barrier until the heartbeat
+    timeout. Every process must reach the end of the block (exceptions included) in step."""
+    try:
+        yield
+    except Exception as e:
+        agree(name, e)
+        raise
+    agree(name)
 
 
 def replica_axis_size(num_replicas: int, num_devices: int, num_processes: int = 1) -> int:

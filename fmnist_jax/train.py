@@ -98,17 +98,6 @@ class Run:
         return [f"member {i} ({population.member_name(m)})" for i, m in enumerate(self.identities)]
 
 
-def _load_data(config) -> data_lib.Dataset:
-    """The config's data set; with several processes process 0 loads (and so prepares TFDS)
-    first, then the others."""
-    if not distributed.is_writer():
-        distributed.barrier("fmnist_data_prepared")
-        return data_lib.load(config)
-    dataset = data_lib.load(config)
-    distributed.barrier("fmnist_data_prepared")
-    return dataset
-
-
 def initial_state(config, input_shape, steps: Steps):
     """(state, dropout keys): each member's initial train state for inputs shaped
     [batch, *input_shape] and its dropout key, from its seed (and grid point) as for a plain
@@ -146,14 +135,21 @@ def train_and_evaluate(
     config_lib.validate(config)
     config = population.resolved(config)
     workdir, writer = Path(workdir), distributed.is_writer()
-    if writer:
-        rundir.prepare(workdir)
-    rundir.check_same_run(workdir, config, ARCHITECTURE_FIELDS)
-    lock = rundir.writer_lock(workdir) if writer else contextlib.nullcontext()
     try:
-        with lock:
+        with contextlib.ExitStack() as held:
+            # Process 0 prepares the workdir, takes its lock and loads (so prepares TFDS)
+            # first, then the others load: a failure on any process ends every process here.
+            with distributed.failing_together("fmnist_workdir_ready"):
+                if writer:
+                    rundir.prepare(workdir)
+                rundir.check_same_run(workdir, config, ARCHITECTURE_FIELDS)
+                if writer:
+                    held.enter_context(rundir.writer_lock(workdir))
+                    dataset = dataset or data_lib.load(config)
+            with distributed.failing_together("fmnist_data_prepared"):
+                dataset = dataset or data_lib.load(config)
             live = progress_lib.LiveProgress(config.num_train_steps) if progress else None
-            return _train(config, workdir, dataset or _load_data(config), on_eval, writer, live)
+            return _train(config, workdir, dataset, on_eval, writer, live)
     except Exception as e:
         if not rundir.disk_full(e):
             raise

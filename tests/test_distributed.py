@@ -2,6 +2,7 @@
 write one run directory, resume together, and a missing peer ends in one line. Loopback only;
 every process bounded by a timeout."""
 
+import contextlib
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ import pytest
 import fmnist_jax as fj
 from fmnist_jax import distributed
 from fmnist_jax.errors import ConfigError
-from tests.conftest import REPO, metrics_lines
+from tests.conftest import REPO, assert_curves_close, metrics_lines
 
 # batch 32, eval batch 64: divisible by 2; host batches in both (several processes feed theirs)
 TRAIN = ["--config", "mlp_dropout:test", "--config.steps_per_chunk=1"]
@@ -57,13 +58,6 @@ def _one_process_two_devices(workdir, *args):
     assert proc.returncode == 0, err[-3000:]
 
 
-def _assert_same_curves(a, b):
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for x, y in zip(a, b, strict=True):
-        for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
-            assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (x["step"], key)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same 16 steps by two processes (one device each) and by one process (two devices),
@@ -83,7 +77,7 @@ def runs(tmp_path_factory):
 def test_two_processes_give_the_metrics_of_one_process_with_two_devices(runs):
     two, one, _ = runs["first"]
     assert [r["step"] for r in two] == [8, 16]
-    _assert_same_curves(two, one)
+    assert_curves_close(two, one, rel=1e-6, abs=1e-7)
 
 
 def test_only_process_0_writes_and_logs(runs):
@@ -101,7 +95,7 @@ def test_a_resumed_two_process_run_continues_the_same_curves(runs):
     assert [r["step"] for r in history] == [8, 16, 24]
     assert history[:2] == runs["first"][0]
     assert json.loads((runs["two"] / "summary.json").read_text())["resumed_from_step"] == 16
-    _assert_same_curves(history, metrics_lines(runs["one"]))
+    assert_curves_close(history, metrics_lines(runs["one"]), rel=1e-6, abs=1e-7)
 
 
 def test_one_process_restores_the_two_process_checkpoint(runs):
@@ -118,7 +112,7 @@ def test_two_processes_train_replicas_as_one_process_does(tmp_path):
     _one_process_two_devices(tmp_path / "one", *args)
     two, one = metrics_lines(tmp_path / "two"), metrics_lines(tmp_path / "one")
     assert [(r["step"], r["replica"]) for r in two] == [(8, 0), (8, 1), (16, 0), (16, 1)]
-    _assert_same_curves(two, one)
+    assert_curves_close(two, one, rel=1e-6, abs=1e-7)
     assert two[-1]["test_loss"] != two[-2]["test_loss"]  # the replicas differ
 
 
@@ -169,6 +163,58 @@ def test_a_peer_that_dies_ends_the_other_in_one_line_and_keeps_the_checkpoints(t
 
     assert 40 in rundir.finished_steps(workdir)
     print(f"dead peer: {last!r} after {elapsed:.1f} s")
+
+
+@pytest.mark.parametrize("failure", ["workdir locked", "no data"])
+def test_process_0_failing_before_the_loop_ends_the_other_at_once(tmp_path, failure):
+    """Process 0 is refused the workdir's lock (another run holds it) or finds no data where
+    the config says: process 1 ends within seconds with process 0's line and exit status,
+    instead of waiting at a barrier for the heartbeat timeout."""
+    from fmnist_jax import rundir
+
+    workdir, address = tmp_path / "run", f"127.0.0.1:{_free_port()}"
+    flags = [
+        f"--coordinator_address={address}", "--num_processes=2", "--initialization_timeout=60",
+        "--heartbeat_timeout_seconds=60",
+    ]  # fmt: skip
+    if failure == "no data":
+        flags += ["--config.dataset=fashion_mnist", f"--config.data_dir={tmp_path / 'none'}"]
+    workdir.mkdir()
+    with contextlib.ExitStack() as held:
+        if failure == "workdir locked":
+            held.enter_context(rundir.writer_lock(workdir))
+        procs = [_train(workdir, *flags, f"--process_id={i}") for i in (0, 1)]
+        outputs = [procs[0].communicate(timeout=120)]
+        first = time.perf_counter()
+        outputs.append(procs[1].communicate(timeout=120))
+        after = time.perf_counter() - first
+    lines = [err.strip().splitlines()[-1] for _, err in outputs]
+    assert procs[0].returncode == 2, outputs[0][1][-2000:]
+    words = "is being trained by process" if failure == "workdir locked" else "data folder not"
+    assert lines[0].startswith("error: ") and words in lines[0], lines[0]
+    assert lines[1] == lines[0], outputs[1][1][-2000:]
+    assert procs[1].returncode == 2
+    assert after < 5, after  # not the 60 s heartbeat timeout
+
+
+def test_a_peers_error_arrives_as_the_same_type_and_message():
+    import errno
+
+    from fmnist_jax import errors
+
+    for sent in (
+        errors.RunError("runs/x is being trained by process 7; wait"),
+        errors.DataError("runs/none: data folder not found"),
+        OSError(errno.ENOSPC, "No space left on device"),
+        ValueError("a" * 5000),  # cut to what fits
+    ):
+        got = distributed._decode(distributed._encode(sent))
+        assert type(got) is type(sent)
+        assert str(sent).startswith(str(got)) and len(str(got)) >= min(len(str(sent)), 1000)
+    custom = type("CustomError", (Exception,), {})("its message")
+    got = distributed._decode(distributed._encode(custom))
+    assert type(got) is RuntimeError and str(got) == "CustomError: its message"
+    assert not distributed._encode(None).any()
 
 
 @pytest.mark.parametrize(
