@@ -13,7 +13,6 @@ import ml_collections
 from fmnist_jax.errors import ConfigError
 
 OPTIMIZERS = ("adam", "sgd", "momentum")
-MODELS = ("linear_regression", "mlp", "cnn")
 DATASETS = ("fashion_mnist", "synthetic", "linear_regression")
 ACTIVATIONS = ("relu", "sigmoid")
 
@@ -107,8 +106,10 @@ def _hyperparameters(config, where: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field that cannot work."""
+    from fmnist_jax import models, population
+
     for field, choices in (
-        ("model", MODELS),
+        ("model", tuple(models.MODELS)),
         ("optimizer", OPTIMIZERS),
         ("dataset", DATASETS),
         ("activation", ACTIVATIONS),
@@ -118,8 +119,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             config[field] in choices,
             f"config.{field}={config[field]!r} is unknown; choose one of {', '.join(choices)}",
         )
-    from fmnist_jax import population
-
     for point in population.points(config):
         where = "config.grid: " if point else "config."
         _hyperparameters(population.point_config(config, point) if point else config, where)
