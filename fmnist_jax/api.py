@@ -8,7 +8,7 @@
     result = fj.attack(trained, images, targets=[1, 7])          # adversarial images and norms
 
 Everything here calls the same code as the command lines (`train.train_and_evaluate`,
-`train.load_trained`, `adversarial.attack`); nothing is trained or attacked differently.
+`checkpoints.load_trained`, `adversarial.attack`); nothing is trained or attacked differently.
 """
 
 import difflib
@@ -140,9 +140,9 @@ def restore(
     """The model (member `member`, or replica `replica`: the same index, of a run with
     several) of a training run's workdir, from its latest (or the given) checkpoint; a
     population member's config has its grid values in place."""
-    from fmnist_jax import train as train_lib
+    from fmnist_jax import checkpoints
 
-    return Trained(*train_lib.load_trained(workdir, step, replica if member is None else member))
+    return Trained(*checkpoints.load_trained(workdir, step, replica if member is None else member))
 
 
 def check_pixels(images: np.ndarray, what: str = "images") -> None:

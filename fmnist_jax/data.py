@@ -178,18 +178,13 @@ def load_tfds(data_dir: str | None = None) -> Dataset:
     """
     from fmnist_jax import runtime
 
-    try:
-        runtime.hide_accelerators_from_tensorflow()
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        command = errors.pip_install(e)
-        if command is None:
-            raise
+    def missing(package: str, command: str):
         raise errors.MissingDependency(
-            f"the tfds source needs {e.name.split('.')[0]}, which is not installed"
-            f" ({command}); or point ${ENV_DATA_DIR} (or --config.data_dir) at a folder with"
-            " the four IDX gz files"
-        ) from None
+            f"the tfds source needs {package}, which is not installed ({command}); or point"
+            f" ${ENV_DATA_DIR} (or --config.data_dir) at a folder with the four IDX gz files"
+        )
+
+    tfds = runtime.import_beside_tensorflow("tensorflow_datasets", missing)
     builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
     if not builder.is_prepared():
         if not _online(builder.URL):

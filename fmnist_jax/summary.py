@@ -80,7 +80,7 @@ def replica_results(config, history: list[dict]) -> list[dict]:
         {
             "replica": m,
             **({k: v for k, v in who.items() if k != "replica"} if pop else {"seed": who["seed"]}),
-            **_results(config, [r for r in history if r.get("replica", 0) == m]),
+            **_results(config, [r for r in history if r["replica"] == m]),
         }
         for m, who in enumerate(identities)
     ]
@@ -131,3 +131,23 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
         "runtime": runtime.describe(),
     }
     return summary
+
+
+def timing(config, initial_step: int, wall: float, eval_time: float, first: tuple) -> dict:
+    """Wall time and speed; the first chunk (`first` = (steps, seconds)) includes compilation
+    and is left out of the rates."""
+    first_steps, first_s = first
+    timed_steps = config.num_train_steps - initial_step - first_steps
+    steady = wall - eval_time - first_s
+    rate = timed_steps * config.batch_size / steady if timed_steps > 0 and steady > 0 else None
+    count = population.num_members(config)
+    return {
+        "resumed_from_step": initial_step,
+        "wall_time_s": round(wall, 2),
+        "first_step_s": round(first_s, 3),
+        "eval_time_s": round(eval_time, 2),
+        # Every replica's images: what the program trains per second.
+        "images_per_sec": None if rate is None else round(rate * count, 1),
+        "images_per_sec_per_replica": None if rate is None else round(rate, 1),
+        "steps_per_sec": None if rate is None else round(rate / config.batch_size, 2),
+    }

@@ -32,7 +32,7 @@ def summary(final_test=0.40, min_test=0.30, min_step=10_000, final_train=0.15, *
 def run(s, train=FALLING, test=V_LOSS, name="run"):
     """A finished run in memory whose metrics.jsonl holds `train` and `test` losses."""
     history = [
-        {"step": int(step), "train_loss": float(a), "test_loss": float(b)}
+        {"step": int(step), "replica": 0, "train_loss": float(a), "test_loss": float(b)}
         for step, a, b in zip(STEPS, train, test, strict=True)
     ]
     return Run(Path(name), {}, history, s)

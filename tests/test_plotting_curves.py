@@ -28,7 +28,7 @@ def write_run(workdir, loss_offset=0.0, accuracy=True, dropout_rate=0.0, summary
     workdir.mkdir(parents=True)
     rundir.write_config(workdir, {"batch_size": 32, "dropout_rate": dropout_rate})
     for i, step in enumerate(STEPS):
-        record = {"step": step, "epoch": step / STEPS_PER_EPOCH}
+        record = {"step": step, "replica": 0, "epoch": step / STEPS_PER_EPOCH}
         for collection, shift in (("train", 0.0), ("test", 0.1)):
             record[f"{collection}_loss"] = 1.0 / (i + 1) + shift + loss_offset
             if accuracy:
@@ -110,7 +110,7 @@ def test_a_step_logged_again_after_a_resume_is_drawn_once_with_its_later_value(t
     workdir.mkdir()
     rundir.write_config(workdir, {})
     for step, loss in ((10, 1.0), (20, 0.8), (20, 0.5), (30, 0.4)):  # 20 again after a resume
-        rundir.append_record(workdir, {"step": step, "train_loss": loss})
+        rundir.append_record(workdir, {"step": step, "replica": 0, "train_loss": loss})
     fig = plotting.plot_linreg_loss(plotting.load_run(workdir), smoothing=0.0)
     raw = fig.get_axes()[0].get_lines()[0]
     np.testing.assert_array_equal(raw.get_xdata(), [10, 20, 30])

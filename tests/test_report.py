@@ -41,7 +41,8 @@ def write_run(run_dir, data_dir, curves=True, **fields):
     run_dir.mkdir(parents=True)
     rundir.write_config(run_dir, {"model": fields.get("model", "mlp"), "batch_size": 64})
     for step, train, test in zip(STEPS, FALLING, V_LOSS, strict=True) if curves else ():
-        record = {"step": int(step), "train_loss": float(train), "test_loss": float(test)}
+        record = {"step": int(step), "replica": 0, "train_loss": float(train)}
+        record["test_loss"] = float(test)
         rundir.append_record(run_dir, {**record, "train_accuracy": 0.9, "test_accuracy": 0.9})
     data = {"source": "idx", "location": str(data_dir), "num_train": 60000, "num_test": 10000}
     rundir.write_summary(
