@@ -6,6 +6,7 @@ returns the ConfigDict from its `get_config()`.
 
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import ml_collections
@@ -76,6 +77,16 @@ def base_config() -> ml_collections.ConfigDict:
         {"num_train": 10_000, "num_test": 2_000, "num_features": 20, "noise": 0.5}
     )
     return c
+
+
+def unknown_field(e: Exception) -> str:
+    """ml_collections' KeyError/AttributeError for a config typo (a `--config.<field>` override,
+    a field given to `fj.get_config`), as one line with its suggestion: "unknown config field
+    'lerning_rate' (did you mean 'learning_rate'?)"."""
+    names = re.findall(r"[A-Za-z_][\w.]*", str(e))
+    message = f"unknown config field {names[0]!r}" if names else "unknown config field"
+    suggestion = re.search(r'Did you mean "([\w.]+)"', str(e))
+    return message + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
 
 
 def _require(ok: bool, message: str) -> None:

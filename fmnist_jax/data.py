@@ -25,7 +25,7 @@ import numpy as np
 
 from fmnist_jax import errors
 from fmnist_jax import splits as splits_lib
-from fmnist_jax.errors import DataError
+from fmnist_jax.errors import ConfigError, DataError
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -265,6 +265,44 @@ def load(config) -> Dataset:
     raise DataError(
         f"unknown dataset {config.dataset!r}; choose fashion_mnist, synthetic or linear_regression"
     )
+
+
+# --------------------------------------------------------------------------- callers' inputs
+
+
+def check_images(images, what: str = "images", floats_only: bool = False) -> None:
+    """ConfigError unless `images` are uint8 grey levels (not with `floats_only`) or finite
+    floats in [0, 1], and not an empty batch: the one check of a caller's images (the API's
+    and the attack's)."""
+    images = np.asarray(images)
+    if images.shape[:1] == (0,) or images.size == 0:
+        raise ConfigError(f"{what} is empty: pass at least one image")
+    kind = images.dtype.kind
+    if floats_only and kind != "f":
+        raise ConfigError(
+            f"{what} must be floats in [0, 1] (data.to_model_inputs), got {images.dtype}"
+        )
+    if kind == "b" or (kind in "iu" and images.dtype != np.uint8):
+        raise ConfigError(
+            f"{what} have dtype {images.dtype}: pass uint8 grey levels (0..255) or floats in [0, 1]"
+        )
+    if kind == "f":
+        bad = ~np.isfinite(images)
+        if bad.any():
+            raise ConfigError(f"{what} hold {int(bad.sum())} NaN or infinite pixels")
+        low, high = float(images.min()), float(images.max())
+        if low < 0.0 or high > 1.0:
+            hint = " (0..255 floats? divide by 255, or pass uint8)" if high > 1.0 else ""
+            raise ConfigError(f"{what} must lie in [0, 1], got {low:g}..{high:g}{hint}")
+    elif kind != "u":
+        raise ConfigError(f"{what} have dtype {images.dtype}: pass uint8 or float images")
+
+
+def check_labels(values, num_classes: int, what: str = "labels") -> None:
+    """ConfigError unless every class index in `values` lies in 0..num_classes-1."""
+    values = np.asarray(values)
+    if values.size and not 0 <= values.min() <= values.max() < num_classes:
+        raise ConfigError(f"{what} must lie in 0..{num_classes - 1}")
 
 
 # --------------------------------------------------------------------------- batching
