@@ -172,6 +172,6 @@ def import_beside_tensorflow(name: str, missing: Callable[[str, str], object]):
     return missing(package, command)  # outside the handler: no ImportError chained to it
 
 
-def describe(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+def process_settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The settings this process runs with, for a run's summary (its speed depends on them)."""
     return {name: environ.get(name, "") for name in ("XLA_FLAGS", "GLIBC_TUNABLES", OPT_OUT)}

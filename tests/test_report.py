@@ -198,8 +198,8 @@ def test_a_run_of_replicas_shows_each_number_as_mean_and_interval():
         for a, l in ((0.90, 0.30), (0.92, 0.32), (0.91, 0.31))
     ]
     stats = {
-        "final_test_accuracy": report.replicas.describe([0.90, 0.92, 0.91]),
-        "final_test_loss": report.replicas.describe([0.30, 0.32, 0.31]),
+        "final_test_accuracy": report.replicas.statistics([0.90, 0.92, 0.91]),
+        "final_test_loss": report.replicas.statistics([0.30, 0.32, 0.31]),
     }
     s = {"model": "mlp", "num_replicas": 3, "replicas": results, "statistics": stats}
     row = report.summary_row("mlp", s)
