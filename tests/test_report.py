@@ -251,14 +251,15 @@ def test_figures_and_report_import_no_tensorflow(tmp_path):
         import sys
         from pathlib import Path
 
-        from fmnist_jax import plotting, report
+        from fmnist_jax import report
+        from fmnist_jax.plotting import curves
         from tests.test_report import write_runs
         from tests.test_plotting_curves import write_run
 
         root = Path({str(tmp_path)!r})
         runs, figures = write_runs(root)
         write_run(runs / "linreg", accuracy=False)
-        written = plotting.make_figures(runs, figures)
+        written = curves.make_figures(runs, figures)
         assert sorted(written) == ["fig2", "fig3", "fig4"], written
         text = report.write_report(runs, figures, root / "REPORT.md").read_text()
         assert "](figures/fig4_cnn.png)" in text
