@@ -13,10 +13,6 @@ import ml_collections
 
 from fmnist_jax.errors import ConfigError
 
-OPTIMIZERS = ("adam", "sgd", "momentum")
-DATASETS = ("fashion_mnist", "synthetic", "linear_regression")
-ACTIVATIONS = ("relu", "sigmoid")
-
 
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by all experiments."""
@@ -117,14 +113,14 @@ def _hyperparameters(config, where: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field that cannot work."""
-    from fmnist_jax import models, population
+    from fmnist_jax import data, models, population, replicas, steps
 
-    for field, choices in (
+    for field, choices in (  # each field's registry, in the module that acts on it
         ("model", tuple(models.MODELS)),
-        ("optimizer", OPTIMIZERS),
-        ("dataset", DATASETS),
-        ("activation", ACTIVATIONS),
-        ("replica_map", ("auto", "vmap", "unroll")),
+        ("optimizer", tuple(steps.OPTIMIZERS)),
+        ("dataset", data.DATASETS),
+        ("activation", tuple(models.ACTIVATIONS)),
+        ("replica_map", replicas.MAPS),
     ):
         _require(
             config[field] in choices,

@@ -17,12 +17,6 @@ import jax
 import jax.numpy as jnp
 
 
-def _windows(x: jax.Array) -> jax.Array:
-    """[B, 2H, 2W, C] -> [B, H, 2, W, 2, C]: each 2x2 window on axes 2 and 4."""
-    b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c)
-
-
 def _upsample(y: jax.Array) -> jax.Array:
     """[B, H, W, C] -> [B, 2H, 2W, C], each value repeated over its 2x2 window."""
     return jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2)
