@@ -196,8 +196,8 @@ def _damaged_line(workdir, step: int) -> str:
 
 
 def restore_latest_intact(manager, workdir, steps, state, accumulator, writer: bool = True):
-    """(step, restored items) of the latest intact of the finished `steps`, (0, None) for a
-    workdir without checkpoints. Damaged ones are set aside on the way (every process calls
+    """(step, state, accumulator) of the latest intact of the finished `steps`; (0, `state`,
+    `accumulator`) for a workdir without checkpoints. Damaged ones are set aside on the way (every process calls
     this; only the writer renames); RunError when every checkpoint is damaged."""
     for step in reversed(steps):
         try:  # the workdir's config matches (check_same_run): a failure is the checkpoint's
@@ -205,7 +205,7 @@ def restore_latest_intact(manager, workdir, steps, state, accumulator, writer: b
         except TrainingError as e:
             restored, why = None, str(e).split(" (", 1)[-1].split(")", 1)[0]
         if restored is not None and is_intact(workdir, step, restored):
-            return step, restored
+            return step, restored[STATE], restored[ACCUMULATOR]
         if writer:
             aside = set_aside(workdir, step, "damaged")
             line = (
@@ -221,7 +221,7 @@ def restore_latest_intact(manager, workdir, steps, state, accumulator, writer: b
             f"{workdir}/{CHECKPOINT_DIR}: every checkpoint is damaged (set aside as"
             " <step>.damaged); delete the workdir to train from scratch"
         )
-    return 0, None
+    return 0, state, accumulator
 
 
 def _restore_for_reading(workdir, step: int | None, state, accumulator, finished: list[int]):

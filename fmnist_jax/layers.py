@@ -167,7 +167,13 @@ def conv(
             dimension_numbers, feature_group_count, precision=precision,
         )  # fmt: skip
     padding = tuple(tuple(p) for p in padding)
-    few_columns = kh * kw * cin <= FEW_COLUMNS
+    return _conv_with_cpu_gradients(padding, precision, kh * kw * cin <= FEW_COLUMNS)(lhs, rhs)
+
+
+def _conv_with_cpu_gradients(padding, precision, few_columns: bool):
+    """The stride-1 NHWC/HWIO convolution `conv` runs: XLA's forward pass, and on the CPU the
+    gradients written out (`platform_dependent`; autodiff's on other platforms)."""
+    ones = (1, 1)
 
     def forward(x, w):
         return jax.lax.conv_general_dilated(
@@ -202,7 +208,7 @@ def conv(
         return dx, dw
 
     f.defvjp(f_fwd, f_bwd)
-    return f(lhs, rhs)
+    return f
 
 
 # ----------------------------------------------------------------------------------------------

@@ -159,12 +159,9 @@ def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
     finished = checkpoints.set_aside_unfinished(workdir, rename=writer)
     distributed.barrier("fmnist_checkpoints_checked")
     with checkpoints.checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
-        acc = steps.empty_accumulator()
-        initial_step, restored = checkpoints.restore_latest_intact(
-            manager, workdir, finished, state, acc, writer
+        initial_step, state, acc = checkpoints.restore_latest_intact(
+            manager, workdir, finished, state, steps.empty_accumulator(), writer
         )
-        if restored is not None:
-            state, acc = restored[checkpoints.STATE], restored[checkpoints.ACCUMULATOR]
         if initial_step > config.num_train_steps:
             raise UsageError(
                 f"{workdir} is trained to step {initial_step}, past this config's"
