@@ -27,8 +27,8 @@ from pathlib import Path
 from absl import logging
 
 from fmnist_jax import population, runtime
+from fmnist_jax.rundir import COLLECTIONS
 
-COLLECTIONS = ("train", "test")  # record keys are "<collection>_<tag>"
 SCALARS_FILE = "scalars.jsonl"  # scalars logged between evaluations (CLU's progress)
 EVENTS_GLOB = "events.out.tfevents.*"
 

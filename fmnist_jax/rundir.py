@@ -37,6 +37,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"  # held (flock) by the process training in the workdir
+# A record's metrics are "<collection>_<tag>": "train_loss", "test_accuracy", ...
+COLLECTIONS = ("train", "test")
 
 
 # --------------------------------------------------------------------------- JSON files

@@ -19,10 +19,9 @@ from matplotlib.figure import Figure
 
 from fmnist_jax import rundir
 from fmnist_jax.errors import RunError
-from fmnist_jax.rundir import Curve, Run
+from fmnist_jax.rundir import COLLECTIONS, Curve, Run
 from fmnist_jax.smoothing import DEFAULT_SMOOTHING, tensorboard_smooth
 
-COLLECTIONS = ("train", "test")  # a record's keys are "<collection>_<tag>": "test_loss", ...
 COLORS = {
     ("train", False): "tab:blue",
     ("test", False): "tab:orange",
