@@ -28,15 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmnist_jax import adversarial as adv
+from fmnist_jax import checkpoints, data, models
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, models, train
 from fmnist_jax.adversarial.search import search
 
 
 def load_model(workdir: Path):
     """(logits_fn, training split, description): the checkpoint's model, or a fresh one."""
     if (workdir / "checkpoints").is_dir():
-        config, model, params = train.load_trained(workdir)
+        config, model, params = checkpoints.load_trained(workdir)
         split, what = data.load(config).train, f"trained checkpoint {workdir}"
     else:
         config = config_lib.load_experiment("cnn_dropout")

@@ -42,10 +42,10 @@ def load_params(config):
     import jax
     import jax.numpy as jnp
 
-    from fmnist_jax import models, train
+    from fmnist_jax import checkpoints, models
 
     if (workdir() / "checkpoints").is_dir():
-        _, _, params = train.load_trained(workdir())
+        _, _, params = checkpoints.load_trained(workdir())
         return params, f"trained checkpoint {workdir()}"
     model = models.create_model(config)
     params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]

@@ -66,7 +66,7 @@ def create_model(config, num_features: int = 28 * 28) -> nn.Module:
 
 
 def create_optimizer(config, params) -> torch.optim.Optimizer:
-    """The twin of `fmnist_jax.train.create_optimizer` (optax's Adam defaults equal PyTorch's:
+    """The twin of `fmnist_jax.steps.create_optimizer` (optax's Adam defaults equal PyTorch's:
     b1 0.9, b2 0.999, eps 1e-8 outside the square root)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.learning_rate)

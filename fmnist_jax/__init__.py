@@ -17,7 +17,7 @@ each name is imported on first use. For CPU speed call `fmnist_jax.configure_cpu
 `import jax` (the command lines do; see `fmnist_jax.runtime`).
 """
 
-import importlib
+from importlib import import_module as _import_module
 
 _API = {
     "CLASS_NAMES": "fmnist_jax.data",
@@ -47,7 +47,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
+        return getattr(_import_module(_API[name]), name)
     raise AttributeError(f"module 'fmnist_jax' has no attribute {name!r}")
 
 

@@ -8,10 +8,9 @@
     result = fj.attack(trained, images, targets=[1, 7])          # adversarial images and norms
 
 Everything here calls the same code as the command lines (`train.train_and_evaluate`,
-`train.load_trained`, `adversarial.attack`); nothing is trained or attacked differently.
+`checkpoints.load_trained`, `adversarial.attack`); nothing is trained or attacked differently.
 """
 
-import difflib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -52,9 +51,10 @@ def get_config(experiment: str = "cnn", variant: str = "", **overrides):
         overrides["grid"] = population.format_grid(overrides["grid"])
     for field, value in overrides.items():
         if field not in config:
-            close = difflib.get_close_matches(field, list(config.keys()), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown config field {field!r}{hint}")
+            try:
+                config[field]  # ml_collections' KeyError, with the closest field's name
+            except KeyError as e:
+                raise ConfigError(config_lib.unknown_field(e)) from None
         try:
             config[field] = value
         except (TypeError, ValueError) as e:
@@ -140,31 +140,9 @@ def restore(
     """The model (member `member`, or replica `replica`: the same index, of a run with
     several) of a training run's workdir, from its latest (or the given) checkpoint; a
     population member's config has its grid values in place."""
-    from fmnist_jax import train as train_lib
+    from fmnist_jax import checkpoints
 
-    return Trained(*train_lib.load_trained(workdir, step, replica if member is None else member))
-
-
-def check_pixels(images: np.ndarray, what: str = "images") -> None:
-    """ConfigError unless `images` are uint8 grey levels or finite floats in [0, 1], and not
-    an empty batch."""
-    if images.shape[:1] == (0,) or images.size == 0:
-        raise ConfigError(f"{what} is empty: pass at least one image")
-    kind = images.dtype.kind
-    if kind == "b" or (kind in "iu" and images.dtype != np.uint8):
-        raise ConfigError(
-            f"{what} have dtype {images.dtype}: pass uint8 grey levels (0..255) or floats in [0, 1]"
-        )
-    if kind == "f":
-        bad = ~np.isfinite(images)
-        if bad.any():
-            raise ConfigError(f"{what} hold {int(bad.sum())} NaN or infinite pixels")
-        low, high = float(images.min()), float(images.max())
-        if low < 0.0 or high > 1.0:
-            hint = " (0..255 floats? divide by 255, or pass uint8)" if high > 1.0 else ""
-            raise ConfigError(f"{what} must lie in [0, 1], got {low:g}..{high:g}{hint}")
-    elif kind != "u":
-        raise ConfigError(f"{what} have dtype {images.dtype}: pass uint8 or float images")
+    return Trained(*checkpoints.load_trained(workdir, step, replica if member is None else member))
 
 
 def as_images(images) -> np.ndarray:
@@ -176,22 +154,21 @@ def as_images(images) -> np.ndarray:
         images = images[..., None]
     if images.ndim != 4 or images.shape[1:] != (*data_lib.IMAGE_SHAPE, 1):
         raise ConfigError(f"images must be [N, 28, 28] or [N, 28, 28, 1], got {shape}")
-    check_pixels(images)
+    data_lib.check_images(images)
     return data_lib.to_model_inputs(images)
 
 
 def check_dataset(dataset: data_lib.Dataset, num_classes: int) -> None:
     """ConfigError for a caller's data set the train loop cannot use: empty splits, images
-    out of range (see `check_pixels`), labels outside 0..num_classes-1."""
+    out of range (see `data.check_images`), labels outside 0..num_classes-1."""
     for name in ("train", "test"):
         split = getattr(dataset, name)
         inputs, targets = np.asarray(split["inputs"]), np.asarray(split["targets"])
         if len(inputs) != len(targets):
             raise ConfigError(f"dataset.{name}: {len(inputs)} inputs but {len(targets)} targets")
         if inputs.ndim == 4:  # images (linear regression's features are free)
-            check_pixels(inputs, f"dataset.{name} images")
-            if targets.size and not 0 <= targets.min() <= targets.max() < num_classes:
-                raise ConfigError(f"dataset.{name} labels must lie in 0..{num_classes - 1}")
+            data_lib.check_images(inputs, f"dataset.{name} images")
+            data_lib.check_labels(targets, num_classes, f"dataset.{name} labels")
         elif inputs.size == 0:
             raise ConfigError(f"dataset.{name} is empty")
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fmnist_jax.plotting.curves import DEFAULT_SMOOTHING, tensorboard_smooth
 from fmnist_jax.rundir import Curve, Run
+from fmnist_jax.smoothing import DEFAULT_SMOOTHING, tensorboard_smooth
 
 ADVERSARIAL_RUN = "adversarial"
 # The attack on every replica of the ConvNet with and without dropout (`make study`):

@@ -41,22 +41,15 @@ BACKGROUND_CODE = ("/orbax/", "/asyncio/", "/tensorstore/")
 FLAGS = flags.FLAGS
 
 
-def unknown_field(e: Exception) -> str:
-    """ml_collections' KeyError/AttributeError for a config typo, as one line with its
-    suggestion: "unknown config field 'lerning_rate' (did you mean 'learning_rate'?)"."""
-    names = re.findall(r"[A-Za-z_][\w.]*", str(e))
-    message = f"unknown config field {names[0]!r}" if names else "unknown config field"
-    suggestion = re.search(r'Did you mean "([\w.]+)"', str(e))
-    return message + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
-
-
-def describe(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
     """One line saying what went wrong."""
     if isinstance(e, ImportError) and errors.pip_install(e):  # an optional dependency
         return f"{e.name.split('.')[0]} is not installed ({errors.pip_install(e)})"
     typo = ("Did you mean", "does not exist", "cannot be added")
     if isinstance(e, (KeyError, AttributeError)) and any(w in str(e) for w in typo):
-        return unknown_field(e)  # ml_collections' unknown config field
+        from fmnist_jax import config as config_lib
+
+        return config_lib.unknown_field(e)  # ml_collections' unknown config field
     text = str(e).strip().splitlines()
     message = text[0] if text else type(e).__name__
     if isinstance(e, flags.Error) and message.endswith(":") and len(text) > 1:
@@ -89,7 +82,7 @@ def reported(verbose: bool = False, user_error: bool = False):
             raise
         user = user_error or isinstance(e, (errors.USER_ERRORS, flags.Error))
         user = user or (isinstance(e, ImportError) and errors.pip_install(e) is not None)
-        print(f"error: {describe(e)}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         if not user:
             print("(rerun with --verbose for the traceback)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR if user else EXIT_INTERNAL_ERROR)

@@ -6,16 +6,12 @@ returns the ConfigDict from its `get_config()`.
 
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import ml_collections
 
 from fmnist_jax.errors import ConfigError
-
-OPTIMIZERS = ("adam", "sgd", "momentum")
-MODELS = ("linear_regression", "mlp", "cnn")
-DATASETS = ("fashion_mnist", "synthetic", "linear_regression")
-ACTIVATIONS = ("relu", "sigmoid")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -79,6 +75,16 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def unknown_field(e: Exception) -> str:
+    """ml_collections' KeyError/AttributeError for a config typo (a `--config.<field>` override,
+    a field given to `fj.get_config`), as one line with its suggestion: "unknown config field
+    'lerning_rate' (did you mean 'learning_rate'?)"."""
+    names = re.findall(r"[A-Za-z_][\w.]*", str(e))
+    message = f"unknown config field {names[0]!r}" if names else "unknown config field"
+    suggestion = re.search(r'Did you mean "([\w.]+)"', str(e))
+    return message + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -107,19 +113,19 @@ def _hyperparameters(config, where: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field that cannot work."""
-    for field, choices in (
-        ("model", MODELS),
-        ("optimizer", OPTIMIZERS),
-        ("dataset", DATASETS),
-        ("activation", ACTIVATIONS),
-        ("replica_map", ("auto", "vmap", "unroll")),
+    from fmnist_jax import data, models, population, replicas, steps
+
+    for field, choices in (  # each field's registry, in the module that acts on it
+        ("model", tuple(models.MODELS)),
+        ("optimizer", tuple(steps.OPTIMIZERS)),
+        ("dataset", data.DATASETS),
+        ("activation", tuple(models.ACTIVATIONS)),
+        ("replica_map", replicas.MAPS),
     ):
         _require(
             config[field] in choices,
             f"config.{field}={config[field]!r} is unknown; choose one of {', '.join(choices)}",
         )
-    from fmnist_jax import population
-
     for point in population.points(config):
         where = "config.grid: " if point else "config."
         _hyperparameters(population.point_config(config, point) if point else config, where)

@@ -12,41 +12,30 @@ Sources:
 """
 
 import dataclasses
-import gzip
 import os
 import socket
-import struct
 import urllib.parse
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from fmnist_jax import errors
+from fmnist_jax import errors, idxfile
 from fmnist_jax import splits as splits_lib
-from fmnist_jax.errors import DataError
+from fmnist_jax.errors import ConfigError, DataError
 
 CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
     "Ankle boot",
-)
+)  # fmt: skip
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SHAPE = (28, 28)
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 ENV_DATA_DIR = "FMNIST_DATA_DIR"
+DATASETS = ("fashion_mnist", "synthetic", "linear_regression")  # what `load` reads
 
 Split = dict[str, np.ndarray]
 
@@ -72,78 +61,25 @@ class Dataset:
 # --------------------------------------------------------------------------- IDX files
 
 
-def _read_gz(path: Path) -> bytes:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except gzip.BadGzipFile as e:
-        raise DataError(f"{path}: not a gzip file ({e})") from None
-    except (EOFError, zlib.error) as e:
-        raise DataError(f"{path}: truncated or corrupt gzip data ({e})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e})") from None
-
-
-def _parse_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
-    raw = _read_gz(path)
-    header_size = 4 * (1 + ndim)
-    if len(raw) < header_size:
-        raise DataError(f"{path}: only {len(raw)} bytes, shorter than the IDX header")
-    found_magic, *dims = struct.unpack(f">{1 + ndim}I", raw[:header_size])
-    if found_magic != magic:
-        kind = "images" if magic == IMAGES_MAGIC else "labels"
-        raise DataError(f"{path}: magic number {found_magic}, expected {magic} for IDX {kind}")
-    expected = int(np.prod(dims))
-    body = raw[header_size:]
-    if len(body) != expected:
-        raise DataError(
-            f"{path}: header announces {dims} = {expected} bytes of data, file holds {len(body)}"
-        )
-    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
-
-
-def read_idx_images(path: str | os.PathLike) -> np.ndarray:
-    """Reads an IDX image file (magic 2051) into uint8 [N, 28, 28]; raises DataError."""
-    path = Path(path)
-    images = _parse_idx(path, IMAGES_MAGIC, ndim=3)
-    if images.shape[1:] != IMAGE_SHAPE:
-        raise DataError(f"{path}: images are {images.shape[1:]}, expected {IMAGE_SHAPE}")
-    return images
-
-
-def read_idx_labels(path: str | os.PathLike) -> np.ndarray:
-    """Reads an IDX label file (magic 2049) into uint8 [N] with values 0..9; raises DataError."""
-    path = Path(path)
-    labels = _parse_idx(path, LABELS_MAGIC, ndim=1)
-    bad = np.flatnonzero(labels >= NUM_CLASSES)
-    if bad.size:
-        raise DataError(
-            f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside 0..{NUM_CLASSES - 1}"
-            f" ({bad.size} such labels)"
-        )
-    return labels
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Writes a uint8 array as a gzipped IDX file (images if 3-D, labels if 1-D)."""
-    array = np.asarray(array, dtype=np.uint8)
-    magic = {3: IMAGES_MAGIC, 1: LABELS_MAGIC}[array.ndim]
-    header = struct.pack(f">{1 + array.ndim}I", magic, *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.tobytes())
-
-
 def load_idx(folder: str | os.PathLike) -> Dataset:
-    """Reads the four standard Fashion-MNIST gz files from `folder`."""
+    """Reads the four standard Fashion-MNIST gz files (`fmnist_jax.idxfile`) from `folder`."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder not found (set data_dir or ${ENV_DATA_DIR})")
     splits = {}
     for name, (images_file, labels_file) in IDX_FILES.items():
-        images = read_idx_images(folder / images_file)
-        labels = read_idx_labels(folder / labels_file)
+        images = idxfile.read(folder / images_file, ndim=3)
+        if images.shape[1:] != IMAGE_SHAPE:
+            raise DataError(
+                f"{folder / images_file}: images are {images.shape[1:]}, expected {IMAGE_SHAPE}"
+            )
+        labels = idxfile.read(folder / labels_file, ndim=1)
+        bad = np.flatnonzero(labels >= NUM_CLASSES)
+        if bad.size:
+            raise DataError(
+                f"{folder / labels_file}: label {labels[bad[0]]} at index {bad[0]} is outside"
+                f" 0..{NUM_CLASSES - 1} ({bad.size} such labels)"
+            )
         if len(images) != len(labels):
             raise DataError(
                 f"{folder}: {images_file} holds {len(images)} images but {labels_file} holds"
@@ -178,18 +114,13 @@ def load_tfds(data_dir: str | None = None) -> Dataset:
     """
     from fmnist_jax import runtime
 
-    try:
-        runtime.hide_accelerators_from_tensorflow()
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        command = errors.pip_install(e)
-        if command is None:
-            raise
+    def missing(package: str, command: str):
         raise errors.MissingDependency(
-            f"the tfds source needs {e.name.split('.')[0]}, which is not installed"
-            f" ({command}); or point ${ENV_DATA_DIR} (or --config.data_dir) at a folder with"
-            " the four IDX gz files"
-        ) from None
+            f"the tfds source needs {package}, which is not installed ({command}); or point"
+            f" ${ENV_DATA_DIR} (or --config.data_dir) at a folder with the four IDX gz files"
+        )
+
+    tfds = runtime.import_beside_tensorflow("tensorflow_datasets", missing)
     builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
     if not builder.is_prepared():
         if not _online(builder.URL):
@@ -267,9 +198,45 @@ def load(config) -> Dataset:
     if config.dataset == "fashion_mnist":
         folder = config.get("data_dir") or os.environ.get(ENV_DATA_DIR)
         return load_idx(folder) if folder else load_tfds(config.get("tfds_data_dir") or None)
-    raise DataError(
-        f"unknown dataset {config.dataset!r}; choose fashion_mnist, synthetic or linear_regression"
-    )
+    raise DataError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+
+
+# --------------------------------------------------------------------------- callers' inputs
+
+
+def check_images(images, what: str = "images", floats_only: bool = False) -> None:
+    """ConfigError unless `images` are uint8 grey levels (not with `floats_only`) or finite
+    floats in [0, 1], and not an empty batch: the one check of a caller's images (the API's
+    and the attack's)."""
+    images = np.asarray(images)
+    if images.shape[:1] == (0,) or images.size == 0:
+        raise ConfigError(f"{what} is empty: pass at least one image")
+    kind = images.dtype.kind
+    if floats_only and kind != "f":
+        raise ConfigError(
+            f"{what} must be floats in [0, 1] (data.to_model_inputs), got {images.dtype}"
+        )
+    if kind == "b" or (kind in "iu" and images.dtype != np.uint8):
+        raise ConfigError(
+            f"{what} have dtype {images.dtype}: pass uint8 grey levels (0..255) or floats in [0, 1]"
+        )
+    if kind == "f":
+        bad = ~np.isfinite(images)
+        if bad.any():
+            raise ConfigError(f"{what} hold {int(bad.sum())} NaN or infinite pixels")
+        low, high = float(images.min()), float(images.max())
+        if low < 0.0 or high > 1.0:
+            hint = " (0..255 floats? divide by 255, or pass uint8)" if high > 1.0 else ""
+            raise ConfigError(f"{what} must lie in [0, 1], got {low:g}..{high:g}{hint}")
+    elif kind != "u":
+        raise ConfigError(f"{what} have dtype {images.dtype}: pass uint8 or float images")
+
+
+def check_labels(values, num_classes: int, what: str = "labels") -> None:
+    """ConfigError unless every class index in `values` lies in 0..num_classes-1."""
+    values = np.asarray(values)
+    if values.size and not 0 <= values.min() <= values.max() < num_classes:
+        raise ConfigError(f"{what} must lie in 0..{num_classes - 1}")
 
 
 # --------------------------------------------------------------------------- batching

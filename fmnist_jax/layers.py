@@ -17,12 +17,6 @@ import jax
 import jax.numpy as jnp
 
 
-def _windows(x: jax.Array) -> jax.Array:
-    """[B, 2H, 2W, C] -> [B, H, 2, W, 2, C]: each 2x2 window on axes 2 and 4."""
-    b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c)
-
-
 def _upsample(y: jax.Array) -> jax.Array:
     """[B, H, W, C] -> [B, 2H, 2W, C], each value repeated over its 2x2 window."""
     return jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2)
@@ -174,7 +168,13 @@ def conv(
         )  # fmt: skip
     padding = tuple(tuple(p) for p in pads)
     kh, kw, cin, _ = rhs.shape
-    few_columns = kh * kw * cin <= FEW_COLUMNS
+    return _conv_with_cpu_gradients(padding, precision, kh * kw * cin <= FEW_COLUMNS)(lhs, rhs)
+
+
+def _conv_with_cpu_gradients(padding, precision, few_columns: bool):
+    """The stride-1 NHWC/HWIO convolution `conv` runs: XLA's forward pass, and on the CPU the
+    gradients written out (`platform_dependent`; autodiff's on other platforms)."""
+    ones = (1, 1)
 
     def forward(x, w):
         return jax.lax.conv_general_dilated(
@@ -209,7 +209,7 @@ def conv(
         return dx, dw
 
     f.defvjp(f_fwd, f_bwd)
-    return f(lhs, rhs)
+    return f
 
 
 # ----------------------------------------------------------------------------------------------

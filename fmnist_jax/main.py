@@ -72,12 +72,13 @@ def resolve_experiment(argv: list[str]) -> list[str]:
 
 def load_config():
     """The parsed config; a typo in a `--config.<field>` override as one clear line."""
+    from fmnist_jax import config as config_lib
     from fmnist_jax.errors import UsageError
 
     try:
         return _CONFIG.value
     except (AttributeError, KeyError) as e:
-        raise UsageError(cli.unknown_field(e)) from None
+        raise UsageError(config_lib.unknown_field(e)) from None
 
 
 def launch():

@@ -6,6 +6,7 @@ example, `MLP` and `ConvNet` give class logits. `train=True` switches dropout on
 module's rate with a value that may be traced (a population member's, fmnist_jax/population.py).
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -88,20 +89,15 @@ class ConvNet(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+# The one registry of models: `config.model` names a class here, which `create_model` builds
+# with the config's values of its fields (and `config.validate` checks the name against).
 MODELS = {"linear_regression": LinearRegression, "mlp": MLP, "cnn": ConvNet}
 
 
 def create_model(config) -> nn.Module:
     """Builds the model named by `config.model` with the config's model fields."""
-    if config.model == "linear_regression":
-        return LinearRegression()
-    if config.model == "mlp":
-        return MLP(
-            hidden_size=config.hidden_size,
-            num_classes=config.num_classes,
-            dropout_rate=config.dropout_rate,
-            activation=config.activation,
-        )
-    if config.model == "cnn":
-        return ConvNet(num_classes=config.num_classes, dropout_rate=config.dropout_rate)
-    raise ValueError(f"unknown model {config.model!r}; choose one of {sorted(MODELS)}")
+    if config.model not in MODELS:
+        raise ValueError(f"unknown model {config.model!r}; choose one of {sorted(MODELS)}")
+    cls = MODELS[config.model]
+    fields = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+    return cls(**{field: config[field] for field in fields})

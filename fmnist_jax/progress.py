@@ -149,21 +149,54 @@ class LiveProgress:
             self.stream.flush()
 
 
-# --------------------------------------------------------------------------- without TensorFlow
+# --------------------------------------------------------------------------- the train loop's
+
+
+class _Quiet:
+    """Stands in for CLU's progress and profile actions on processes other than 0."""
+
+    def __call__(self, step: int) -> None:
+        pass
+
+    def timed(self, name: str):
+        del name
+        return contextlib.nullcontext()
+
+
+def loop_actions(config, workdir, first_step: int, writer=None):
+    """(report, profile): CLU's periodic actions for the train loop, progress (steps/s, ETA;
+    its scalars into `writer`) and, if configured, a profile into `workdir`; stand-ins that
+    do nothing without a `writer` (processes other than 0)."""
+    if writer is None:
+        return _Quiet(), _Quiet()
+    actions = periodic_actions()  # CLU's, or stand-ins without TF
+    every = config.get("progress_every_steps", 0)
+    report = actions.ReportProgress(
+        num_train_steps=config.num_train_steps,
+        writer=writer,
+        every_steps=every or None,
+        every_secs=None if every else 30.0,
+    )
+    if not config.profile_steps:
+        return report, _Quiet()
+    profile = actions.Profile(
+        logdir=str(workdir),
+        num_profile_steps=config.profile_steps,
+        profile_duration_ms=None,
+        first_profile=first_step + config.profile_first_step,
+        every_secs=None,
+    )
+    return report, profile
 
 
 def periodic_actions():
     """CLU's `periodic_actions` module, or this module where TensorFlow is not installed
-    (`rundir.open_writers` has said so already)."""
-    from fmnist_jax import errors
+    (`events.open_writers` has said so already)."""
+    from fmnist_jax import runtime
 
-    try:
-        from clu import periodic_actions
-    except ImportError as e:
-        if errors.pip_install(e) is None:
-            raise
-        return sys.modules[__name__]
-    return periodic_actions
+    return runtime.import_beside_tensorflow(
+        "clu.periodic_actions", lambda package, command: sys.modules[__name__]
+    )
 
 
 class ReportProgress:

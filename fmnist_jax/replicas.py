@@ -7,7 +7,7 @@ state carries a leading replica axis of length R; `over_replicas` maps a step ov
 the replica axis sharded over the mesh's `replica` axis), and for R = 1 runs the unreplicated
 step on the one replica, so that one replica is today's program, bit for bit.
 
-Statistics over replicas (`describe`: mean, standard deviation, a 95 % Student-t interval of
+Statistics over replicas (`statistics`: mean, standard deviation, a 95 % Student-t interval of
 the mean) are what summary.json and REPORT.md quote.
 """
 
@@ -160,7 +160,7 @@ def interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> tuple[fl
     return mean - half, mean + half
 
 
-def describe(values: Sequence[float | None]) -> dict | None:
+def statistics(values: Sequence[float | None]) -> dict | None:
     """mean, std (sample, ddof 1; 0 for one value), 95 % interval of the mean, min, max and n
     of `values`; None when a value is missing (a field a model does not have)."""
     if not values or any(v is None for v in values):

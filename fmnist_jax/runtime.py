@@ -27,7 +27,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
 OPT_OUT = "FMNIST_CPU_TUNING"
 XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
@@ -146,19 +146,32 @@ def malloc_hint(
     )
 
 
-def hide_accelerators_from_tensorflow() -> None:
-    """TensorFlow (imported by CLU's writers and by TFDS) sees the CPU only, so it never takes
-    the GPU or TPU memory JAX trains in (flax#445; Flax's examples and big_vision do the same).
-    Call it before TensorFlow first touches a device; later it is too late and does nothing."""
-    import tensorflow as tf
+def import_beside_tensorflow(name: str, missing: Callable[[str, str], object]):
+    """The module `name`, which imports TensorFlow (CLU's writers and periodic actions, TFDS),
+    with TensorFlow seeing the CPU only, so that it never takes the GPU or TPU memory JAX trains
+    in (flax#445; Flax's examples and big_vision do the same; set before TensorFlow first
+    touches a device, later it does nothing). Where an optional dependency is not installed,
+    what `missing(package, pip command)` returns (or raises) instead; any other ImportError is a
+    bug and goes through."""
+    from fmnist_jax import errors
 
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError):  # devices already initialized, or no such kind
-            pass
+    try:
+        import tensorflow as tf
+
+        for kind in ("GPU", "TPU"):
+            try:
+                tf.config.set_visible_devices([], kind)
+            except (RuntimeError, ValueError):  # devices already initialized, or no such kind
+                pass
+        return importlib.import_module(name)
+    except ImportError as e:
+        command = errors.pip_install(e)
+        if command is None:
+            raise
+        package = e.name.split(".")[0]
+    return missing(package, command)  # outside the handler: no ImportError chained to it
 
 
-def describe(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+def process_settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The settings this process runs with, for a run's summary (its speed depends on them)."""
     return {name: environ.get(name, "") for name in ("XLA_FLAGS", "GLIBC_TUNABLES", OPT_OUT)}

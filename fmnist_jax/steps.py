@@ -59,15 +59,16 @@ def batch_metrics(outputs, targets, losses, regression: bool, mask=None) -> metr
 # --------------------------------------------------------------------------- state and steps
 
 
+# The optimizers a config can name ("momentum": SGD with config.momentum).
+OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "momentum": optax.sgd}
+
+
 def create_optimizer(config, member: bool = False) -> optax.GradientTransformation:
     """The config's optimizer; `member`: its learning rate a value of the optimizer's state
     (`optax.inject_hyperparams`, every other argument static, which keeps Adam bit-identical
     to `optax.adam`: injecting its b1, b2 and eps as float32 arrays too drifts, optax#1532)."""
-    factory, kwargs = {
-        "adam": (optax.adam, {}),
-        "momentum": (optax.sgd, {"momentum": config.momentum}),
-        "sgd": (optax.sgd, {}),
-    }[config.optimizer]
+    factory = OPTIMIZERS[config.optimizer]
+    kwargs = {"momentum": config.momentum} if config.optimizer == "momentum" else {}
     if member:
         static = tuple(a for a in inspect.signature(factory).parameters if a != "learning_rate")
         factory = optax.inject_hyperparams(factory, static_args=static)

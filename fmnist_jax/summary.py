@@ -3,18 +3,17 @@ and where it ran (backend, devices, processes, data, versions, process settings)
 
 Results are per replica (`replicas`: one entry per replica, its seed and the fields of
 `RESULT_FIELDS`) with, for each field, its mean, standard deviation and 95 % interval over the
-replicas (`statistics`, see `replicas.describe`). A run of one model (one replica, no
+replicas (`statistics`, see `replicas.statistics`). A run of one model (one replica, no
 population) also has its `RESULT_FIELDS` at the top level, where a script looks first
 (`summary["final_test_accuracy"]`). A population's `replicas` are its members, each with its
 grid point and values, and `points` gives each grid point's values and statistics over its
 seeds (there is no `statistics` over members of different points)."""
 
-import importlib.metadata
-
 import jax
 
 from fmnist_jax import data as data_lib
 from fmnist_jax import population, replicas, runtime
+from fmnist_jax.runtime import installed_version as _version  # "" when not installed
 
 STACK = (
     "jax", "jaxlib", "flax", "optax", "clu", "orbax-checkpoint", "ml-collections", "numpy",
@@ -22,13 +21,6 @@ STACK = (
 )  # fmt: skip
 # TensorFlow installs under one of these names (tensorflow-cpu on x86-64 Linux).
 TENSORFLOW = ("tensorflow-cpu", "tensorflow", "tensorflow-macos")
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def versions() -> dict[str, str]:
@@ -80,7 +72,7 @@ def replica_results(config, history: list[dict]) -> list[dict]:
         {
             "replica": m,
             **({k: v for k, v in who.items() if k != "replica"} if pop else {"seed": who["seed"]}),
-            **_results(config, [r for r in history if r.get("replica", 0) == m]),
+            **_results(config, [r for r in history if r["replica"] == m]),
         }
         for m, who in enumerate(identities)
     ]
@@ -92,14 +84,14 @@ def point_results(config, results: list[dict]) -> list[dict]:
     for g, point in enumerate(population.points(config)):
         mine = [r for r in results if r["point"] == g]
         out.append(
-            {**point, "members": [r["replica"] for r in mine], "statistics": statistics(mine)}
+            {**point, "members": [r["replica"] for r in mine], "statistics": field_statistics(mine)}
         )
     return out
 
 
-def statistics(results: list[dict]) -> dict:
+def field_statistics(results: list[dict]) -> dict:
     """Each result field's statistics over the replicas (None for a field the model lacks)."""
-    return {f: replicas.describe([r[f] for r in results]) for f in RESULT_FIELDS}
+    return {f: replicas.statistics([r[f] for r in results]) for f in RESULT_FIELDS}
 
 
 def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: dict) -> dict:
@@ -119,7 +111,7 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
         **({k: results[0][k] for k in RESULT_FIELDS} if len(results) == 1 else {}),
         "replicas": results,
         **({"points": point_results(config, results)} if pop else {}),
-        **({} if pop else {"statistics": statistics(results)}),
+        **({} if pop else {"statistics": field_statistics(results)}),
         **timing,
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
@@ -128,6 +120,26 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
         "process_count": jax.process_count(),
         "data": dataset.describe(),
         "versions": versions(),
-        "runtime": runtime.describe(),
+        "runtime": runtime.process_settings(),
     }
     return summary
+
+
+def timing(config, initial_step: int, wall: float, eval_time: float, first: tuple) -> dict:
+    """Wall time and speed; the first chunk (`first` = (steps, seconds)) includes compilation
+    and is left out of the rates."""
+    first_steps, first_s = first
+    timed_steps = config.num_train_steps - initial_step - first_steps
+    steady = wall - eval_time - first_s
+    rate = timed_steps * config.batch_size / steady if timed_steps > 0 and steady > 0 else None
+    count = population.num_members(config)
+    return {
+        "resumed_from_step": initial_step,
+        "wall_time_s": round(wall, 2),
+        "first_step_s": round(first_s, 3),
+        "eval_time_s": round(eval_time, 2),
+        # Every replica's images: what the program trains per second.
+        "images_per_sec": None if rate is None else round(rate * count, 1),
+        "images_per_sec_per_replica": None if rate is None else round(rate, 1),
+        "steps_per_sec": None if rate is None else round(rate / config.batch_size, 2),
+    }

@@ -76,7 +76,7 @@ def train_all(runs_dir: Path, models, rates, num_replicas: dict, steps=None, **o
 
 def _paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     """Statistics of b − a, replica by replica."""
-    return replicas.describe([y - x for x, y in zip(a, b, strict=False)])
+    return replicas.statistics([y - x for x, y in zip(a, b, strict=False)])
 
 
 def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
@@ -128,7 +128,7 @@ def collect(runs_dir: Path, models, rates) -> dict:
         result["models"][model] = {
             "num_replicas": min(len(v["final_test_loss"]) for v in per_rate.values()),
             "rates": {
-                f"{rate:g}": {f: replicas.describe(v[f]) for f in FIELDS}
+                f"{rate:g}": {f: replicas.statistics(v[f]) for f in FIELDS}
                 for rate, v in per_rate.items()
             },
             "verdict": model_verdict(per_rate),

@@ -2,10 +2,10 @@
 
 `train_and_evaluate(config, workdir)` trains data-parallel over every device of every process
 (a 1-D `data` mesh: batch sharded, parameters replicated; see `fmnist_jax.distributed`),
-evaluates every `eval_every_steps` steps on the whole test split, and writes the run directory
-through `fmnist_jax.rundir`: config.json, metrics.jsonl, TensorBoard events in `train/` and
-`test/` (same tags, so TensorBoard overlays them), orbax checkpoints and at the end
-summary.json. Rerunning on the same workdir resumes.
+evaluates every `eval_every_steps` steps on the whole test split, and writes the run directory:
+config.json, metrics.jsonl and at the end summary.json (`fmnist_jax.rundir`), TensorBoard events
+in `train/` and `test/` (`fmnist_jax.events`; same tags, so TensorBoard overlays them) and
+orbax checkpoints (`fmnist_jax.checkpoints`). Rerunning on the same workdir resumes.
 
 Between evaluations the loop never waits on the host: metrics and the first non-finite loss
 accumulate on the device (`steps.accumulate_train_step`) and are read at each evaluation,
@@ -29,6 +29,7 @@ from flax.training import train_state
 from fmnist_jax import (
     checkpoints,
     distributed,
+    events,
     feeds,
     models,
     population,
@@ -42,63 +43,46 @@ from fmnist_jax import data as data_lib
 from fmnist_jax import progress as progress_lib
 from fmnist_jax import steps as steps_lib
 from fmnist_jax.errors import Interrupted, RunError, TrainingError, UsageError
-from fmnist_jax.steps import (  # noqa: F401 - the names a Flax reader looks for here
-    Steps,
-    TrainAccumulator,
-    check_divisible,
-    create_optimizer,
-    create_train_state,
-    eval_step,
-    evaluate,
-    is_regression,
-    train_step,
-)
 
 # Fields whose change makes an existing workdir's checkpoints unusable or its curves meaningless.
 ARCHITECTURE_FIELDS = (
     "model", "num_classes", "hidden_size", "dataset", "optimizer", "num_replicas", "grid",
 )  # fmt: skip
-make_mesh = distributed.make_mesh
 
 
 # --------------------------------------------------------------------------- the loop
 
 
 @dataclasses.dataclass
-class Run:
+class LoopContext:
     """What the loop of one invocation works with."""
 
     config: ml_collections.ConfigDict
     workdir: Path
     dataset: data_lib.Dataset
-    steps: Steps
+    steps: steps_lib.Steps
     manager: ocp.CheckpointManager
     writers: dict
     history: list[dict]
     on_eval: Callable[[dict], None] | None = None
     writer: bool = True  # this process writes the run directory's files (process 0)
     progress: object | None = None  # progress.LiveProgress for API callers
+    # Each member's fields in metrics.jsonl's records ({} each without a population), and
+    # its name for error messages (None without a population).
+    members: list[dict] = dataclasses.field(init=False)
+    names: list[str] | None = dataclasses.field(init=False)
 
-    @property
-    def members(self) -> list[dict]:
-        """Each member's fields in metrics.jsonl's records (none without a population)."""
-        if not population.is_population(self.config):
-            return [{}] * population.num_members(self.config)
-        return [{k: v for k, v in m.items() if k != "replica"} for m in self.identities]
-
-    @property
-    def identities(self) -> list[dict]:
-        return population.members(self.config)
-
-    @property
-    def names(self) -> list[str] | None:
-        """Members' names for error messages (None without a population)."""
-        if not population.is_population(self.config):
-            return None
-        return [f"member {i} ({population.member_name(m)})" for i, m in enumerate(self.identities)]
+    def __post_init__(self):
+        identities = population.members(self.config)
+        self.members, self.names = [{}] * len(identities), None
+        if population.is_population(self.config):
+            self.members = [{k: v for k, v in m.items() if k != "replica"} for m in identities]
+            self.names = [
+                f"member {i} ({population.member_name(m)})" for i, m in enumerate(identities)
+            ]
 
 
-def initial_state(config, input_shape, steps: Steps):
+def initial_state(config, input_shape, steps: steps_lib.Steps):
     """(state, dropout keys): each member's initial train state for inputs shaped
     [batch, *input_shape] and its dropout key, from its seed (and grid point) as for a plain
     run of that seed, stacked on a leading member axis and placed for `steps`."""
@@ -109,7 +93,7 @@ def initial_state(config, input_shape, steps: Steps):
         point = population.hyperparameters(m)
         init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(m["seed"]))
         c = population.point_config(config, point)
-        states.append(create_train_state(c, model, input_shape, init_rng, member))
+        states.append(steps_lib.create_train_state(c, model, input_shape, init_rng, member))
         dropout_rngs.append(dropout_rng)
     state = replicas.stack(states)
     return steps.place(state), steps.place(replicas.stack(dropout_rngs))
@@ -153,7 +137,7 @@ def train_and_evaluate(
     except Exception as e:
         if not rundir.disk_full(e):
             raise
-        kept = rundir.finalized_step_folders(workdir)  # no orbax manager: one process
+        kept = checkpoints.finalized_step_folders(workdir)  # no orbax manager: one process
         raise RunError(
             f"{workdir}: no space left on device; the last finished checkpoint"
             f" ({f'step {kept[-1]}' if kept else 'none yet'}) is kept and the same command"
@@ -163,20 +147,17 @@ def train_and_evaluate(
 
 def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
     points = population.num_points(config)
-    mesh = make_mesh(points if points > 1 else config.num_replicas)
-    check_divisible(config, mesh)
-    steps = Steps(config, mesh)
+    mesh = distributed.make_mesh(points if points > 1 else config.num_replicas)
+    steps_lib.check_divisible(config, mesh)
+    steps = steps_lib.Steps(config, mesh)
     state, dropout_rng = initial_state(config, dataset.train["inputs"].shape[1:], steps)
     distributed.barrier("fmnist_workdir_ready")
-    finished = rundir.set_aside_unfinished(workdir, rename=writer)
+    finished = checkpoints.set_aside_unfinished(workdir, rename=writer)
     distributed.barrier("fmnist_checkpoints_checked")
-    with rundir.checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
-        acc = steps.empty_accumulator()
-        initial_step, restored = checkpoints.restore_latest_intact(
-            manager, workdir, finished, state, acc, writer
+    with checkpoints.checkpoint_manager(workdir, config.max_checkpoints_to_keep) as manager:
+        initial_step, state, acc = checkpoints.restore_latest_intact(
+            manager, workdir, finished, state, steps.empty_accumulator(), writer
         )
-        if restored is not None:
-            state, acc = restored[checkpoints.STATE], restored[checkpoints.ACCUMULATOR]
         if initial_step > config.num_train_steps:
             raise UsageError(
                 f"{workdir} is trained to step {initial_step}, past this config's"
@@ -195,11 +176,13 @@ def _train(config, workdir: Path, dataset, on_eval, writer: bool, live=None):
         if writer:
             rundir.write_history(workdir, history)
             rundir.write_config(workdir, config.to_dict())
-        writers = rundir.open_writers(
+        writers = events.open_writers(
             workdir, config.to_dict(), history, initial_step, just_logging=not writer
         )
         live = live if writer else None
-        run = Run(config, workdir, dataset, steps, manager, writers, history, on_eval, writer, live)
+        run = LoopContext(
+            config, workdir, dataset, steps, manager, writers, history, on_eval, writer, live
+        )
         try:
             with distributed.exit_on_peer_failure(workdir):
                 state, timing = _loop(run, state, acc, dropout_rng)
@@ -219,47 +202,13 @@ def _returned(state, config):
     return replicas.take(state, 0) if population.num_members(config) == 1 else state
 
 
-class _Quiet:
-    """Stands in for CLU's progress and profile actions on processes other than 0."""
-
-    def __call__(self, step: int) -> None:
-        pass
-
-    def timed(self, name: str):
-        del name
-        return contextlib.nullcontext()
-
-
-def _actions(run: Run, first_step: int):
-    """CLU's periodic actions: progress (steps/s, ETA) and, if configured, a profile."""
-    if not run.writer:
-        return _Quiet(), _Quiet()
-    periodic_actions = progress_lib.periodic_actions()  # CLU's, or stand-ins without TF
-    every = run.config.get("progress_every_steps", 0)
-    report = periodic_actions.ReportProgress(
-        num_train_steps=run.config.num_train_steps,
-        writer=rundir.progress_writer(run.writers),
-        every_steps=every or None,
-        every_secs=None if every else 30.0,
-    )
-    if not run.config.profile_steps:
-        return report, _Quiet()
-    profile = periodic_actions.Profile(
-        logdir=str(run.workdir),
-        num_profile_steps=run.config.profile_steps,
-        profile_duration_ms=None,
-        first_profile=first_step + run.config.profile_first_step,
-        every_secs=None,
-    )
-    return report, profile
-
-
-def _loop(run: Run, state, acc, dropout_rng):
+def _loop(run: LoopContext, state, acc, dropout_rng):
     """Steps from the state's step to `num_train_steps`; returns (state, timing numbers)."""
     config, initial_step = run.config, int(state.step[0])  # every replica is at this step
     num_steps = config.num_train_steps
     feed = feeds.make_feed(run.steps, run.dataset, config, initial_step)
-    report, profile = _actions(run, initial_step)
+    writer = events.progress_writer(run.writers) if run.writer else None
+    report, profile = progress_lib.loop_actions(config, run.workdir, initial_step, writer)
     start, eval_time, first = time.time(), 0.0, None
     step = initial_step
     if run.progress:
@@ -289,11 +238,11 @@ def _loop(run: Run, state, acc, dropout_rng):
             if step < num_steps and stop.requested(step):
                 _stop(run, stop, step, state, acc, saved)
     run.manager.wait_until_finished()
-    timing = _timing(config, initial_step, time.time() - start, eval_time, first or (0, 0.0))
+    timing = summary.timing(config, initial_step, time.time() - start, eval_time, first or (0, 0.0))
     return state, {**timing, "steps_per_chunk": feed.chunk}
 
 
-def _stop(run: Run, stop, step: int, state, acc, saved: bool) -> None:
+def _stop(run: LoopContext, stop, step: int, state, acc, saved: bool) -> None:
     """Saves the step reached (unless just saved) and raises Interrupted."""
     if not saved:
         acc.check_finite(run.names)  # never save a non-finite state: the losses, then weights
@@ -313,27 +262,7 @@ def _stop(run: Run, stop, step: int, state, acc, saved: bool) -> None:
     raise Interrupted(message, stop.signum)
 
 
-def _timing(config, initial_step: int, wall: float, eval_time: float, first: tuple) -> dict:
-    """Wall time and speed; the first chunk (`first` = (steps, seconds)) includes compilation
-    and is left out of the rates."""
-    first_steps, first_s = first
-    timed_steps = config.num_train_steps - initial_step - first_steps
-    steady = wall - eval_time - first_s
-    rate = timed_steps * config.batch_size / steady if timed_steps > 0 and steady > 0 else None
-    count = population.num_members(config)
-    return {
-        "resumed_from_step": initial_step,
-        "wall_time_s": round(wall, 2),
-        "first_step_s": round(first_s, 3),
-        "eval_time_s": round(eval_time, 2),
-        # Every replica's images: what the program trains per second.
-        "images_per_sec": None if rate is None else round(rate * count, 1),
-        "images_per_sec_per_replica": None if rate is None else round(rate, 1),
-        "steps_per_sec": None if rate is None else round(rate / config.batch_size, 2),
-    }
-
-
-def _evaluate_and_log(run: Run, step: int, train_metrics, state, feed) -> None:
+def _evaluate_and_log(run: LoopContext, step: int, train_metrics, state, feed) -> None:
     """Test-split evaluation at `step`, each replica's record logged everywhere a reader
     looks."""
     config = run.config
@@ -366,51 +295,10 @@ def _evaluate_and_log(run: Run, step: int, train_metrics, state, feed) -> None:
     if run.writer:
         for record in records:
             rundir.append_record(run.workdir, record)
-            rundir.write_record(run.writers, record)
+            events.write_record(run.writers, record)
         logging.info("%s", progress_lib.format_records(records, config.num_train_steps))
     if run.progress:
         run.progress.evaluated(records)
     if run.on_eval:
         for record in records:
             run.on_eval(record)
-
-
-# --------------------------------------------------------------------------- trained models
-
-
-def load_trained(workdir: str | Path, step: int | None = None, replica: int = 0):
-    """(config, model, params) of member (replica) `replica` of the run in `workdir`, from
-    its latest (or given) intact finished checkpoint; RunError when the workdir holds no run,
-    no finished checkpoint, or only damaged ones, UsageError for a member it does not have.
-    A population member's config has its grid point's values in place."""
-    workdir = Path(workdir)
-    config = ml_collections.ConfigDict(rundir.read_config(workdir))
-    # A run from before replicas (no num_replicas in its config) saved one unstacked state.
-    count = config.get("num_replicas") and population.num_members(config)
-    if not 0 <= replica < (count or 1):
-        raise UsageError(
-            f"{workdir} holds {count or 1} member(s) (0 to {(count or 1) - 1}); member"
-            f" {replica} does not exist"
-        )
-    finished = rundir.require_finished(workdir)
-    model = models.create_model(config)
-    if config.model == "linear_regression":
-        input_shape = (config.regression.num_features,)
-    else:
-        input_shape = (*data_lib.IMAGE_SHAPE, 1)
-    # As arrays (the step too), like the state the loop saved: the checksum covers dtypes.
-    member = population.is_population(config)
-    one = create_train_state(config, model, input_shape, jax.random.PRNGKey(0), member)
-    accumulator = TrainAccumulator.empty(is_regression(config))
-    if count is not None:
-        one = replicas.stack([one] * count)
-        accumulator = replicas.stack([accumulator] * count)
-    # Placed on this process's device: orbax restores into the target's sharding (a host
-    # array has none, and orbax would use the saved one, of another topology).
-    state, accumulator = jax.device_put((one, accumulator))
-    restored = checkpoints.restore_for_reading(workdir, step, state, accumulator, finished)
-    params = restored.params if count is None else replicas.take(restored.params, replica)
-    if member:
-        point = population.members(config)[replica]
-        config = population.point_config(config, population.hyperparameters(point))
-    return config, model, params

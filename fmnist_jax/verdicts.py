@@ -101,7 +101,7 @@ def summarize_checks(claim: str, checks: Sequence[Check], effect: str, unit: str
     if total == 1:
         status = f"{HOLDS if held else FAILS} (1 run)"
         return Verdict(claim, status, checks[0].evidence, held, total)
-    stats = replicas.describe([c.effect for c in checks])
+    stats = replicas.statistics([c.effect for c in checks])
     low, high = stats["interval"]
     word = decide((low, high), checks[0].region)
     unit_text = "" if unit in ("step", "%") else f" {unit}"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import fmnist_jax as fj
+from fmnist_jax import checkpoints, train
 from fmnist_jax import config as config_lib
-from fmnist_jax import rundir, train
 from fmnist_jax.errors import RunError
 from tests.conftest import metrics_lines
 
@@ -34,7 +34,7 @@ def run16(tmp_path):
 
 def test_every_checkpoint_has_the_checksum_of_what_it_restores(run16):
     _, workdir = run16
-    table = json.loads((workdir / rundir.CHECKSUM_FILE).read_text())
+    table = json.loads((workdir / checkpoints.CHECKSUM_FILE).read_text())
     assert sorted(table) == ["16", "8"] and all(len(v) == 64 for v in table.values())
 
 

@@ -32,7 +32,7 @@ def summary(final_test=0.40, min_test=0.30, min_step=10_000, final_train=0.15, *
 def run(s, train=FALLING, test=V_LOSS, name="run"):
     """A finished run in memory whose metrics.jsonl holds `train` and `test` losses."""
     history = [
-        {"step": int(step), "train_loss": float(a), "test_loss": float(b)}
+        {"step": int(step), "replica": 0, "train_loss": float(a), "test_loss": float(b)}
         for step, a, b in zip(STEPS, train, test, strict=True)
     ]
     return Run(Path(name), {}, history, s)
@@ -268,7 +268,7 @@ def test_all_replicas_holding_with_an_interval_across_the_threshold_is_undecided
     # The MLP's round-2 numbers: every replica lowers the loss, the mean's interval reaches +.
     verdict = verdicts.summarize_checks("c", _checks([-0.0395, -0.012, -0.011]), "by", "nats")
     assert verdict.status.startswith("undecided (3 of 3 hold)")
-    stats = replicas.describe([-0.0395, -0.012, -0.011])
+    stats = replicas.statistics([-0.0395, -0.012, -0.011])
     assert "straddles -0.0100: not distinguishable at R = 3" in verdict.evidence
     needed = verdicts.replicas_needed(stats, (-math.inf, -0.01))
     assert f"about {needed} replicas would decide it" in verdict.evidence

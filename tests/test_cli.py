@@ -41,7 +41,7 @@ def test_unknown_config_field_reads_as_a_typo_with_its_suggestion():
     with pytest.raises(KeyError) as e:
         config["lerning_rate"]
     expected = "unknown config field 'lerning_rate' (did you mean 'learning_rate'?)"
-    assert cli.describe(e.value) == expected
+    assert cli.error_line(e.value) == expected
 
 
 def test_a_bug_raising_key_error_is_not_called_a_config_typo(capsys):

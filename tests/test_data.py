@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from fmnist_jax import data
+from fmnist_jax import data, idxfile
 
 # --------------------------------------------------------------------------- offline copy
 
@@ -53,8 +53,8 @@ def _write_set(folder, n_train=20, n_test=10, seed=0):
         n = n_train if split == "train" else n_test
         images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-        data.write_idx(folder / img_file, images)
-        data.write_idx(folder / lbl_file, labels)
+        idxfile.write(folder / img_file, images)
+        idxfile.write(folder / lbl_file, labels)
         arrays[split] = (images, labels)
     return arrays
 
@@ -90,13 +90,13 @@ def _corrupt(kind, folder):
         _gz(folder / images_file, struct.pack(">4I", 2049, 1, 28, 28) + bytes(784))
         return images_file
     if kind == "count mismatch":
-        data.write_idx(folder / labels_file, np.zeros(19, np.uint8))
+        idxfile.write(folder / labels_file, np.zeros(19, np.uint8))
         return "19 labels"
     if kind == "wrong image size":
-        data.write_idx(folder / images_file, np.zeros((20, 32, 32), np.uint8))
+        idxfile.write(folder / images_file, np.zeros((20, 32, 32), np.uint8))
         return images_file
     if kind == "label 10":
-        data.write_idx(folder / labels_file, np.full(20, 10, np.uint8))
+        idxfile.write(folder / labels_file, np.full(20, 10, np.uint8))
         return labels_file
     if kind == "short body":
         _gz(folder / images_file, struct.pack(">4I", 2051, 20, 28, 28) + bytes(100))

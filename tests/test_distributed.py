@@ -159,9 +159,9 @@ def test_a_peer_that_dies_ends_the_other_in_one_line_and_keeps_the_checkpoints(t
         f"{workdir} keeps its last finished checkpoint: start every process again to resume"
     )
     assert elapsed < 15, elapsed  # within the 10 s heartbeat timeout (plus start-up slack)
-    from fmnist_jax import rundir
+    from fmnist_jax import checkpoints
 
-    assert 40 in rundir.finished_steps(workdir)
+    assert 40 in checkpoints.finished_steps(workdir)
     print(f"dead peer: {last!r} after {elapsed:.1f} s")
 
 

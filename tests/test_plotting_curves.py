@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from fmnist_jax import plotting, rundir
+from fmnist_jax import rundir, smoothing
 from fmnist_jax.errors import RunError
 from fmnist_jax.plotting import curves
 from tests.conftest import REPO
@@ -28,7 +28,7 @@ def write_run(workdir, loss_offset=0.0, accuracy=True, dropout_rate=0.0, summary
     workdir.mkdir(parents=True)
     rundir.write_config(workdir, {"batch_size": 32, "dropout_rate": dropout_rate})
     for i, step in enumerate(STEPS):
-        record = {"step": step, "epoch": step / STEPS_PER_EPOCH}
+        record = {"step": step, "replica": 0, "epoch": step / STEPS_PER_EPOCH}
         for collection, shift in (("train", 0.0), ("test", 0.1)):
             record[f"{collection}_loss"] = 1.0 / (i + 1) + shift + loss_offset
             if accuracy:
@@ -56,18 +56,18 @@ def runs_dir(tmp_path_factory):
 
 def test_smoothing_matches_hand_computed_values():
     # w = 0.6: last = 0.4, 1.04, 1.824; debias by 0.4, 0.64, 0.784.
-    smoothed = plotting.tensorboard_smooth([1.0, 2.0, 3.0], 0.6)
+    smoothed = smoothing.tensorboard_smooth([1.0, 2.0, 3.0], 0.6)
     np.testing.assert_allclose(smoothed, [1.0, 1.625, 1.824 / 0.784])
 
 
 def test_smoothing_first_point_is_debiased_to_the_raw_value():
     # Without debiasing the first point would be (1 - w) * v = 1.6 instead of 4.
-    assert plotting.tensorboard_smooth([4.0, 0.0], 0.6)[0] == pytest.approx(4.0)
-    assert plotting.tensorboard_smooth([4.0, 0.0], 0.6)[1] == pytest.approx(0.96 / 0.64)
+    assert smoothing.tensorboard_smooth([4.0, 0.0], 0.6)[0] == pytest.approx(4.0)
+    assert smoothing.tensorboard_smooth([4.0, 0.0], 0.6)[1] == pytest.approx(0.96 / 0.64)
 
 
 def test_smoothing_passes_nan_through_and_skips_it_in_the_average():
-    smoothed = plotting.tensorboard_smooth([1.0, math.nan, 3.0, math.inf], 0.6)
+    smoothed = smoothing.tensorboard_smooth([1.0, math.nan, 3.0, math.inf], 0.6)
     assert smoothed[0] == pytest.approx(1.0)
     assert math.isnan(smoothed[1])
     # Only two finite values so far: last = 0.4 * 0.6 + 0.4 * 3 = 1.44, debias 1 - 0.36.
@@ -77,32 +77,32 @@ def test_smoothing_passes_nan_through_and_skips_it_in_the_average():
 
 def test_smoothing_clamps_the_weight_and_keeps_a_constant_series():
     values = [3.0, 1.0, 2.0]
-    np.testing.assert_allclose(plotting.tensorboard_smooth(values, 0.0), values)
-    np.testing.assert_allclose(plotting.tensorboard_smooth(values, -2.0), values)  # clamped to 0
+    np.testing.assert_allclose(smoothing.tensorboard_smooth(values, 0.0), values)
+    np.testing.assert_allclose(smoothing.tensorboard_smooth(values, -2.0), values)  # clamped to 0
     # TensorBoard's weight 1 never moves off its start at 0 (and does not debias).
-    np.testing.assert_allclose(plotting.tensorboard_smooth(values, 1.5), [0.0, 0.0, 0.0])
-    np.testing.assert_array_equal(plotting.tensorboard_smooth([0.3] * 4, 0.9), [0.3] * 4)
-    assert plotting.tensorboard_smooth([], 0.6).size == 0
+    np.testing.assert_allclose(smoothing.tensorboard_smooth(values, 1.5), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(smoothing.tensorboard_smooth([0.3] * 4, 0.9), [0.3] * 4)
+    assert smoothing.tensorboard_smooth([], 0.6).size == 0
 
 
 # --------------------------------------------------------------------------- reading
 
 
 def test_load_run_reads_curves_summary_and_config(runs_dir):
-    run = plotting.load_run(runs_dir / "mlp")
+    run = rundir.read_run(runs_dir / "mlp")
     np.testing.assert_array_equal(run.curve("test_accuracy").steps, STEPS)
     np.testing.assert_allclose(run.curve("train_loss").values[:2], [1.0, 0.5], rtol=1e-6)
     assert run.curve("train_nonexistent") is None
-    assert plotting.steps_per_epoch(run) == STEPS_PER_EPOCH
-    assert plotting.dropout_rate(plotting.load_run(runs_dir / "mlp_dropout")) == 0.25
+    assert curves.steps_per_epoch(run) == STEPS_PER_EPOCH
+    assert curves.dropout_rate(rundir.read_run(runs_dir / "mlp_dropout")) == 0.25
 
 
 def test_an_unfinished_run_takes_steps_per_epoch_and_dropout_from_records_and_config(tmp_path):
     write_run(tmp_path / "running", dropout_rate=0.5, summary=False)
-    run = plotting.load_run(tmp_path / "running")
+    run = rundir.read_run(tmp_path / "running")
     assert run.summary is None
-    assert plotting.steps_per_epoch(run) == STEPS_PER_EPOCH
-    assert plotting.dropout_rate(run) == 0.5
+    assert curves.steps_per_epoch(run) == STEPS_PER_EPOCH
+    assert curves.dropout_rate(run) == 0.5
 
 
 def test_a_step_logged_again_after_a_resume_is_drawn_once_with_its_later_value(tmp_path):
@@ -110,8 +110,8 @@ def test_a_step_logged_again_after_a_resume_is_drawn_once_with_its_later_value(t
     workdir.mkdir()
     rundir.write_config(workdir, {})
     for step, loss in ((10, 1.0), (20, 0.8), (20, 0.5), (30, 0.4)):  # 20 again after a resume
-        rundir.append_record(workdir, {"step": step, "train_loss": loss})
-    fig = plotting.plot_linreg_loss(plotting.load_run(workdir), smoothing=0.0)
+        rundir.append_record(workdir, {"step": step, "replica": 0, "train_loss": loss})
+    fig = curves.plot_linreg_loss(rundir.read_run(workdir), smoothing=0.0)
     raw = fig.get_axes()[0].get_lines()[0]
     np.testing.assert_array_equal(raw.get_xdata(), [10, 20, 30])
     np.testing.assert_allclose(raw.get_ydata(), [1.0, 0.5, 0.4])
@@ -119,7 +119,7 @@ def test_a_step_logged_again_after_a_resume_is_drawn_once_with_its_later_value(t
 
 def test_load_run_says_clearly_what_is_wrong(runs_dir):
     with pytest.raises(RunError, match="missing"):
-        plotting.load_run(runs_dir / "cnn_dropout")
+        rundir.read_run(runs_dir / "cnn_dropout")
     with pytest.raises(RunError, match="no evaluation in .*metrics.jsonl yet"):
         curves.load_plottable(runs_dir / "cnn")
 
@@ -128,21 +128,21 @@ def test_load_run_says_clearly_what_is_wrong(runs_dir):
 
 
 def test_accuracy_and_loss_figure_has_raw_and_smoothed_train_and_test(runs_dir):
-    fig = plotting.plot_accuracy_and_loss([plotting.load_run(runs_dir / "mlp")], "MLP")
+    fig = curves.plot_accuracy_and_loss([rundir.read_run(runs_dir / "mlp")], "MLP")
     axes = fig.get_axes()
     assert [ax.get_ylabel() for ax in axes] == ["accuracy", "loss"]
     for ax in axes:
         assert len(ax.get_lines()) == 4  # (raw, smoothed) x (train, test)
         assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "test"]
         raw, smoothed = ax.get_lines()[:2]
-        assert raw.get_alpha() == plotting.RAW_ALPHA and smoothed.get_alpha() is None
+        assert raw.get_alpha() == curves.RAW_ALPHA and smoothed.get_alpha() is None
     loss_smoothed = axes[1].get_lines()[1].get_ydata()
     np.testing.assert_allclose(loss_smoothed[0], 1.0, rtol=1e-6)  # debiased start
 
 
 def test_dropout_figure_has_four_curves_in_the_shared_colours(runs_dir):
-    runs = [plotting.load_run(runs_dir / n) for n in ("mlp", "mlp_dropout")]
-    fig = plotting.plot_accuracy_and_loss(runs, "MLP, dropout")
+    runs = [rundir.read_run(runs_dir / n) for n in ("mlp", "mlp_dropout")]
+    fig = curves.plot_accuracy_and_loss(runs, "MLP, dropout")
     for ax in fig.get_axes():
         assert len(ax.get_lines()) == 8
         colours = [line.get_color() for line in ax.get_lines()[1::2]]
@@ -152,7 +152,7 @@ def test_dropout_figure_has_four_curves_in_the_shared_colours(runs_dir):
 
 
 def test_linreg_figure_is_per_epoch(runs_dir):
-    fig = plotting.plot_linreg_loss(plotting.load_run(runs_dir / "linreg"))
+    fig = curves.plot_linreg_loss(rundir.read_run(runs_dir / "linreg"))
     (ax,) = fig.get_axes()
     assert len(ax.get_lines()) == 4
     assert ax.get_xlabel() == "epoch"
@@ -162,7 +162,7 @@ def test_linreg_figure_is_per_epoch(runs_dir):
 def test_make_figures_writes_pngs_and_skips_runs_missing_or_without_evaluations(
     runs_dir, tmp_path, capsys
 ):
-    written = plotting.make_figures(runs_dir, tmp_path, smoothing=0.3)
+    written = curves.make_figures(runs_dir, tmp_path, smoothing=0.3)
     assert sorted(written) == ["fig2", "fig3", "fig5"]
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert names == ["fig2_linreg_loss.png", "fig3_mlp.png", "fig5_mlp_dropout.png"]

@@ -30,13 +30,13 @@ def test_the_interval_is_the_student_t_interval_of_the_mean():
     low, high = replicas.interval([1.0, 2.0, 3.0, 4.0])
     half = 3.182446305284263 * np.std([1, 2, 3, 4], ddof=1) / 2  # t(0.975, 3 dof)
     assert (low, high) == pytest.approx((2.5 - half, 2.5 + half), rel=1e-12)
-    stats = replicas.describe([0.30, 0.32, 0.31])
+    stats = replicas.statistics([0.30, 0.32, 0.31])
     assert stats["mean"] == pytest.approx(0.31) and stats["std"] == pytest.approx(0.01)
     assert stats["interval"] == pytest.approx([0.31 - 0.0248414, 0.31 + 0.0248414], rel=1e-5)
     assert (stats["min"], stats["max"], stats["n"]) == (0.30, 0.32, 3)
-    one = replicas.describe([0.5])
+    one = replicas.statistics([0.5])
     assert one["interval"] == [0.5, 0.5] and one["std"] == 0.0
-    assert replicas.describe([0.5, None]) is None
+    assert replicas.statistics([0.5, None]) is None
 
 
 def test_the_summary_lists_each_replica_and_its_statistics():
@@ -50,7 +50,7 @@ def test_the_summary_lists_each_replica_and_its_statistics():
     assert [r["seed"] for r in results] == replicas.seeds(cfg.seed, 2)
     assert [r["final_test_loss"] for r in results] == [0.4, 0.6]
     assert [r["best_test_accuracy"] for r in results] == [0.9, 0.8]
-    stats = summary.statistics(results)
+    stats = summary.field_statistics(results)
     assert stats["final_test_loss"]["mean"] == pytest.approx(0.5)
     assert stats["final_test_loss"]["interval"] == pytest.approx(replicas.interval([0.4, 0.6]))
 

@@ -41,7 +41,8 @@ def write_run(run_dir, data_dir, curves=True, **fields):
     run_dir.mkdir(parents=True)
     rundir.write_config(run_dir, {"model": fields.get("model", "mlp"), "batch_size": 64})
     for step, train, test in zip(STEPS, FALLING, V_LOSS, strict=True) if curves else ():
-        record = {"step": int(step), "train_loss": float(train), "test_loss": float(test)}
+        record = {"step": int(step), "replica": 0, "train_loss": float(train)}
+        record["test_loss"] = float(test)
         rundir.append_record(run_dir, {**record, "train_accuracy": 0.9, "test_accuracy": 0.9})
     data = {"source": "idx", "location": str(data_dir), "num_train": 60000, "num_test": 10000}
     rundir.write_summary(
@@ -197,8 +198,8 @@ def test_a_run_of_replicas_shows_each_number_as_mean_and_interval():
         for a, l in ((0.90, 0.30), (0.92, 0.32), (0.91, 0.31))
     ]
     stats = {
-        "final_test_accuracy": report.replicas.describe([0.90, 0.92, 0.91]),
-        "final_test_loss": report.replicas.describe([0.30, 0.32, 0.31]),
+        "final_test_accuracy": report.replicas.statistics([0.90, 0.92, 0.91]),
+        "final_test_loss": report.replicas.statistics([0.30, 0.32, 0.31]),
     }
     s = {"model": "mlp", "num_replicas": 3, "replicas": results, "statistics": stats}
     row = report.summary_row("mlp", s)
@@ -250,14 +251,15 @@ def test_figures_and_report_import_no_tensorflow(tmp_path):
         import sys
         from pathlib import Path
 
-        from fmnist_jax import plotting, report
+        from fmnist_jax import report
+        from fmnist_jax.plotting import curves
         from tests.test_report import write_runs
         from tests.test_plotting_curves import write_run
 
         root = Path({str(tmp_path)!r})
         runs, figures = write_runs(root)
         write_run(runs / "linreg", accuracy=False)
-        written = plotting.make_figures(runs, figures)
+        written = curves.make_figures(runs, figures)
         assert sorted(written) == ["fig2", "fig3", "fig4"], written
         text = report.write_report(runs, figures, root / "REPORT.md").read_text()
         assert "](figures/fig4_cnn.png)" in text

@@ -12,12 +12,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fmnist_jax import rundir
+from fmnist_jax import checkpoints, rundir
 from fmnist_jax.errors import RunError
 
 
 def _record(step, loss):
-    return {"step": step, "epoch": step / 10, "train_loss": loss, "test_loss": loss + 0.1}
+    record = {"step": step, "replica": 0, "epoch": step / 10, "train_loss": loss}
+    return {**record, "test_loss": loss + 0.1}
 
 
 def test_read_json_missing_is_none_and_invalid_is_one_clear_error(tmp_path):
@@ -77,20 +78,20 @@ def test_a_workdir_of_another_run_is_refused(tmp_path):
 
 
 def test_only_checkpoints_orbax_finished_count_and_the_others_are_set_aside(tmp_path):
-    with rundir.checkpoint_manager(tmp_path) as manager:
+    with checkpoints.checkpoint_manager(tmp_path) as manager:
         for step in (8, 16):
-            items = {name: {"w": jnp.ones(3) * step} for name in rundir.CHECKPOINT_ITEMS}
+            items = {name: {"w": jnp.ones(3) * step} for name in checkpoints.ITEMS}
             args = {k: ocp.args.StandardSave(v) for k, v in items.items()}
             manager.save(step, args=ocp.args.Composite(**args))
-    folder = tmp_path / rundir.CHECKPOINT_DIR
+    folder = tmp_path / checkpoints.CHECKPOINT_DIR
     (folder / "24").mkdir()  # empty: orbax would list it as a step
     (folder / "32.orbax-checkpoint-tmp-1234").mkdir()  # a save cut short by a kill
-    assert rundir.finished_steps(tmp_path) == [8, 16]
-    rundir.set_aside_unfinished(tmp_path)
+    assert checkpoints.finished_steps(tmp_path) == [8, 16]
+    checkpoints.set_aside_unfinished(tmp_path)
     assert (folder / "24.incomplete").is_dir() and not (folder / "24").exists()
-    with rundir.checkpoint_manager(tmp_path) as manager:
+    with checkpoints.checkpoint_manager(tmp_path) as manager:
         assert manager.latest_step() == 16
-    assert rundir.finished_steps(tmp_path / "elsewhere") == []
+    assert checkpoints.finished_steps(tmp_path / "elsewhere") == []
 
 
 # --------------------------------------------------------------------------- faults

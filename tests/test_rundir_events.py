@@ -9,7 +9,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import rundir, train
+from fmnist_jax import events, train
 
 
 def _accumulator(folder):
@@ -69,7 +69,7 @@ def test_a_resumed_run_keeps_its_progress_scalars_each_step_once(runs):
     resumed = dict(_scalars(runs / "resumed" / "train", "steps_per_sec"))
     assert sorted(resumed) == [4, 8, 12, 16, 20, 24]
     assert resumed[20] != 1.0  # the line logged past the checkpoint was dropped, not replayed
-    kept = rundir.events.kept_scalars(runs / "resumed", 24)
+    kept = events.kept_scalars(runs / "resumed", 24)
     assert [e["step"] for e in kept] == [4, 8, 12, 16, 20, 24]
     assert all({"steps_per_sec", "uptime"} <= set(e) for e in kept)
 

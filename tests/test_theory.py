@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmnist_jax import layers, models, theory
+from fmnist_jax import folding, layers, models, theory
 from tests.conftest import REPO
 
 EXACT = 1e-12  # relative to the output's scale, in float64
@@ -132,7 +132,7 @@ def test_count_equations_looks_inside_jit():
 @pytest.mark.parametrize("threshold_scale", [0.1, 1.0, 100.0])
 def test_fold_mlp_computes_the_same_function(hidden_sizes, threshold_scale):
     kwargs = {"hidden_sizes": hidden_sizes, "num_outputs": 3, "dropout_rate": 0.5}
-    pair = (theory.ThresholdMLP(**kwargs), theory.ReluMLP(**kwargs), theory.fold_mlp)
+    pair = (folding.ThresholdMLP(**kwargs), folding.ReluMLP(**kwargs), folding.fold_mlp)
     seed = len(hidden_sizes) + int(threshold_scale)
     x, params, y, y_folded = _net_pair(*pair, (6, 10), seed, threshold_scale)
     assert y.dtype == jnp.float64
@@ -147,13 +147,13 @@ def test_fold_mlp_computes_the_same_function(hidden_sizes, threshold_scale):
 def test_fold_mlp_with_extreme_thresholds(t):
     # t = -1e3: every unit is linear; t = +1e3: every unit outputs t, the net is constant.
     kwargs = {"hidden_sizes": (16, 4), "num_outputs": 3}
-    model = theory.ThresholdMLP(**kwargs)
+    model = folding.ThresholdMLP(**kwargs)
     x = theory.random_inputs((6, 10), seed=1)
     params = theory.random_params(model, x, seed=1)
     params["ThresholdReLU_0"] = {"threshold": jnp.full((16,), t)}
     params["ThresholdReLU_1"] = {"threshold": jnp.full((4,), t)}
     y = model.apply({"params": params}, x)
-    y_folded = theory.ReluMLP(**kwargs).apply({"params": theory.fold_mlp(params)}, x)
+    y_folded = folding.ReluMLP(**kwargs).apply({"params": folding.fold_mlp(params)}, x)
     assert _max_rel_diff(y, y_folded) < EXACT
     assert (float(jnp.ptp(y, axis=0).max()) == 0.0) == (t > 0)
 
@@ -162,13 +162,13 @@ def test_fold_mlp_with_extreme_thresholds(t):
 def test_fold_with_one_shared_threshold_is_the_exercises_formula():
     # The exercise: b_l <- b_l - t and b_{l+1,i} <- b_{l+1,i} + t * sum_j w_ij.
     kwargs, x = {"hidden_sizes": (7,), "num_outputs": 3}, jnp.zeros((1, 5))
-    params = theory.random_params(theory.ThresholdMLP(**kwargs), x, seed=2)
+    params = theory.random_params(folding.ThresholdMLP(**kwargs), x, seed=2)
     params["ThresholdReLU_0"] = {"threshold": jnp.full((7,), 0.75)}
-    folded = theory.fold_mlp(params)
+    folded = folding.fold_mlp(params)
     np.testing.assert_allclose(folded["Dense_0"]["bias"], params["Dense_0"]["bias"] - 0.75)
     expected = params["Dense_1"]["bias"] + 0.75 * params["Dense_1"]["kernel"].sum(axis=0)
     np.testing.assert_allclose(folded["Dense_1"]["bias"], expected, rtol=1e-14)
-    relu_shapes = jax.eval_shape(theory.ReluMLP(**kwargs).init, jax.random.key(0), x)
+    relu_shapes = jax.eval_shape(folding.ReluMLP(**kwargs).init, jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, folded) == jax.tree.map(jnp.shape, relu_shapes["params"])
 
 
@@ -179,7 +179,7 @@ def test_fold_with_one_shared_threshold_is_the_exercises_formula():
 def _dropout_pair(hidden_sizes, rate=0.5):
     """A ThresholdMLP with random params (thresholds N(0, 4)), its ReluMLP twin, and inputs."""
     kwargs = {"hidden_sizes": hidden_sizes, "num_outputs": 3, "dropout_rate": rate}
-    model, relu = theory.ThresholdMLP(**kwargs), theory.ReluMLP(**kwargs)
+    model, relu = folding.ThresholdMLP(**kwargs), folding.ReluMLP(**kwargs)
     x = theory.random_inputs((4, 6), seed=3)
     params = theory.random_params(model, x, seed=3, threshold_scale=2.0)
     return model, relu, x, params
@@ -200,7 +200,7 @@ def test_dropout_at_train_time_shifts_logits_by_the_dropped_thresholds():
     kept = state["intermediates"]["Dropout_0"]["__call__"][0]
     d = kept / state["intermediates"]["ThresholdReLU_0"]["__call__"][0]
     assert set(np.unique(np.round(np.asarray(d), 12))) == {0.0, 2.0}
-    y_folded = relu.apply({"params": theory.fold_mlp(params)}, x, train=True, rngs=_rngs(7))
+    y_folded = relu.apply({"params": folding.fold_mlp(params)}, x, train=True, rngs=_rngs(7))
     t, w = params["ThresholdReLU_0"]["threshold"], params["Dense_1"]["kernel"]
     np.testing.assert_allclose(y_folded - y, ((1.0 - d) * t) @ w, rtol=1e-10, atol=1e-12)
     assert float(jnp.max(jnp.abs(y_folded - y))) > 0.1
@@ -208,7 +208,7 @@ def test_dropout_at_train_time_shifts_logits_by_the_dropped_thresholds():
 
 def _mean_logit_gap(model, relu, x, params, samples=4000):
     """(mean over dropout masks of folded - thresholded logits, its standard error)."""
-    folded = theory.fold_mlp(params)
+    folded = folding.fold_mlp(params)
 
     @jax.jit
     @jax.vmap
@@ -255,11 +255,11 @@ def test_report_cases_fold_exactly(name, threshold_scale):
 @pytest.mark.usefixtures("x64")
 def test_folded_convnet_params_run_in_models_convnet():
     # The default sizes are the exercise's ConvNet: fold straight into `models.ConvNet`.
-    model = theory.ThresholdConvNet(padding="SAME_THRESHOLD")
+    model = folding.ThresholdConvNet(padding="SAME_THRESHOLD")
     x = theory.random_inputs((2, 28, 28, 1), seed=5)
     params = theory.random_params(model, x, seed=5)
     y = model.apply({"params": params}, x)
-    y_folded = models.ConvNet().apply({"params": theory.fold_convnet(params)}, x)
+    y_folded = models.ConvNet().apply({"params": folding.fold_convnet(params)}, x)
     assert _max_rel_diff(y, y_folded) < EXACT
 
 

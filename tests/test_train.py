@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+from fmnist_jax import checkpoints, data, rundir, steps, train
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, rundir, train
 from fmnist_jax.errors import ConfigError, RunError, TrainingError, UsageError
 from tests.conftest import (
     assert_curves_close,
@@ -82,7 +82,7 @@ def test_checkpoints_and_load_trained(tiny_runs):
     workdir = tiny_runs / "cnn_dropout"
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [8, 16, 24]
-    cfg, model, params = train.load_trained(workdir)
+    cfg, model, params = checkpoints.load_trained(workdir)
     assert cfg.dropout_rate == 0.25
     logits = model.apply({"params": params}, np.zeros((2, 28, 28, 1), np.float32))
     assert logits.shape == (2, 10) and np.isfinite(logits).all()
@@ -150,9 +150,9 @@ def test_batch_not_divisible_by_devices_is_refused():
     cfg = config_lib.load_experiment("cnn", "test")
     cfg.batch_size = 30
     with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
-        train.check_divisible(cfg, SimpleNamespace(shape={"data": 8}))
+        steps.check_divisible(cfg, SimpleNamespace(shape={"data": 8}))
     cfg.batch_size = 32
-    train.check_divisible(cfg, SimpleNamespace(shape={"data": 8}))
+    steps.check_divisible(cfg, SimpleNamespace(shape={"data": 8}))
 
 
 def test_workdir_of_another_model_is_refused(tmp_path):
@@ -178,7 +178,7 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_pa
         train.train_and_evaluate(cfg, tmp_path, dataset=_poisoned(data.load(cfg)))
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [8, 16]
-    _, _, params = train.load_trained(tmp_path)
+    _, _, params = checkpoints.load_trained(tmp_path)
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
 
 
@@ -201,15 +201,15 @@ def test_checkpoint_of_another_architecture_is_refused_when_loading(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**saved, "model": "mlp"}))
     with pytest.raises(TrainingError, match="cannot be restored into this config's model"):
-        train.load_trained(tmp_path)
+        checkpoints.load_trained(tmp_path)
 
 
 def test_loading_a_workdir_without_checkpoints_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model": "cnn"}))
     with pytest.raises(RunError, match="no finished checkpoint here; train first"):
-        train.load_trained(tmp_path)
+        checkpoints.load_trained(tmp_path)
     with pytest.raises(RunError, match="no config.json here"):
-        train.load_trained(tmp_path / "nothing")
+        checkpoints.load_trained(tmp_path / "nothing")
 
 
 def test_profile_steps_write_a_trace_for_tensorboards_profile_plugin(tmp_path):
@@ -249,9 +249,9 @@ def test_a_full_disk_ends_in_one_clear_error_and_keeps_the_last_checkpoint(small
     assert "Exception ignored" not in result.stderr  # "Event loop is closed" in a callback
     orbax_errors = re.findall(r"^E\d{4} .*", result.stderr, re.MULTILINE)  # absl's ERROR lines
     assert not orbax_errors, orbax_errors
-    kept = rundir.finished_steps(workdir)
+    kept = checkpoints.finished_steps(workdir)
     assert kept and kept[-1] < 200
-    _, _, params = train.load_trained(workdir)  # the last finished one restores
+    _, _, params = checkpoints.load_trained(workdir)  # the last finished one restores
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
     history = [r["step"] for r in rundir.read_history(workdir)]
     assert history[: len(kept)] == [8 * (i + 1) for i in range(len(kept))]
@@ -267,7 +267,7 @@ def test_weights_that_blow_up_in_the_last_step_of_an_interval_are_never_saved(tm
     cfg.num_train_steps, cfg.eval_every_steps, cfg.learning_rate = 17, 1, 1e38
     with pytest.raises(TrainingError, match="the weights after step 17 are not finite"):
         train.train_and_evaluate(cfg, tmp_path)  # step 17's loss is finite, its update is not
-    assert rundir.finished_steps(tmp_path) == [8, 16]
+    assert checkpoints.finished_steps(tmp_path) == [8, 16]
     assert [r["step"] for r in rundir.read_history(tmp_path)] == [8, 16]
 
 

@@ -19,7 +19,7 @@ The modules load the same way (`adversarial.search`, ...); one search alone is t
 `adversarial.search.search`, as the package's name `search` is its module.
 """
 
-import importlib
+from importlib import import_module as _import_module
 
 _MODULES = ("presets", "pool", "search", "minimal", "runner")
 # Each public name and the module that defines it.
@@ -89,9 +89,9 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return _import_module(f"{__name__}.{name}")
     if name in _API:
-        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+        return getattr(_import_module(f"{__name__}.{_API[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

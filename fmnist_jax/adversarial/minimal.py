@@ -34,6 +34,7 @@ reached the threshold returns its last point. It is a `pool.Search`, so the batc
 the same single while loop as the descent methods'; each slot ends after max_steps model calls.
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -116,6 +117,21 @@ def prox_step(delta, g, eta, mu, low, high, need):
     return d, jnp.clip(mus[k - 1] + a * (mus[k] - mus[k - 1]), MIN_MU, MAX_MU)
 
 
+def _record(s: MinL1State, x, m, g, passed: float) -> MinL1State:
+    """`s` with the evaluation of its point: gradient, m, the overshoot, the best point."""
+    l1 = jnp.sum(jnp.abs(s.point - x))
+    hit = m >= passed
+    better = hit & (l1 < s.best_l1)
+    keep = better | ~s.found  # the last point stands in until a success
+    missed = SMOOTHING * s.overshoot + (1.0 - SMOOTHING) * (s.aimed - m)
+    return s._replace(
+        grad=g, m=m, overshoot=jnp.where(s.step > 0, missed, s.overshoot),
+        best=jnp.where(keep, s.point, s.best), best_l1=jnp.where(better, l1, s.best_l1),
+        best_m=jnp.where(keep, m, s.best_m),
+        best_weight=jnp.where(keep, s.weight, s.best_weight), found=s.found | hit,
+    )  # fmt: skip
+
+
 def minl1_search(logits_fn, config: AttackConfig, max_steps) -> Search:
     """The minimum-L1 search of one image as a `pool.Search` (module docstring)."""
     passed = math.log(config.threshold / (1.0 - config.threshold)) + PASSED
@@ -146,21 +162,7 @@ def minl1_search(logits_fn, config: AttackConfig, max_steps) -> Search:
 
     def finish(s, x, t):  # a batch: one model call for every slot
         (_, m), g = _log_odds_and_grad(s.point, t, logits_fn)
-        return jax.vmap(record)(s, x, m, g)
-
-    def record(s, x, m, g):
-        """`s` with the evaluation of its point: gradient, m, the overshoot, the best point."""
-        l1 = jnp.sum(jnp.abs(s.point - x))
-        hit = m >= passed
-        better = hit & (l1 < s.best_l1)
-        keep = better | ~s.found  # the last point stands in until a success
-        missed = SMOOTHING * s.overshoot + (1.0 - SMOOTHING) * (s.aimed - m)
-        return s._replace(
-            grad=g, m=m, overshoot=jnp.where(s.step > 0, missed, s.overshoot),
-            best=jnp.where(keep, s.point, s.best), best_l1=jnp.where(better, l1, s.best_l1),
-            best_m=jnp.where(keep, m, s.best_m),
-            best_weight=jnp.where(keep, s.weight, s.best_weight), found=s.found | hit,
-        )  # fmt: skip
+        return jax.vmap(functools.partial(_record, passed=passed))(s, x, m, g)
 
     def running(s):
         return s.step < max_steps

@@ -1,6 +1,6 @@
 """The attack experiment on a trained run: restore, choose images, search, record, summarise.
 
-`run(workdir, output, ...)` restores the run's model (`train.load_trained`), takes random
+`run(workdir, output, ...)` restores the run's model (`checkpoints.load_trained`), takes random
 training images of its data set (`data.load`), runs every method's batch program
 (`search.make_attack`) on the same images and targets (the slow methods, presets.SLOW_METHODS,
 on the first `slow_images` of them), and writes into `output`:
@@ -30,8 +30,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from fmnist_jax import checkpoints, population, rundir
 from fmnist_jax import data as data_lib
-from fmnist_jax import population, rundir, train
 from fmnist_jax.adversarial.presets import (
     DEFAULT_METHOD,
     DEFAULT_METHODS,
@@ -88,7 +88,7 @@ def load_attack_data(workdir, num_images: int, seed: int, member: int = 0):
     """(logits_fn, images, labels, indices, target key): member `member`'s model of the run
     and `num_images` random training images, as float32 in [0, 1]. The images and targets
     depend on `seed` and the data only, so every member of every run gets the same ones."""
-    model_config, model, params = train.load_trained(workdir, replica=member)
+    model_config, model, params = checkpoints.load_trained(workdir, replica=member)
     split = data_lib.load(model_config).train
     index_key, target_key = jax.random.split(jax.random.key(seed))
     indices = choose_images(index_key, len(split["targets"]), num_images)

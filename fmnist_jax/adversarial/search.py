@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fmnist_jax import data
 from fmnist_jax.adversarial.minimal import minl1_search
 from fmnist_jax.adversarial.pool import Search, over_devices, run_pool
 from fmnist_jax.adversarial.presets import (
@@ -321,11 +322,9 @@ def _attack_program(logits_fn, config, pool_size, devices, images, labels, key, 
 
 
 def check_inputs(logits_fn: LogitsFn, images, labels, targets=None) -> None:
-    """Raises ConfigError for integer images, or labels/targets that do not fit the images."""
-    if not jnp.issubdtype(jnp.result_type(images), jnp.floating):
-        raise ConfigError(
-            f"images must be floats in [0, 1] (data.to_model_inputs), got {jnp.result_type(images)}"
-        )
+    """Raises ConfigError for images that are not finite floats in [0, 1] (`data.check_images`),
+    or labels/targets that do not fit the images."""
+    data.check_images(images, floats_only=True)
     n = jnp.shape(images)[0]
     example = jax.ShapeDtypeStruct((1, *jnp.shape(images)[1:]), jnp.float32)
     num_classes = jax.eval_shape(logits_fn, example).shape[-1]
@@ -335,8 +334,7 @@ def check_inputs(logits_fn: LogitsFn, images, labels, targets=None) -> None:
         values = np.asarray(values)
         if values.shape != (n,):
             raise ConfigError(f"{name} must have shape ({n},) like the images, got {values.shape}")
-        if values.size and not 0 <= values.min() <= values.max() < num_classes:
-            raise ConfigError(f"{name} must lie in 0..{num_classes - 1}")
+        data.check_labels(values, num_classes, name)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -1,15 +1,14 @@
-"""Figures 2–6 of the exercise, drawn from the runs' `metrics.jsonl`, and TensorBoard smoothing.
+"""Figures 2–6 of the exercise, drawn from the runs' `metrics.jsonl`.
 
 Nothing here trains or evaluates anything: a run is read back through `fmnist_jax.rundir`
 (`metrics.jsonl`, `summary.json`, `config.json`), and no TensorFlow is imported. Curves are
-smoothed exactly as TensorBoard's scalar dashboard does, with the raw curve drawn faintly
-behind. A run of several replicas draws, per series, the mean over replicas of the smoothed
+smoothed exactly as TensorBoard's scalar dashboard does (`fmnist_jax.smoothing`), with the raw
+curve drawn faintly behind. A run of several replicas draws, per series, the mean over replicas of the smoothed
 curves with a band from their minimum to their maximum (the raw mean faint). One colour
 convention for every figure, the exercise's: blue / orange = train / test without dropout,
 green / pink = train / test with dropout.
 """
 
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -20,10 +19,9 @@ from matplotlib.figure import Figure
 
 from fmnist_jax import rundir
 from fmnist_jax.errors import RunError
-from fmnist_jax.rundir import Curve, Run
+from fmnist_jax.rundir import COLLECTIONS, Curve, Run
+from fmnist_jax.smoothing import DEFAULT_SMOOTHING, tensorboard_smooth
 
-DEFAULT_SMOOTHING = 0.6  # TensorBoard's default slider position
-COLLECTIONS = ("train", "test")  # a record's keys are "<collection>_<tag>": "test_loss", ...
 COLORS = {
     ("train", False): "tab:blue",
     ("test", False): "tab:orange",
@@ -47,33 +45,6 @@ FIGURES = {  # key: (file name, runs it needs, title); the second run, if any, h
         "Figure 6: ConvNet without vs with dropout",
     ),
 }
-
-
-# --------------------------------------------------------------------------- smoothing
-
-
-def tensorboard_smooth(values: Sequence[float], weight: float = DEFAULT_SMOOTHING) -> np.ndarray:
-    """Smooths a series exactly as TensorBoard's scalar dashboard does.
-
-    A debiased exponential moving average started at 0: `last = last * w + (1 - w) * v`, shown
-    as `last / (1 - w ** n)` where n counts the finite values seen so far. Non-finite values pass
-    through unchanged and do not enter the average. As in TensorBoard, the weight is clamped to
-    [0, 1] (a non-finite weight counts as 0) and a constant series is returned unchanged.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    weight = min(max(weight, 0.0), 1.0) if math.isfinite(weight) else 0.0
-    if values.size == 0 or np.all(values == values[0]):
-        return values.copy()
-    smoothed = values.copy()
-    last, num_accum = 0.0, 0
-    for i, value in enumerate(values):
-        if not math.isfinite(value):
-            continue
-        last = last * weight + (1.0 - weight) * value
-        num_accum += 1
-        debias = 1.0 if weight == 1.0 else 1.0 - weight**num_accum
-        smoothed[i] = last / debias
-    return smoothed
 
 
 # --------------------------------------------------------------------------- what a run says

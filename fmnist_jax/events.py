@@ -1,4 +1,4 @@
-"""The run directory's TensorBoard event files, for TensorBoard users.
+"""A run directory's TensorBoard event files, for TensorBoard users.
 
 - `train/` and `test/`: CLU writers with the same tags (`loss`, `accuracy`), so TensorBoard
   overlays them; the (first) train writer also carries CLU's progress scalars
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from absl import logging
 
-from fmnist_jax import errors, population
+from fmnist_jax import population, runtime
+from fmnist_jax.rundir import COLLECTIONS
 
-COLLECTIONS = ("train", "test")  # record keys are "<collection>_<tag>"
 SCALARS_FILE = "scalars.jsonl"  # scalars logged between evaluations (CLU's progress)
 EVENTS_GLOB = "events.out.tfevents.*"
 
@@ -82,25 +82,18 @@ class NoEvents:
 
 
 def _metric_writers():
-    """CLU's `metric_writers` (it imports TensorFlow, kept off the GPU and TPU), or None with
-    one warning line where TensorFlow or tensorboard is not installed."""
-    from fmnist_jax import runtime
+    """CLU's `metric_writers` (it imports TensorFlow), or None with one warning line where
+    TensorFlow or tensorboard is not installed."""
 
-    try:
-        runtime.hide_accelerators_from_tensorflow()
-        from clu import metric_writers
-    except ImportError as e:
-        command = errors.pip_install(e)
-        if command is None:
-            raise
+    def missing(package: str, command: str) -> None:
         logging.warning(
             "no TensorBoard event files: they need %s (%s); metrics.jsonl, checkpoints and"
             " summary.json are written as usual",
-            e.name.split(".")[0],
+            package,
             command,
         )
-        return None
-    return metric_writers
+
+    return runtime.import_beside_tensorflow("clu.metric_writers", missing)
 
 
 def _member_folder(record: dict) -> str | None:
@@ -123,7 +116,7 @@ def sessions(config: dict) -> dict[str, dict]:
 def folders(config: dict) -> list[str]:
     """The event-file folders of a run: `train`, `test`, per replica `replica_<k>/...`, or
     per population member `<member name>/...`."""
-    count = int(config.get("num_replicas") or 1)
+    count = config["num_replicas"]
     if population.is_population(config):
         prefixes = [population.member_name(m) for m in population.members(config)]
     else:
@@ -132,7 +125,7 @@ def folders(config: dict) -> list[str]:
 
 
 def _folder(record: dict, collection: str, writers: dict) -> str:
-    prefix = _member_folder(record) or f"replica_{record.get('replica', 0)}"
+    prefix = _member_folder(record) or f"replica_{record['replica']}"
     nested = f"{prefix}/{collection}"
     return nested if nested in writers else collection
 

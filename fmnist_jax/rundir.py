@@ -1,5 +1,17 @@
-"""The run directory's files: config.json, metrics.jsonl, summary.json, the writer lock, and
-the reader that returns a finished or running run as plain data."""
+"""The run directory: a training run's workdir, its files, and the reader of a run.
+
+    workdir/
+      config.json          the exact config, written when training starts
+      metrics.jsonl        one record per evaluation and replica: the source of truth for
+                           every reader
+      summary.json         the final numbers (per replica, and their statistics), written
+                           when training ends
+      train/, test/        TensorBoard event files (`fmnist_jax.events`), for TensorBoard users
+      checkpoints/<step>/  orbax checkpoints (`fmnist_jax.checkpoints`)
+
+The train loop writes through the functions here; plotting, the report and the sweep read a
+run with `read_run` (plain data). Nothing here imports JAX, orbax or TensorFlow.
+"""
 
 import contextlib
 import dataclasses
@@ -25,6 +37,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"  # held (flock) by the process training in the workdir
+# A record's metrics are "<collection>_<tag>": "train_loss", "test_accuracy", ...
+COLLECTIONS = ("train", "test")
 
 
 # --------------------------------------------------------------------------- JSON files
@@ -140,7 +154,7 @@ def disk_full(e: BaseException | None) -> bool:
 def read_history(workdir: str | Path, up_to_step: int | None = None) -> list[dict]:
     """Evaluation records logged so far, in order (step, then replica), each (step, replica)
     once; records after `up_to_step` are dropped (a resumed run repeats the steps after its
-    checkpoint). A record without `replica` (a run from before replicas) is replica 0's."""
+    checkpoint)."""
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
@@ -151,7 +165,7 @@ def read_history(workdir: str | Path, up_to_step: int | None = None) -> list[dic
         except json.JSONDecodeError:  # a line cut short by a killed process
             logging.warning("%s: skipping an unreadable line: %.80s", path, line)
             continue
-        key = (record["step"], record.setdefault("replica", 0))
+        key = (record["step"], record["replica"])
         records[key] = record  # a step logged again: the later line wins
     return [records[k] for k in sorted(records) if up_to_step is None or k[0] <= up_to_step]
 
@@ -205,9 +219,7 @@ class Run:
     @property
     def num_replicas(self) -> int:
         """The run's models: its replicas, or a population's members."""
-        return population.num_members(
-            {**self.config, "num_replicas": self.config.get("num_replicas") or 1}
-        )
+        return population.num_members(self.config)
 
     def replica(self, k: int) -> "Run":
         """Replica `k` as a run of its own (IndexError for one the run does not have)."""
@@ -219,7 +231,7 @@ class Run:
             summary = {**self.summary, **results}
             summary.pop("replicas", None)
             summary.pop("statistics", None)
-        history = [r for r in self.history if r.get("replica", 0) == k]
+        history = [r for r in self.history if r["replica"] == k]
         config = {**self.config, "num_replicas": 1}
         if population.is_population(self.config):  # the member's values, as a plain run's
             member = population.members(self.config)[k]
@@ -236,7 +248,7 @@ class Run:
         points = [
             (r["step"], r[key])
             for r in self.history
-            if r.get(key) is not None and r.get("replica", 0) == self.replica_index
+            if r.get(key) is not None and r["replica"] == self.replica_index
         ]
         if not points:
             return None
