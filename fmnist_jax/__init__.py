@@ -9,7 +9,7 @@ The interactive API (see `fmnist_jax.api` and docs/api.md):
     predict(trained, images)                         -> class probabilities [N, 10]
     attack(trained, images, targets=None)            -> adversarial images, p(target), norms
 
-    configure_cpu()                                  XLA:CPU's fast convolutions (before importing jax)
+    configure_cpu()                                  fast XLA:CPU convolutions (before jax)
     initialize_distributed(coordinator_address, num_processes, process_id)  several processes
 
 Importing the package changes nothing in the process (no environment variable, no backend):

@@ -197,8 +197,8 @@ def _damaged_line(workdir, step: int) -> str:
 
 def restore_latest_intact(manager, workdir, steps, state, accumulator, writer: bool = True):
     """(step, state, accumulator) of the latest intact of the finished `steps`; (0, `state`,
-    `accumulator`) for a workdir without checkpoints. Damaged ones are set aside on the way (every process calls
-    this; only the writer renames); RunError when every checkpoint is damaged."""
+    `accumulator`) for a workdir without checkpoints. Damaged ones are set aside on the way (every
+    process calls this; only the writer renames); RunError when every checkpoint is damaged."""
     for step in reversed(steps):
         try:  # the workdir's config matches (check_same_run): a failure is the checkpoint's
             restored, why = restore(manager, step, state, accumulator), None

@@ -7,9 +7,9 @@ r"""Train one experiment.
 CPU smoke test) or an experiment's name (`cnn`, `cnn:test`), which also works from any folder
 once the package is installed. Several processes train one run when each gets the same
 `--coordinator_address=HOST:PORT --num_processes=N` and its own `--process_id=I` (or
-`--distributed` where JAX detects the cluster; see fmnist_jax/distributed.py). Rerunning on the same workdir resumes. Bad input ends in one
-line `error: ...` on stderr and exit status 2; --verbose shows the traceback instead.
-"""
+`--distributed` where JAX detects the cluster; see fmnist_jax/distributed.py). Rerunning on the same
+workdir resumes. Bad input ends in one line `error: ...` on stderr and exit status 2; --verbose
+shows the traceback instead."""
 
 from pathlib import Path
 

@@ -112,10 +112,9 @@ def train_and_evaluate(
     is called with each evaluation record; `progress` shows a live line (steps/s, ETA, last
     evaluation) for notebooks and scripts, where absl's progress lines are hidden. Returns the
     final train state (with `config.num_replicas` > 1 a leading replica axis:
-    `replicas.take(state, k)` is replica k) and the evaluation history (the records of metrics.jsonl, one per evaluation and replica,
-    the resumed part included). Raises
-    `errors.Interrupted` after saving a checkpoint when SIGTERM or SIGINT asks it to stop.
-    """
+    `replicas.take(state, k)` is replica k) and the evaluation history (the records of
+    metrics.jsonl, one per evaluation and replica, the resumed part included). Raises
+    `errors.Interrupted` after saving a checkpoint when SIGTERM or SIGINT asks it to stop."""
     config_lib.validate(config)
     config = population.resolved(config)
     workdir, writer = Path(workdir), distributed.is_writer()

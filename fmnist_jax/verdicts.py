@@ -5,8 +5,8 @@
 seed) and gives a `Verdict` each: one word read off the mean effect's 95 % interval over the R
 replicas against the claim's threshold ("holds", "does not hold", "undecided" with the
 replicas the spread would need), with "holds in k of R" beside it ("holds (1 run)" / "does
-not hold (1 run)" for one), or "not checked (...)" with the reason: a run that is missing, or a field or curve it lacks (`MissingData`). Anything
-else raised by a check is a bug and is not caught.
+not hold (1 run)" for one), or "not checked (...)" with the reason: a run that is missing, or a
+field or curve it lacks (`MissingData`). Anything else raised by a check is a bug and is not caught.
 """
 
 import dataclasses
@@ -95,8 +95,9 @@ def replicas_needed(stats: Mapping, region: Sequence[float], limit: int = 1000) 
 def summarize_checks(claim: str, checks: Sequence[Check], effect: str, unit: str) -> Verdict:
     """The verdict of one claim checked on R replicas. Its word reads the mean effect's 95 %
     interval against the claim's region (`decide`): "holds", "does not hold" or "undecided",
-    with how many of the R replicas hold ("k of R hold"), and for "undecided" how many replicas the observed spread
-    would need to decide it. One replica: "holds (1 run)" / "does not hold (1 run)"."""
+    with how many of the R replicas hold ("k of R hold"), and for "undecided" how many replicas the
+    observed spread would need to decide it. One replica: "holds (1 run)" / "does not hold (1 run)".
+    """
     held, total = sum(c.holds for c in checks), len(checks)
     if total == 1:
         status = f"{HOLDS if held else FAILS} (1 run)"

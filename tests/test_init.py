@@ -26,7 +26,10 @@ def test_importing_the_package_changes_no_environment_and_starts_no_jax():
 
 
 def test_errors_module_imports_nothing_of_the_package():
-    code = "import sys, fmnist_jax.errors; print(sorted(m for m in sys.modules if m.startswith('fmnist_jax')))"
+    code = (
+        "import sys, fmnist_jax.errors;"
+        " print(sorted(m for m in sys.modules if m.startswith('fmnist_jax')))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
         check=True,

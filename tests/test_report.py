@@ -171,7 +171,10 @@ def test_report_links_figures_relative_to_itself(report_text):
 
 def test_report_has_the_results_table_and_provenance(report_text):
     assert "| run | model | dropout | replicas | steps | final test acc |" in report_text
-    row = "| mlp | mlp | 0 | 1 | 20,000 | 88.50% | 89.30% (step 8,000) | 0.4000 | 0.3000 (step 10,000)"
+    row = (
+        "| mlp | mlp | 0 | 1 | 20,000 | 88.50% | 89.30% (step 8,000) | 0.4000"
+        " | 0.3000 (step 10,000)"
+    )
     assert row + " | 0.1500 | 0.2500 |" in report_text
     assert "non-official split: per class the first 1,000 of 7,000 are test" in report_text
     assert "60,000 train / 10,000 test" in report_text

@@ -20,7 +20,8 @@ exactly (outside the bracket the nearest end, and mu moves by up to 8x a step).
 
 eta falls geometrically from `learning_rate` to FINAL times it, CYCLES times over `max_steps`,
 each cycle after the first starting again from the best point found (a warm restart: a large
-eta from there often finds a sparser change than the first cycle's). Early, a large eta makes a step nearly the closed-form minimum of the linear model (the pixels with the largest
+eta from there often finds a sparser change than the first cycle's). Early, a large eta makes a step
+nearly the closed-form minimum of the linear model (the pixels with the largest
 |g| pushed to the box, as on a linear model); late, a small one walks along the boundary: every
 step keeps the linear model at the aim while it shrinks the L1 and moves the change to the
 pixels whose |g| is largest (the boundary refinement), until the fixed point, where the KKT

@@ -3,10 +3,11 @@
 A `Search` describes one image's search as four functions of that image (x, target):
 `start` and `advance` give the next point to evaluate without calling the model, `finish`
 calls it once (forward and backward) on the points of all slots, as one batch, `running` says
-whether the search goes on, and `output` is what it leaves behind. `run_pool` keeps `pool_size` searches in flight, one per
-slot: each iteration writes out the searches that ended, loads the next images into their slots,
-advances every slot and evaluates all slots with one vmapped model call. Each image therefore
-gets exactly the steps its own search would take, and nobody waits for the longest search.
+whether the search goes on, and `output` is what it leaves behind. `run_pool` keeps `pool_size`
+searches in flight, one per slot: each iteration writes out the searches that ended, loads the next
+images into their slots, advances every slot and evaluates all slots with one vmapped model call.
+Each image therefore gets exactly the steps its own search would take, and nobody waits for the
+longest search.
 
 The descent methods (`search.py`) and the minimum-L1 search (`minimal.py`) are both `Search`es.
 `over_devices` splits the images over several local devices, one pool on each.

@@ -48,9 +48,9 @@ summed, the objective's minimum often lies below p = 0.95 (the L1 pull balances 
 a third of the exercise's searches stall there. minl1 reaches every target with a median L1
 of 5.1 (a quarter of gd's 20-21) by changing ~32 pixels, mostly to black or white (L-inf ~1):
 the sparse end of the trade-off, where the descent methods spread small changes over ~640
-pixels (`minl1.png` shows them side by side). Sign-gradient reaches 99.6-99.8% of the targets in a median 36-39 steps with the
-smallest L-inf (0.07-0.08): the library's default (`attack`, `api.attack`). `--l1_reduction
-sum` gives the literal objective.
+pixels (`minl1.png` shows them side by side). Sign-gradient reaches 99.6-99.8% of the targets in a
+median 36-39 steps with the smallest L-inf (0.07-0.08): the library's default (`attack`,
+`api.attack`). `--l1_reduction sum` gives the literal objective.
 
 Nothing here imports JAX: the command line defines its flags from these names alone.
 """

@@ -9,9 +9,9 @@ search (`search`) is a `lax.while_loop`. A batch (`make_attack`, `attack`) is on
 program: a while loop over a pool of slots (`pool.run_pool`), each a vmapped search
 (`pooled_search`); a search that ends writes its result out and its slot loads the next image,
 so each image stops on its own and nobody waits for the longest search. The preset "minl1"
-runs the minimum-L1 search of `minimal.py` in the same program instead. Targets are drawn inside the program, uniform over the wrong labels. A failed
-search returns its last iterate with success False. `p_target_history` replays searches step
-by step for the curves.
+runs the minimum-L1 search of `minimal.py` in the same program instead. Targets are drawn inside the
+program, uniform over the wrong labels. A failed search returns its last iterate with success False.
+`p_target_history` replays searches step by step for the curves.
 
 The model enters as `logits_fn(x_batch) -> logits`, e.g.
 `lambda x: model.apply({'params': params}, x, train=False)`; the rules as an `AttackConfig`

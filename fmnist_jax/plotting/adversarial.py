@@ -2,12 +2,11 @@
 
 `plot_examples` draws Figure 7's rows (original | noise | adversarial, each titled with the
 model's class and probability); `plot_comparison` the same images attacked by several methods
-side by side, with the pixels each changed (`minl1.png`: the noise's sparsity); `plot_curves` draws p(target) against steps for a few replayed
-searches (`adversarial.search.p_target_history`) and histograms of the steps and L1 norms of
-the successful searches per method. Both write a PNG and return the `Figure`; neither uses
-pyplot's global state. They read an `AttackResult` and the runner's records by field name and
-import nothing of the attack.
-"""
+side by side, with the pixels each changed (`minl1.png`: the noise's sparsity); `plot_curves` draws
+p(target) against steps for a few replayed searches (`adversarial.search.p_target_history`) and
+histograms of the steps and L1 norms of the successful searches per method. Both write a PNG and
+return the `Figure`; neither uses pyplot's global state. They read an `AttackResult` and the
+runner's records by field name and import nothing of the attack."""
 
 from pathlib import Path
 

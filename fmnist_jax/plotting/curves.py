@@ -3,11 +3,10 @@
 Nothing here trains or evaluates anything: a run is read back through `fmnist_jax.rundir`
 (`metrics.jsonl`, `summary.json`, `config.json`), and no TensorFlow is imported. Curves are
 smoothed exactly as TensorBoard's scalar dashboard does (`fmnist_jax.smoothing`), with the raw
-curve drawn faintly behind. A run of several replicas draws, per series, the mean over replicas of the smoothed
-curves with a band from their minimum to their maximum (the raw mean faint). One colour
-convention for every figure, the exercise's: blue / orange = train / test without dropout,
-green / pink = train / test with dropout.
-"""
+curve drawn faintly behind. A run of several replicas draws, per series, the mean over replicas of
+the smoothed curves with a band from their minimum to their maximum (the raw mean faint). One colour
+convention for every figure, the exercise's: blue / orange = train / test without dropout, green /
+pink = train / test with dropout."""
 
 import os
 import sys
