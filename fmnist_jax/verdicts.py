@@ -142,85 +142,77 @@ def _checked(claim, runs, names, check, effect: str, unit: str) -> Verdict:
     return summarize_checks(claim, checks, effect, unit)
 
 
+# The claims about one model, in the report's order: (models it is made for, the claim with
+# {label} for "MLP" or "ConvNet", the runs it reads ({m}: the model's run name), the check on
+# replica k of each, what its effect is, and the effect's unit).
+MODEL_CLAIMS = (
+    (
+        ("mlp", "cnn"),
+        "The {label} without dropout over-fits (train loss falls, test loss rises)",
+        ("{m}",),
+        lambda base: check_overfits(base.summary, curve(base, "train_loss")),
+        "final test loss above its minimum by",
+        "%",
+    ),
+    (
+        ("cnn",),
+        f"The ConvNet's test loss turns after about {EXERCISE_CNN_TURN_STEP:,} iterations",
+        ("{m}",),
+        lambda base: check_turn_step(curve(base, "test_loss"), base.summary.get("steps_per_epoch")),
+        "turn at step",
+        "step",
+    ),
+    (
+        ("mlp", "cnn"),
+        "Dropout 0.25 reduces the {label}'s final train–test loss gap",
+        ("{m}", "{m}_dropout"),
+        lambda base, drop: check_dropout_gap(base.summary, drop.summary),
+        "dropout changes the final test − train loss gap by",
+        "nats",
+    ),
+    (
+        ("mlp", "cnn"),
+        "Dropout lowers the {label}'s final test loss",
+        ("{m}", "{m}_dropout"),
+        lambda base, drop: check_dropout_test_loss(base.summary, drop.summary),
+        "dropout changes the final test loss by",
+        "nats",
+    ),
+    (
+        ("mlp",),
+        "With dropout the MLP's test accuracy remains about the same",
+        ("{m}", "{m}_dropout"),
+        lambda base, drop: check_same_accuracy(base.summary, drop.summary),
+        "dropout changes the final test accuracy by",
+        "points",
+    ),
+    (
+        ("cnn",),
+        "With dropout the ConvNet's test accuracy rises slightly",
+        ("{m}", "{m}_dropout"),
+        lambda base, drop: check_slight_rise(base.summary, drop.summary),
+        "dropout changes the final test accuracy by",
+        "points",
+    ),
+    (
+        ("cnn",),
+        "With dropout the ConvNet's train and test accuracy are quite the same",
+        ("{m}_dropout",),
+        lambda drop: check_train_test_same(drop.summary),
+        "final train − test accuracy",
+        "points",
+    ),
+)
+
+
 def _model_claims(runs: Mapping[str, Run | None], model: str, label: str) -> list[Verdict]:
-    """The over-fitting, dropout and accuracy claims for one model ("mlp" or "cnn")."""
-    one, pair = [model], [model, f"{model}_dropout"]
-    verdicts = [
-        _checked(
-            f"The {label} without dropout over-fits (train loss falls, test loss rises)",
-            runs,
-            one,
-            lambda base: check_overfits(base.summary, curve(base, "train_loss")),
-            "final test loss above its minimum by",
-            "%",
-        )
+    """The over-fitting, dropout and accuracy claims (MODEL_CLAIMS) for one model ("mlp" or
+    "cnn")."""
+    return [
+        _checked(claim.format(label=label), runs, [n.format(m=model) for n in names], check, *unit)
+        for models, claim, names, check, *unit in MODEL_CLAIMS
+        if model in models
     ]
-    if model == "cnn":
-        verdicts.append(
-            _checked(
-                f"The ConvNet's test loss turns after about {EXERCISE_CNN_TURN_STEP:,} iterations",
-                runs,
-                one,
-                lambda base: check_turn_step(
-                    curve(base, "test_loss"), base.summary.get("steps_per_epoch")
-                ),
-                "turn at step",
-                "step",
-            )
-        )
-    verdicts.append(
-        _checked(
-            f"Dropout 0.25 reduces the {label}'s final train–test loss gap",
-            runs,
-            pair,
-            lambda base, drop: check_dropout_gap(base.summary, drop.summary),
-            "dropout changes the final test − train loss gap by",
-            "nats",
-        )
-    )
-    verdicts.append(
-        _checked(
-            f"Dropout lowers the {label}'s final test loss",
-            runs,
-            pair,
-            lambda base, drop: check_dropout_test_loss(base.summary, drop.summary),
-            "dropout changes the final test loss by",
-            "nats",
-        )
-    )
-    if model == "mlp":
-        verdicts.append(
-            _checked(
-                "With dropout the MLP's test accuracy remains about the same",
-                runs,
-                pair,
-                lambda base, drop: check_same_accuracy(base.summary, drop.summary),
-                "dropout changes the final test accuracy by",
-                "points",
-            )
-        )
-    else:
-        verdicts.append(
-            _checked(
-                "With dropout the ConvNet's test accuracy rises slightly",
-                runs,
-                pair,
-                lambda base, drop: check_slight_rise(base.summary, drop.summary),
-                "dropout changes the final test accuracy by",
-                "points",
-            )
-        )
-        verdicts.append(
-            _checked(
-                "With dropout the ConvNet's train and test accuracy are quite the same",
-                runs,
-                [f"{model}_dropout"],
-                lambda drop: check_train_test_same(drop.summary),
-                "final train − test accuracy",
-                "points",
-            )
-        )
-    return verdicts
 
 
 def _attack_noise_claims(attacks: Mapping[str, Sequence[Mapping]] | None) -> list[Verdict]:

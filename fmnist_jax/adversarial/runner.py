@@ -239,22 +239,9 @@ def run(
         records[name] = to_records(name, result, indices[:k], np.asarray(labels[:k]))
         summaries[name] = {**summarize(records[name], run_s, compile_s), **method_facts(config, k)}
         logging.info("%s: %s", name, format_summary(summaries[name]))
-    main = next(iter(configs))
-    summary = {
-        "methods": summaries,
-        "default_method": main,
-        "default_rule": describe(configs[main]),
-        "configs": {m: dataclasses.asdict(c) for m, c in configs.items()},
-        "num_images": num_images,
-        "slow_images": min(num_images, slow_images),
-        "seed": seed,
-        "workdir": str(workdir),
-        "member": member,
-        "threshold": configs[main].threshold,
-        "pool_size": pool_size,
-        "pool_devices": len(jax.local_devices()),
-        "device": str(jax.devices()[0].device_kind),
-    }
+    facts = {"num_images": num_images, "slow_images": min(num_images, slow_images), "seed": seed}
+    facts.update(workdir=str(workdir), member=member, pool_size=pool_size)
+    summary = attack_summary(summaries, configs, facts)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     rundir.write_json(output / "summary.json", summary)
@@ -262,6 +249,23 @@ def run(
     written = write_figures(output, logits_fn, images, results, configs, records)
     logging.info("wrote summary.json, records.csv, %s to %s", ", ".join(written), output)
     return summary
+
+
+def attack_summary(summaries: dict, configs: dict, facts: dict) -> dict:
+    """summary.json: each method's numbers, the first method as the default with its rule and
+    threshold, every method's config, `facts` (images, seed, workdir, member, pool) and the
+    devices."""
+    main = next(iter(configs))
+    return {
+        "methods": summaries,
+        "default_method": main,
+        "default_rule": describe(configs[main]),
+        "configs": {m: dataclasses.asdict(c) for m, c in configs.items()},
+        **facts,
+        "threshold": configs[main].threshold,
+        "pool_devices": len(jax.local_devices()),
+        "device": str(jax.devices()[0].device_kind),
+    }
 
 
 def pick_examples(results: dict, count: int) -> np.ndarray:
