@@ -322,8 +322,8 @@ def test_attack_noise_claim_pairs_replica_k_and_reads_the_relative_change_interv
     base = [attack(5.0), attack(5.2), attack(4.8)]
     up = attack_verdicts(base, [attack(5.5), attack(5.6), attack(5.4)])["minl1"]
     assert up.status == "holds (3 of 3 hold)" and (up.held, up.total) == (3, 3)
-    assert "dropout changes the median ℓ1 by +10" in up.evidence
-    assert "median L1 5 without dropout, 5.5 with (+10.0 %)" in up.evidence
+    assert "dropout changes the median ℓ1 by +10.1% [+4.1%, +16.0%]" in up.evidence
+    assert "median L1 5 without dropout, 5.5 with (+10.0%)" in up.evidence
     mixed = attack_verdicts(base, [attack(5.5), attack(5.3), attack(4.7)])["minl1"]
     assert mixed.status == "undecided (2 of 3 hold)"
     down = attack_verdicts(base, [attack(4.0), attack(4.1), attack(3.9)])["minl1"]
