@@ -21,8 +21,8 @@ EXPERIMENTS = linreg mlp mlp-dropout cnn cnn-dropout
 
 # Replicas per experiment (models differing only in their seeds, trained as one program; the
 # claims in REPORT.md are "holds in k of R"). Sized so that `make reproduce` stays within 30
-# minutes on a 2-core CPU: a ConvNet replica costs 3-7 min there, an MLP's 20-40 s (fresh clone,
-# 2026-12-02: the whole target 11.6 min).
+# minutes on a 2-core CPU: a ConvNet replica costs 3-7 min there, an MLP's 20-40 s (fresh clone
+# of 1cf6f95 on the slower 2-core VM, 2026-12-06: the whole target 21.3 min).
 # `make reproduce REPLICAS=8` sets them all (on an accelerator); each can be set on its own.
 REPLICAS ?=
 LINREG_REPLICAS ?= $(or $(REPLICAS),5)

@@ -1,7 +1,8 @@
 """The one train loop every experiment shares; experiments differ only in their config.
 
 `train_and_evaluate(config, workdir)` trains data-parallel over every device of every process
-(a 1-D `data` mesh: batch sharded, parameters replicated; see `fmnist_jax.distributed`),
+(a 2-D (`replica`, `data`) mesh: members over `replica`, each batch sharded over `data`,
+parameters replicated within a member; see `fmnist_jax.distributed`),
 evaluates every `eval_every_steps` steps on the whole test split, and writes the run directory:
 config.json, metrics.jsonl and at the end summary.json (`fmnist_jax.rundir`), TensorBoard events
 in `train/` and `test/` (`fmnist_jax.events`; same tags, so TensorBoard overlays them) and
