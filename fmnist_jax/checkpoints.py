@@ -35,9 +35,6 @@ CHECKSUM_FILE = "checkpoint_checksums.json"  # {step: sha256 of the saved items}
 ITEMS = STATE, ACCUMULATOR = ("state", "train_accumulator")
 
 
-# --------------------------------------------------------------------------- the folder
-
-
 def _item_handlers() -> dict:
     return {name: ocp.StandardCheckpointHandler() for name in ITEMS}
 
@@ -112,9 +109,6 @@ def set_aside(workdir: Path, step: int, why: str) -> Path:
     return aside
 
 
-# --------------------------------------------------------------------------- checksums
-
-
 def _host_leaf(leaf) -> np.ndarray:
     """A leaf's values on this host: a replicated array's local copy, even when the array
     spans several processes."""
@@ -157,9 +151,6 @@ def is_intact(workdir, step: int, restored: dict) -> bool:
     without a checksum counts as intact)."""
     expected = (rundir.read_json(Path(workdir) / CHECKSUM_FILE) or {}).get(str(step))
     return expected is None or tree_checksum(restored) == expected
-
-
-# --------------------------------------------------------------------------- save and restore
 
 
 def save(manager, workdir, step: int, state, accumulator, writer: bool = True) -> None:

@@ -75,9 +75,6 @@ class Check:
     region: tuple[float, float] = (-math.inf, math.inf)
 
 
-# --------------------------------------------------------------------------- reading numbers
-
-
 def number(record: Mapping, key: str, where: str = "summary.json") -> float:
     """`record[key]` as a float; MissingData when it is absent or not a number."""
     value = record.get(key)
@@ -103,9 +100,6 @@ def value_at(curve: Curve, step: int) -> float:
 def final_gap(summary: Mapping) -> float:
     """Final test loss minus final train loss: how far the model fits train better than test."""
     return number(summary, "final_test_loss") - number(summary, "final_train_loss")
-
-
-# --------------------------------------------------------------------------- claim checks
 
 
 def check_overfits(

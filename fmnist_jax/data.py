@@ -58,9 +58,6 @@ class Dataset:
         }
 
 
-# --------------------------------------------------------------------------- IDX files
-
-
 def load_idx(folder: str | os.PathLike) -> Dataset:
     """Reads the four standard Fashion-MNIST gz files (`fmnist_jax.idxfile`) from `folder`."""
     folder = Path(folder).expanduser()
@@ -89,8 +86,6 @@ def load_idx(folder: str | os.PathLike) -> Dataset:
     split = splits_lib.idx_split(folder)
     return Dataset(splits["train"], splits["test"], "idx", str(folder.resolve()), split)
 
-
-# --------------------------------------------------------------------------- TFDS
 
 TFDS_NAME = "fashion_mnist"
 
@@ -140,9 +135,6 @@ def load_tfds(data_dir: str | None = None) -> Dataset:
     return Dataset(splits["train"], splits["test"], "tfds", str(builder.data_dir), "official")
 
 
-# --------------------------------------------------------------------------- synthetic
-
-
 def synthetic_images(num_train: int = 512, num_test: int = 128, seed: int = 0) -> Dataset:
     """Deterministic learnable stand-in for Fashion-MNIST: same shapes and dtypes.
 
@@ -179,9 +171,6 @@ def linear_regression_data(
     return Dataset(make(num_train), make(num_test), "linear_regression", desc)
 
 
-# --------------------------------------------------------------------------- selection
-
-
 def load(config) -> Dataset:
     """Loads the data set a config asks for.
 
@@ -199,9 +188,6 @@ def load(config) -> Dataset:
         folder = config.get("data_dir") or os.environ.get(ENV_DATA_DIR)
         return load_idx(folder) if folder else load_tfds(config.get("tfds_data_dir") or None)
     raise DataError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
-
-
-# --------------------------------------------------------------------------- callers' inputs
 
 
 def check_images(images, what: str = "images", floats_only: bool = False) -> None:
@@ -237,9 +223,6 @@ def check_labels(values, num_classes: int, what: str = "labels") -> None:
     values = np.asarray(values)
     if values.size and not 0 <= values.min() <= values.max() < num_classes:
         raise ConfigError(f"{what} must lie in 0..{num_classes - 1}")
-
-
-# --------------------------------------------------------------------------- batching
 
 
 def to_model_inputs(inputs: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 
 from fmnist_jax.layers import max_pool_2x2
 
-# ----------------------------------------------------------------------------------------------
 # 1.1 Parameterized ReLU: models
 
 
@@ -132,7 +131,6 @@ class ThresholdConvNet(_ConvNetBase):
     thresholded: ClassVar[bool] = True
 
 
-# ----------------------------------------------------------------------------------------------
 # 1.1 Parameterized ReLU: folding
 
 

@@ -53,7 +53,6 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return _pool_even(x[:, : h - h % 2, : w - w % 2, :])
 
 
-# ----------------------------------------------------------------------------------------------
 # Convolution with its gradients written out for XLA:CPU
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -212,7 +211,6 @@ def _conv_with_cpu_gradients(padding, precision, few_columns: bool):
     return f
 
 
-# ----------------------------------------------------------------------------------------------
 # Sigmoid with its derivative from the forward value
 
 

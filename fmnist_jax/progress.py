@@ -149,9 +149,6 @@ class LiveProgress:
             self.stream.flush()
 
 
-# --------------------------------------------------------------------------- the train loop's
-
-
 class _Quiet:
     """Stands in for CLU's progress and profile actions on processes other than 0."""
 

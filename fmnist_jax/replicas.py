@@ -139,9 +139,6 @@ def over_members(
     return unrolled
 
 
-# --------------------------------------------------------------------------- statistics
-
-
 def t_quantile(level: float, dof: int) -> float:
     """The two-sided Student-t critical value for `level` with `dof` degrees of freedom."""
     from scipy import stats  # a dependency of jax

@@ -25,34 +25,12 @@ from fmnist_jax.verdicts import Verdict
 
 RUN_NAMES = ("linreg", "mlp", "mlp_dropout", "cnn", "cnn_dropout")
 
-FIGURE_CAPTIONS = {
-    "fig2": "Figure 2: linear regression, mean loss against the epoch.",
-    "fig3": "Figure 3: Multi-Layer-Perceptron, (a) accuracy and (b) loss against the iteration; "
-    "blue = train, orange = test.",
-    "fig4": "Figure 4: ConvNet, (a) accuracy and (b) loss against the iteration; "
-    "blue = train, orange = test.",
-    "fig5": "Figure 5: Multi-Layer-Perceptron without vs with dropout; blue / orange = train / "
-    "test without dropout, green / pink = train / test with dropout.",
-    "fig6": "Figure 6: ConvNet without vs with dropout; blue / orange = train / test without "
-    "dropout, green / pink = train / test with dropout.",
+LEGENDS = {  # a figure's colours, by how many runs it draws (plotting.curves.COLORS)
+    1: "blue = train, orange = test",
+    2: "blue / orange = train / test without dropout, green / pink = with dropout",
 }
 THEORY_FILE = "theory.json"  # written by `make theory` into the runs folder
 SWEEP_DIR = "sweep"  # `make sweep`'s folder in the runs folder: sweep.json, sweep.png
-
-
-SPLITS = {  # an IDX folder's `split`, and what the report says of it
-    "official": "measured on Fashion-MNIST, the official split (the four IDX files are the "
-    "official ones: their sha256 match)",
-    "offline-copy": "measured on the offline copy of Fashion-MNIST (genuine images, "
-    "non-official split: per class the first 1,000 of 7,000 are test)",
-    "non-official": "measured on IDX files that are not the official Fashion-MNIST files "
-    "(their sha256 differ): not known to be the official split",
-    None: "measured on IDX files that could not be read when this report was written: "
-    "official or not is unknown",
-}
-
-
-# --------------------------------------------------------------------------- loading
 
 
 def load_runs(runs_dir: str | os.PathLike) -> dict[str, Run | None]:
@@ -79,32 +57,6 @@ def load_attack_replicas(runs_dir: str | os.PathLike) -> dict[str, list[dict]]:
         while s := rundir.read_json(folder / run / str(len(found[run])) / rundir.SUMMARY_FILE):
             found[run].append(s)
     return found
-
-
-# --------------------------------------------------------------------------- provenance
-
-
-def provenance(data: Mapping) -> str:
-    """What the numbers were measured on, from a summary's `data` entry. For an IDX folder its
-    recorded `split`, else the sha256 of the files at its `location` now."""
-    source = data.get("source")
-    if source == "idx":
-        location = data.get("location")
-        if "split" in data:
-            split = data["split"]
-        else:
-            split = splits.idx_split(location) if location else None
-        return SPLITS.get(split, f"measured on IDX files of split {split!r}")
-    if source == "tfds":
-        return "measured on Fashion-MNIST from tensorflow-datasets (the official split)"
-    if source == "linear_regression":
-        return "a synthetic linear-regression problem with a known ground truth"
-    if source == "synthetic":
-        return "synthetic random images, not Fashion-MNIST: these numbers test the code only"
-    return f"unknown data source {source!r}"
-
-
-# --------------------------------------------------------------------------- markdown
 
 
 def _fmt(value, kind: str = "loss") -> str:
@@ -209,7 +161,7 @@ def data_section(runs: Mapping[str, Run | None]) -> str:
     for key, names in groups.items():
         data = dict(key)
         lines.append(
-            f"- **{data.get('source')}** ({', '.join(names)}): {provenance(data)}; "
+            f"- **{data.get('source')}** ({', '.join(names)}): {splits.provenance(data)}; "
             f"{_fmt(data.get('num_train'), 'step')} train / {_fmt(data.get('num_test'), 'step')}"
             f" test examples from `{data.get('location')}`."
         )
@@ -269,9 +221,10 @@ def _image(path: Path | None, caption: str, out_dir: Path, missing: str) -> str:
 def figures_section(figures_dir: Path, out_dir: Path) -> str:
     """Figures 2–6, linked relative to the report's folder (a note where one is missing)."""
     blocks = []
-    for key, (file_name, names, _) in FIGURES.items():
+    for file_name, names, title in FIGURES.values():
         missing = f"not drawn yet: needs runs {', '.join(names)}, then `make figures`"
-        blocks.append(_image(figures_dir / file_name, FIGURE_CAPTIONS[key], out_dir, missing))
+        caption = f"{title}; {LEGENDS[len(names)]}."
+        blocks.append(_image(figures_dir / file_name, caption, out_dir, missing))
     return "\n\n".join(blocks)
 
 
@@ -298,41 +251,18 @@ def adversarial_section(adversarial: Mapping | None, runs_dir: Path, out_dir: Pa
 
 
 def theory_section(theory: Mapping | None) -> str:
-    """Exercise §1 from `make theory`'s runs/theory.json (a note when it has not run)."""
+    """Exercise §1 from `make theory`'s runs/theory.json, as `theory.format_report` prints it
+    (a note when it has not run)."""
+    from fmnist_jax.theory import format_report
+
     if theory is None:
         return f"*Not run yet: `make theory` writes runs/{THEORY_FILE}.*"
-    counts = theory["jaxpr_equations"]
-    folds = [[name, f"{diff:.3g}"] for name, diff in theory["fold_differences"].items()]
-    gap = theory["same_padding_conv1_gap"]
-    tails = [
-        [f"{float(x):g}", f"{naive:g}", f"{custom:g}"]
-        for x, (naive, custom) in theory["sigmoid_tail_gradients"].items()
-    ]
-    return "\n\n".join(
-        [
-            (
-                "**1.1 A parameterized ReLU max{t, o} adds nothing:** max{t, o} = relu(o − t) + t,"
-                " so the thresholds fold into the biases (b ← b − t, the next layer's bias absorbs"
-                " Σ w t). Largest |logit difference| between random thresholded nets and their"
-                " folded ReLU twins (float64, dropout off):"
-            ),
-            _table(["case", "largest logit difference"], folds),
-            (
-                f"Exact in every case but SAME convolutions padded with 0 (largest exact case"
-                f" {theory['max_difference_exact']:.3g}): there the border taps see 0 where the"
-                f" folded net needs the shift, an error of up to {gap['border']:.3g} on the border"
-                f" of the second conv's pre-activation ({gap['interior']:.3g} inside), which"
-                " `theory.same_padding_gap` predicts exactly (|measured − predicted| ≤"
-                f" {theory['same_padding_prediction_error']:.3g}); padding with t restores it."
-            ),
-            (
-                "**1.2 The sigmoid's backward pass reuses the forward value** (σ' = σ − σ²):"
-                f" `jax.grad`'s jaxpr has {counts['custom']} equations against the naive"
-                f" 1/(1+e^−x)'s {counts['naive']}, and the gradient stays finite in float32 where"
-                " the naive chain rule gives NaN:"
-            ),
-            _table(["x", "naive gradient", "σ − σ² gradient"], tails),
-        ]
+    return (
+        "**1.1** max{t, o} = relu(o − t) + t: the thresholds fold into the biases, exactly but"
+        " for SAME convolutions padded with 0 (the border taps; `theory.same_padding_gap`"
+        " predicts the error). **1.2** σ' = σ − σ² reuses the forward value: fewer equations in"
+        " `jax.grad`'s jaxpr, and finite where the naive chain rule gives NaN.\n\n"
+        f"```text\n{format_report(theory)}\n```"
     )
 
 
@@ -391,8 +321,6 @@ def write_report(
     out.write_text(text)
     return out
 
-
-# --------------------------------------------------------------------------- command line
 
 FLAGS = flags.FLAGS
 

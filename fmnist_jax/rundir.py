@@ -41,9 +41,6 @@ LOCK_FILE = ".lock"  # held (flock) by the process training in the workdir
 COLLECTIONS = ("train", "test")
 
 
-# --------------------------------------------------------------------------- JSON files
-
-
 def read_json(path: str | Path) -> dict | None:
     """The object in a JSON file; None when the file does not exist, RunError when it is not
     valid JSON (a half-written or hand-edited file)."""
@@ -89,9 +86,6 @@ def check_same_run(workdir: Path, config: dict, fields) -> None:
 
 def write_summary(workdir: Path, summary: dict) -> None:
     write_json(Path(workdir) / SUMMARY_FILE, summary)
-
-
-# --------------------------------------------------------------------------- the workdir
 
 
 def prepare(workdir: Path) -> None:
@@ -148,9 +142,6 @@ def disk_full(e: BaseException | None) -> bool:
     return False
 
 
-# --------------------------------------------------------------------------- metrics.jsonl
-
-
 def read_history(workdir: str | Path, up_to_step: int | None = None) -> list[dict]:
     """Evaluation records logged so far, in order (step, then replica), each (step, replica)
     once; records after `up_to_step` are dropped (a resumed run repeats the steps after its
@@ -180,9 +171,6 @@ def write_history(workdir: Path, history: list[dict]) -> None:
 def append_record(workdir: Path, record: dict) -> None:
     with open(Path(workdir) / METRICS_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
-
-
-# --------------------------------------------------------------------------- the reader
 
 
 @dataclasses.dataclass(frozen=True)

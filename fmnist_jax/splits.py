@@ -7,6 +7,7 @@ trained on (`data.Dataset.split`), so a reader can say "official split" or "offl
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -57,3 +58,31 @@ def idx_split(folder: str | os.PathLike) -> str | None:
     if found == OFFICIAL_SHA256:
         return "official"
     return "offline-copy" if found == OFFLINE_COPY_SHA256 else "non-official"
+
+
+SPLITS = {  # an IDX folder's `split`, and what a report says of it
+    "official": "measured on Fashion-MNIST, the official split (the four IDX files are the "
+    "official ones: their sha256 match)",
+    "offline-copy": "measured on the offline copy of Fashion-MNIST (genuine images, "
+    "non-official split: per class the first 1,000 of 7,000 are test)",
+    "non-official": "measured on IDX files that are not the official Fashion-MNIST files "
+    "(their sha256 differ): not known to be the official split",
+    None: "measured on IDX files whose sha256 could not be read when the run started: "
+    "official or not is unknown",
+}
+
+
+def provenance(data: Mapping) -> str:
+    """What the numbers were measured on, from a summary's `data` entry (for an IDX folder, the
+    `split` that the run recorded)."""
+    source = data.get("source")
+    if source == "idx":
+        split = data.get("split")
+        return SPLITS.get(split, f"measured on IDX files of split {split!r}")
+    if source == "tfds":
+        return "measured on Fashion-MNIST from tensorflow-datasets (the official split)"
+    if source == "linear_regression":
+        return "a synthetic linear-regression problem with a known ground truth"
+    if source == "synthetic":
+        return "synthetic random images, not Fashion-MNIST: these numbers test the code only"
+    return f"unknown data source {source!r}"

@@ -23,8 +23,6 @@ from fmnist_jax import data as data_lib
 from fmnist_jax import distributed, population, replicas
 from fmnist_jax.errors import ConfigError, TrainingError
 
-# --------------------------------------------------------------------------- metrics
-
 
 @flax.struct.dataclass
 class ClassificationMetrics(metrics.Collection):
@@ -54,9 +52,6 @@ def batch_metrics(outputs, targets, losses, regression: bool, mask=None) -> metr
     return ClassificationMetrics.single_from_model_output(
         loss=losses, logits=outputs, labels=targets, mask=mask
     )
-
-
-# --------------------------------------------------------------------------- state and steps
 
 
 # The optimizers a config can name ("momentum": SGD with config.momentum).
@@ -172,9 +167,6 @@ def accumulate_train_step(state, batch, dropout_rng, acc: TrainAccumulator, *, r
     )
 
 
-# --------------------------------------------------------------------------- device-resident
-
-
 def _device_batch(images, targets, idx, sharding):
     """The batch of examples `idx` gathered from splits held on the device, inputs as
     `data.to_model_inputs` makes them, split over the mesh like a host batch."""
@@ -211,9 +203,6 @@ def evaluate_resident(state, idx, mask, images, targets, *, regression: bool, sh
 
     total, _ = jax.lax.scan(body, collection.empty(), (idx, mask))
     return total
-
-
-# --------------------------------------------------------------------------- devices
 
 
 def check_divisible(config, mesh: Mesh) -> None:

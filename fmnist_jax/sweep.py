@@ -71,9 +71,6 @@ def train_all(runs_dir: Path, models, rates, num_replicas: dict, steps=None, **o
         train.train_and_evaluate(config, runs_dir / model)
 
 
-# --------------------------------------------------------------------------- results
-
-
 def _paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     """Statistics of b − a, replica by replica."""
     return replicas.statistics([y - x for x, y in zip(a, b, strict=False)])
@@ -208,9 +205,6 @@ def plot(result: Mapping):
         ax.legend()
     fig.suptitle(CAPTION)
     return fig
-
-
-# --------------------------------------------------------------------------- command line
 
 
 def _floats(text: str) -> list[float]:

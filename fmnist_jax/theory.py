@@ -30,7 +30,6 @@ import numpy as np
 from fmnist_jax import cli, folding
 from fmnist_jax.layers import sigmoid
 
-# ----------------------------------------------------------------------------------------------
 # 1.2 Sigmoid derivative (`sigmoid` itself lives with the other layers, in `fmnist_jax.layers`)
 
 
@@ -76,7 +75,6 @@ def sigmoid_tail_gradients(xs: Sequence[float] = (-1000.0, -100.0, -50.0, 20.0, 
     return {x: (float(naive(jnp.float32(x))), float(custom(jnp.float32(x)))) for x in xs}
 
 
-# ----------------------------------------------------------------------------------------------
 # Random networks and the closing note's numbers
 
 

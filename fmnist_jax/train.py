@@ -51,9 +51,6 @@ ARCHITECTURE_FIELDS = (
 )  # fmt: skip
 
 
-# --------------------------------------------------------------------------- the loop
-
-
 @dataclasses.dataclass
 class LoopContext:
     """What the loop of one invocation works with."""

@@ -53,9 +53,6 @@ class Verdict:
     total: int = 0
 
 
-# --------------------------------------------------------------------------- all claims
-
-
 def _fmt_effect(value: float, unit: str) -> str:
     if unit == "step":
         return f"{value:,.0f}"

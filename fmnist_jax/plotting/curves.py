@@ -46,9 +46,6 @@ FIGURES = {  # key: (file name, runs it needs, title); the second run, if any, h
 }
 
 
-# --------------------------------------------------------------------------- what a run says
-
-
 def steps_per_epoch(run: Run) -> float | None:
     """Training steps per epoch: from summary.json, else from a record's step and epoch (an
     unfinished run), else None."""
@@ -64,9 +61,6 @@ def dropout_rate(run: Run) -> float:
     """The run's dropout rate, from summary.json or config.json (0 when neither says)."""
     rate = (run.summary or {}).get("dropout_rate", run.config.get("dropout_rate"))
     return float(rate or 0.0)
-
-
-# --------------------------------------------------------------------------- drawing
 
 
 def draw_curve(ax, curve: Curve, color: str, label: str, smoothing: float, x_scale: float = 1.0):
@@ -167,9 +161,6 @@ def plot_linreg_loss(
     ax.legend()
     ax.set_title(f"{title} (smoothing {smoothing:g}, {_band_note([run])})")
     return fig
-
-
-# --------------------------------------------------------------------------- all figures
 
 
 def _warn(message: str) -> None:
