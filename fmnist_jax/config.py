@@ -15,59 +15,45 @@ from fmnist_jax.errors import ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults shared by all experiments."""
+    """Defaults shared by all experiments (docs/training.md: the fields that shape a run)."""
     c = ml_collections.ConfigDict()
     c.name = "base"
-
-    # Data. data_dir empty: $FMNIST_DATA_DIR if set, otherwise tensorflow-datasets.
+    # Data. data_dir empty: $FMNIST_DATA_DIR if set, otherwise tensorflow-datasets (kept in
+    # tfds_data_dir; empty: its default, ~/tensorflow_datasets).
     c.dataset = "fashion_mnist"
     c.data_dir = ""
-
+    c.tfds_data_dir = ""
     # Model.
     c.model = "cnn"
     c.num_classes = 10
     c.hidden_size = 512  # MLP only
     c.activation = "relu"  # MLP only: "relu" or "sigmoid" (sigma' = sigma - sigma^2)
     c.dropout_rate = 0.0
-
     # Optimizer.
     c.optimizer = "adam"
     c.learning_rate = 1e-3
     c.momentum = 0.9  # "momentum" only
-
     # Training and evaluation.
     c.batch_size = 64
     c.eval_batch_size = 1000
     c.num_train_steps = 10_000
     c.eval_every_steps = 250
     c.checkpoint_every_steps = 1000  # a multiple of eval_every_steps
-    # Steps run as one program on data held on the device (fmnist_jax/feeds.py); 1: a jitted
-    # step per host batch. Rounded down to a divisor of eval_every_steps.
-    c.steps_per_chunk = 1
     c.max_checkpoints_to_keep = 3
+    c.steps_per_chunk = 1  # steps per device-resident program (feeds.py); 1: a jitted step
     c.seed = 0
-    # Models trained at once, differing only in their seeds (fmnist_jax/replicas.py): one
-    # program with a leading replica axis; replica 0 is the plain run of `seed`.
+    # Models trained at once (replicas.py), differing only in their seeds (replica 0 is the
+    # plain run of `seed`), mapped by "vmap", "unroll" or "auto" (unroll the ConvNet on CPU).
     c.num_replicas = 1
-    # How the replica axis is mapped: "vmap" (one batched program), "unroll" (R copies of the
-    # step in the program) or "auto" (unroll the ConvNet on a CPU, vmap the rest).
     c.replica_map = "auto"
-    # A population (fmnist_jax/population.py): hyperparameters that vary per member, e.g.
-    # "dropout_rate=0,0.25;learning_rate=1e-3,3e-4"; every point trains num_replicas seeds,
-    # all members in one program. Empty: the config's own values.
+    # A population (population.py), e.g. "dropout_rate=0,0.25;learning_rate=1e-3,3e-4": every
+    # point trains num_replicas seeds, all members in one program. Empty: the config's values.
     c.grid = ""
-
-    # Profiling: a trace of `profile_steps` steps (0: none), starting `profile_first_step` steps
-    # after the run (re)starts, written to the workdir for TensorBoard's profile plugin.
+    # A profile of profile_steps steps (0: none) from profile_first_step after the (re)start;
+    # CLU's progress line every progress_every_steps steps (0: every 30 s).
     c.profile_steps = 0
     c.profile_first_step = 10
-    # CLU's progress (steps/s, ETA, and the steps_per_sec scalar): every this many steps, or
-    # every 30 s when 0.
     c.progress_every_steps = 0
-
-    # Where tensorflow-datasets keeps its data (empty: its default, ~/tensorflow_datasets).
-    c.tfds_data_dir = ""
-
     # Linear regression's synthetic problem (dataset "linear_regression" only).
     c.regression = ml_collections.ConfigDict(
         {"num_train": 10_000, "num_test": 2_000, "num_features": 20, "noise": 0.5}
