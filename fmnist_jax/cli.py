@@ -1,9 +1,11 @@
 """The one convention every command line follows (train, attack, figures, report, theory, bench).
 
-Each entry point defines its absl flags at module level (with `config_flags` where a config
-exists) and ends in `cli.run(main, required=[...])`, which
+Each entry point has a `define_flags()` (absl flags, `config_flags` where a config exists) and
+ends in `if __name__ == "__main__": cli.run(main, define_flags, required=[...])`, so importing
+it defines nothing; `cli.run`
 
-- marks the required flags with absl's own mechanism (a missing one is a one-line error);
+- defines the flags, and marks the required ones with absl's own mechanism (a missing one is a
+  one-line error);
 - makes `--help` print the module's docstring and flags and exit 0 (absl's own exits 1);
 - turns every failure into one line `error: <what and where>` on stderr and exit status 2 for
   mistakes the user can fix (`errors.USER_ERRORS`, flag errors), 1 for anything else, with
@@ -161,6 +163,7 @@ def parse_flags(argv: list[str], prepare: Callable[[list[str]], list[str]] | Non
 
 def run(
     main: Callable[[], None],
+    define_flags: Callable[[], None] | None = None,
     required: Sequence[str] = (),
     prepare: Callable[[list[str]], list[str]] | None = None,
 ) -> None:
@@ -171,6 +174,8 @@ def run(
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     runtime.configure_process()
+    if define_flags is not None:
+        define_flags()
     if "verbose" not in FLAGS:
         flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
     for name in required:

@@ -18,29 +18,35 @@ from ml_collections import config_flags
 
 from fmnist_jax import cli, runtime
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment file or name, optionally with :variant.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and summary.json.")
-# Several processes, one run (fmnist_jax.distributed): the names of jax.distributed.initialize's
-# arguments; the same command on every process, only --process_id differs.
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "HOST:PORT of process 0, where the coordinator listens."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
-_AUTO = flags.DEFINE_bool(
-    "distributed", False, "Join a cluster JAX detects itself (Cloud TPU pod slice, SLURM, MPI)."
-)
-_INIT_TIMEOUT = flags.DEFINE_integer(
-    "initialization_timeout", 300, "Seconds to wait for every process to join."
-)
-_HEARTBEAT = flags.DEFINE_integer(
-    "heartbeat_timeout_seconds", 100, "Seconds without a sign of a process before it is dead."
-)
-_BIND = flags.DEFINE_string(
-    "coordinator_bind_address", None, "Where process 0 listens (default: --coordinator_address)."
-)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The train command's flags; the distributed ones are jax.distributed.initialize's
+    arguments (the same command on every process, only --process_id differs)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment file or name, optionally with :variant.", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and summary.json.")
+    flags.DEFINE_string(
+        "coordinator_address", None, "HOST:PORT of process 0, where the coordinator listens."
+    )
+    flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+    flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
+    flags.DEFINE_bool(
+        "distributed", False, "Join a cluster JAX detects itself (Cloud TPU pod slice, SLURM, MPI)."
+    )
+    flags.DEFINE_integer(
+        "initialization_timeout", 300, "Seconds to wait for every process to join."
+    )
+    flags.DEFINE_integer(
+        "heartbeat_timeout_seconds", 100, "Seconds without a sign of a process before it is dead."
+    )
+    flags.DEFINE_string(
+        "coordinator_bind_address",
+        None,
+        "Where process 0 listens (default: --coordinator_address).",
+    )
 
 
 def resolve_experiment(argv: list[str]) -> list[str]:
@@ -76,7 +82,7 @@ def load_config():
     from fmnist_jax.errors import UsageError
 
     try:
-        return _CONFIG.value
+        return FLAGS.config
     except (AttributeError, KeyError) as e:
         raise UsageError(config_lib.unknown_field(e)) from None
 
@@ -86,13 +92,13 @@ def launch():
     from fmnist_jax import distributed
 
     return distributed.Launch(
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
-        auto=_AUTO.value,
-        initialization_timeout=_INIT_TIMEOUT.value,
-        heartbeat_timeout_seconds=_HEARTBEAT.value,
-        coordinator_bind_address=_BIND.value,
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
+        auto=FLAGS.distributed,
+        initialization_timeout=FLAGS.initialization_timeout,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
+        coordinator_bind_address=FLAGS.coordinator_bind_address,
     )
 
 
@@ -104,8 +110,8 @@ def main() -> None:
     hint = runtime.malloc_hint()
     if hint and distributed.is_writer():
         logging.info("%s", hint)
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    cli.run(main, required=["config", "workdir"], prepare=resolve_experiment)
+    cli.run(main, define_flags, required=["config", "workdir"], prepare=resolve_experiment)

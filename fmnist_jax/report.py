@@ -326,8 +326,6 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """The command line's flags; defined only when run as a program, so that importing this
-    module beside another command line's (which may have --out or --runs too) never clashes."""
     flags.DEFINE_string("runs", "runs", "Folder holding one workdir per run.")
     flags.DEFINE_string("figures", "figures", "Folder holding the figure PNGs.")
     flags.DEFINE_string("out", "REPORT.md", "The markdown file to write.")
@@ -339,5 +337,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    cli.run(main)
+    cli.run(main, define_flags)

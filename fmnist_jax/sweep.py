@@ -247,7 +247,7 @@ def main() -> None:
     print(f"wrote {runs_dir / RESULT_FILE} and {runs_dir / FIGURE_FILE}", file=sys.stderr)
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("runs", "runs/sweep", "Folder for the sweep's runs, sweep.json and .png.")
@@ -258,4 +258,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("cnn_train_steps", 0, "Override the ConvNet runs' steps (0: as above).")
     flags.DEFINE_integer("cnn_replicas", 0, "The ConvNet runs' replicas (0: --replicas).")
     flags.DEFINE_bool("synthetic", False, "Random images instead of Fashion-MNIST (smoke tests).")
-    cli.run(main)
+
+
+if __name__ == "__main__":
+    cli.run(main, define_flags)

@@ -234,8 +234,11 @@ def main() -> None:
         print(f"wrote {out}")
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("out", "", "Also write the numbers as JSON here (runs/theory.json).")
-    cli.run(main)
+
+
+if __name__ == "__main__":
+    cli.run(main, define_flags)

@@ -125,3 +125,21 @@ def test_background_failures_of_orbax_and_asyncio_go_to_debug_and_others_keep_th
     finally:
         logging.get_absl_logger().removeFilter(cli._demote_background_errors)
         logging.get_absl_handler().removeFilter(cli._demote_background_errors)
+
+
+def test_importing_a_command_defines_no_flag_and_running_it_defines_its_own():
+    import subprocess
+    import sys
+
+    commands = ["main", "report", "sweep", "theory", "plotting.__main__"]
+    code = (
+        "import importlib; from absl import flags\n"
+        f"for m in {commands!r}: importlib.import_module('fmnist_jax.' + m)\n"
+        "print(sorted(set(flags.FLAGS) & {'config', 'workdir', 'runs', 'out', 'models'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.report", "--help"], capture_output=True, text=True
+    )
+    assert help_text.returncode == 0 and "--figures" in help_text.stdout

@@ -16,16 +16,19 @@ from fmnist_jax.plotting import curves
 
 EXIT_NO_FIGURE = 1
 
-flags.DEFINE_string("runs", "runs", "Folder holding one workdir per run.")
-flags.DEFINE_string("out", "figures", "Folder the PNGs are written to.")
-flags.DEFINE_float(
-    "smoothing",
-    curves.DEFAULT_SMOOTHING,
-    "TensorBoard smoothing weight of the bold curves, in [0, 1].",
-    lower_bound=0.0,
-    upper_bound=1.0,
-)
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("runs", "runs", "Folder holding one workdir per run.")
+    flags.DEFINE_string("out", "figures", "Folder the PNGs are written to.")
+    flags.DEFINE_float(
+        "smoothing",
+        curves.DEFAULT_SMOOTHING,
+        "TensorBoard smoothing weight of the bold curves, in [0, 1].",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
 
 
 def main() -> None:
@@ -39,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)
