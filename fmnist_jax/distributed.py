@@ -1,24 +1,14 @@
 """Several processes, one training run: JAX's distributed runtime, the global mesh, and each
-process's rows of a global batch.
+process's rows of a global batch (launching: docs/accelerators.md).
 
-One process (the default) needs none of this: the mesh spans its devices and numpy batches go
-straight to the jitted steps. With N processes (a TPU pod slice, GPU hosts under SLURM, or
-several processes on one machine), every process runs the same program:
-
-    initialize(coordinator_address="10.0.0.1:1234", num_processes=N, process_id=i)
-    # or initialize(auto=True) where JAX detects the cluster (Cloud TPU, SLURM, Open MPI)
-
-before any JAX computation; then `make_mesh()` spans `jax.devices()` (all processes'), and each
-process feeds only its rows of each global batch (`local_rows`, `to_global`), so batch order,
-dropout keys and results do not depend on the number of processes. Process 0 alone writes the
-run directory's files; every process takes part in orbax's saves and restores, so the workdir
-must be on a filesystem every process sees.
-
-A peer that never starts, or dies, ends every surviving process with one line on stderr within
-the configured timeouts: JAX's runtime aborts the process (a C++ abort, not a Python exception),
-so a watchdog prints the line and exits first. A process that fails while the run is being set
-up (its workdir's lock refused, no data) tells the others at the next `failing_together` point,
-and every process ends at once with that process's error line.
+One process (the default) needs none of this. With N processes every process runs the same
+program after `initialize(...)`; `make_mesh()` spans every process's devices and each process
+feeds only its rows of each global batch (`local_rows`, `to_global`), so batch order, dropout
+keys and results do not depend on the number of processes. Process 0 alone writes the run
+directory's files; every process takes part in orbax's saves, so the workdir must be on a
+filesystem every process sees. A peer that never starts or dies ends every survivor with one
+line within the timeouts (a watchdog, before JAX's runtime aborts the process); a failure while
+the run is set up reaches every process at the next `failing_together` point.
 """
 
 import builtins

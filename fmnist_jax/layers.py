@@ -1,16 +1,9 @@
-"""Layer functions with hand-written gradients: `max_pool_2x2` (used by `models` and `theory`)
-and `conv` (the ConvNet's convolutions), both for fast gradients on XLA:CPU, and `sigmoid`,
-whose gradient reuses its forward value (the exercise's section 1.2).
+"""Layers with hand-written gradients: `max_pool_2x2` and `conv` (fast backward passes on
+XLA:CPU, where JAX's own select-and-scatter and the convolution's gradient are slow: see
+docs/speed-cpu.md), and `sigmoid`, whose gradient reuses its forward value (exercise §1.2).
 
-`max_pool_2x2` computes the same values as `nn.max_pool(x, (2, 2), strides=(2, 2))` and the
-same gradient as differentiating a reshape-and-max: each window's output gradient goes to the
-inputs equal to the window's maximum, split equally among ties (a ReLU before the pool makes
-ties outside zero windows rare; inside them the ReLU's gradient is zero anyway).
-
-Why it has its own gradient: JAX differentiates the windowed `max_pool` through
-select-and-scatter and a reshape-and-max through a broadcast compare over a 6-d view, and XLA:CPU
-runs both backward passes several times slower than one elementwise compare-and-select on the
-unpooled tensor (benchmarks/README.md: the ConvNet's whole step ~1.2x faster, paired).
+`max_pool_2x2` computes `nn.max_pool(x, (2, 2), strides=(2, 2))`; its gradient goes to the
+inputs equal to the window's maximum, split equally among ties.
 """
 
 import jax

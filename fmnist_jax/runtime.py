@@ -1,25 +1,12 @@
 """Process settings that make XLA:CPU train this project's models fast: explicit, never on import.
 
-Two problems of the CPU runtime, measured with jaxlib 0.10.2 on a 2-core AVX2 machine and
-again with 0.12.0.1, where both are still there (numbers and commands in benchmarks/README.md);
-neither fix changes what is computed:
-
-1. XLA hands convolutions to YNNPACK by default, where this ConvNet's run on one core (its
-   kernel gradient at ~22 GFLOP/s). `--xla_cpu_experimental_ynn_fusion_type=
-   -individual_convolution` gives them back to XLA's Eigen convolutions, which use every core;
-   matrix products stay with YNNPACK. `configure_cpu()` adds it to XLA_FLAGS: the command lines
-   call it first thing, a notebook or script calls it before importing jax.
-2. XLA:CPU allocates its temporary buffers afresh at every execution, and glibc serves large
-   blocks with fresh `mmap`s: every ConvNet step page-faults ~54 MB again (13,900 faults).
-   glibc's tunable `glibc.malloc.hugetlb=1` backs them with transparent huge pages: ~60 faults
-   a step. glibc reads tunables when a process starts, so only the environment that starts
-   Python can set it: the Makefile exports it; where it is missing, the command lines log
-   `malloc_hint()`'s one line saying how to get the speed-up.
-
-Each setting applies only where it can: the XLA flag only with a jaxlib it was verified on (XLA
-aborts on a flag it does not know), not where a GPU or TPU plugin is installed (their XLA reads
-XLA_FLAGS too), and only before jax is imported; the tunable only on Linux with glibc. A user's
-own value for either setting wins. `FMNIST_CPU_TUNING=0` turns both off.
+`configure_cpu()` gives the convolutions back to XLA's Eigen kernels (all cores; YNNPACK runs
+this ConvNet's on one) through XLA_FLAGS, before jax is imported; `malloc_hint()` says how to
+back XLA's per-step buffers with huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which
+only the environment that starts Python can set: the Makefile exports it). Neither changes what
+is computed; each applies only where it can (a verified jaxlib, no GPU/TPU plugin, Linux with
+glibc), a user's own value wins, and `FMNIST_CPU_TUNING=0` turns both off. Why and how much:
+docs/speed-cpu.md.
 """
 
 import importlib.metadata
