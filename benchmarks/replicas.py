@@ -22,12 +22,17 @@ from workers import data_dir
 
 from fmnist_jax import cli
 
-MODELS = {"mlp": ("mlp_dropout", 500), "cnn": ("cnn_dropout", 60)}  # experiment, block steps
+FLAGS = flags.FLAGS
 
-_MODELS = flags.DEFINE_string("models", "mlp,cnn", "Models: mlp, cnn.")
-_REPLICAS = flags.DEFINE_string("replicas", "1,3,5", "Replica counts R.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed blocks per R.")
-_MAPS = flags.DEFINE_string("maps", "vmap,unroll", "config.replica_map values to compare.")
+
+def define_flags() -> None:
+    flags.DEFINE_string("models", "mlp,cnn", "Models: mlp, cnn.")
+    flags.DEFINE_string("replicas", "1,3,5", "Replica counts R.")
+    flags.DEFINE_integer("rounds", 3, "Timed blocks per R.")
+    flags.DEFINE_string("maps", "vmap,unroll", "config.replica_map values to compare.")
+
+
+MODELS = {"mlp": ("mlp_dropout", 500), "cnn": ("cnn_dropout", 60)}  # experiment, block steps
 
 
 def prepare(experiment: str, num_replicas: int, block: int, how: str):
@@ -65,17 +70,17 @@ def timed_block(entry: dict, block: int) -> float:
 
 
 def main() -> None:
-    counts = [int(r) for r in _REPLICAS.value.split(",")]
-    maps = _MAPS.value.split(",")
+    counts = [int(r) for r in FLAGS.replicas.split(",")]
+    maps = FLAGS.maps.split(",")
     header = f"{'model':8s} {'map':6s} {'R':>3s} {'img/s per replica':>18s} {'img/s (all)':>12s}"
     print(f"{header} {'vs R=1':>7s}")
-    for model in _MODELS.value.split(","):
+    for model in FLAGS.models.split(","):
         experiment, block = MODELS[model]
         # R = 1 runs the unreplicated step whatever the map: timed once, the common baseline.
         cases = [(1, maps[0])] + [(r, how) for how in maps for r in counts if r > 1]
         entries = {case: prepare(experiment, *case[:1], block, case[1]) for case in cases}
         times = {case: [] for case in cases}
-        for _ in range(_ROUNDS.value):
+        for _ in range(FLAGS.rounds):
             for case in cases:
                 times[case].append(timed_block(entries[case], block))
         base = None
@@ -90,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

@@ -36,10 +36,16 @@ from absl import flags
 
 from fmnist_jax import cli
 
-_TREES = flags.DEFINE_list("trees", [str(REPO)], "Source trees to compare (PYTHONPATH).")
-_PROCESSES = flags.DEFINE_integer("processes", 1, "Processes of the run: 1 or 2.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Runs of each tree.")
-_CONFIG = flags.DEFINE_string("config", "mlp:test", "Experiment[:variant] to train.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("trees", [str(REPO)], "Source trees to compare (PYTHONPATH).")
+    flags.DEFINE_integer("processes", 1, "Processes of the run: 1 or 2.")
+    flags.DEFINE_integer("rounds", 3, "Runs of each tree.")
+    flags.DEFINE_string("config", "mlp:test", "Experiment[:variant] to train.")
+
+
 _TIMEOUT = 300  # seconds, each process
 
 
@@ -73,22 +79,22 @@ def _wait(proc: subprocess.Popen, deadline: float) -> int:
 def run_once(tree: str, site: Path) -> dict:
     tree, hide = tree.removesuffix("+no_tf"), tree.endswith("+no_tf")
     workdir = Path(tempfile.mkdtemp(prefix="startup-"))
-    cmd = [sys.executable, "-m", "fmnist_jax.main", "--config", _CONFIG.value]
+    cmd = [sys.executable, "-m", "fmnist_jax.main", "--config", FLAGS.config]
     cmd.append(f"--workdir={workdir}")
-    if _PROCESSES.value > 1:
+    if FLAGS.processes > 1:
         cmd += [f"--coordinator_address=127.0.0.1:{_free_port()}"]
-        cmd += [f"--num_processes={_PROCESSES.value}", "--initialization_timeout=60"]
+        cmd += [f"--num_processes={FLAGS.processes}", "--initialization_timeout=60"]
     env = _env(tree, site if hide else None)
     start = time.time()
     procs = [
         subprocess.Popen(
-            cmd + ([f"--process_id={i}"] if _PROCESSES.value > 1 else []),
+            cmd + ([f"--process_id={i}"] if FLAGS.processes > 1 else []),
             cwd=tempfile.gettempdir(),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for i in range(_PROCESSES.value)
+        for i in range(FLAGS.processes)
     ]
     rss = [_wait(p, start + _TIMEOUT) for p in procs]
     summary_path = workdir / "summary.json"
@@ -107,9 +113,9 @@ def main() -> None:
 
     site = Path(tempfile.mkdtemp(prefix="no-tf-"))
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    trees = _TREES.value
+    trees = FLAGS.trees
     runs = {tree: [] for tree in trees}
-    for _ in range(_ROUNDS.value):
+    for _ in range(FLAGS.rounds):
         for tree in trees:
             runs[tree].append(run_once(tree, site))
     for key in runs[trees[0]][0]:
@@ -124,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)
