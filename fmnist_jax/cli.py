@@ -22,7 +22,9 @@ it defines nothing; `cli.run`
 
 import contextlib
 import logging as pylogging
+import os
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -71,6 +73,9 @@ def reported(verbose: bool = False, user_error: bool = False):
         yield
     except SystemExit:
         raise
+    except BrokenPipeError:  # the reader went away (`--help | head`): quiet, as Unix tools are
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
     except KeyboardInterrupt:  # outside the train loop's handler, or a second Ctrl-C
         if verbose:
             raise

@@ -143,3 +143,11 @@ def test_importing_a_command_defines_no_flag_and_running_it_defines_its_own():
         [sys.executable, "-m", "fmnist_jax.report", "--help"], capture_output=True, text=True
     )
     assert help_text.returncode == 0 and "--figures" in help_text.stdout
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdout", open(tmp_path / "out", "w"))  # a real file descriptor
+    with pytest.raises(SystemExit) as stop, cli.reported():
+        raise BrokenPipeError(32, "Broken pipe")
+    assert stop.value.code == 141  # 128 + SIGPIPE, as `yes | head` ends
+    assert capsys.readouterr().err == ""
