@@ -137,11 +137,14 @@ def import_beside_tensorflow(name: str, missing: Callable[[str, str], object]):
     """The module `name`, which imports TensorFlow (CLU's writers and periodic actions, TFDS),
     with TensorFlow seeing the CPU only, so that it never takes the GPU or TPU memory JAX trains
     in (flax#445; Flax's examples and big_vision do the same; set before TensorFlow first
-    touches a device, later it does nothing). Where an optional dependency is not installed,
-    what `missing(package, pip command)` returns (or raises) instead; any other ImportError is a
-    bug and goes through."""
+    touches a device, later it does nothing) and, unless the user set it, without its oneDNN
+    notice at import (the API's `fit` imports it too; TensorFlow computes nothing here). Where
+    an optional dependency is not installed, what `missing(package, pip command)` returns (or
+    raises) instead; any other ImportError is a bug and goes through."""
     from fmnist_jax import errors
 
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         import tensorflow as tf
 

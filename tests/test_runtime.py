@@ -151,3 +151,16 @@ def test_an_unsupported_jax_ends_the_command_line_in_one_line(tmp_path):
     assert out.stderr.strip().splitlines() == [
         f"error: {expected}: pip install 'jax>={low},<{high}'"
     ]
+
+
+def test_importing_tensorflow_for_the_writers_prints_no_onednn_notice():
+    code = (
+        "from fmnist_jax import runtime\n"
+        "runtime.import_beside_tensorflow('clu.metric_writers', lambda p, c: None)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "oneDNN" not in done.stderr
