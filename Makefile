@@ -66,7 +66,7 @@ endif
 .PHONY: help env reproduce study test test-latest gpu-prep lint format figures report adversarial adversarial-replicas bench theory sweep $(EXPERIMENTS) clean-runs
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-21s %s\n", $$1, $$2}'
 
 # The pinned stack, then the package itself (editable, no dependencies: requirements.txt has them),
 # so that `python -m fmnist_jax...` works from any folder with this environment's python.
@@ -176,7 +176,7 @@ theory: $(ENV)  ## exercise 1: the folding and sigmoid-gradient numbers -> runs/
 sweep: $(ENV)  ## exercise 2.4: dropout rates 0-0.5 x seeds, one program per model -> runs/sweep
 	$(PYTHON) -m fmnist_jax.sweep --runs $(RUNS)/sweep --replicas $(SWEEP_REPLICAS) $(SWEEP_ARGS)
 
-figures: $(ENV)  ## figures 2-6 from the runs' event files -> figures/
+figures: $(ENV)  ## figures 2-6 from the runs' metrics.jsonl -> figures/
 	$(PYTHON) -m fmnist_jax.plotting --runs $(RUNS) --out figures
 
 report: $(ENV)  ## REPORT.md: figures, numbers, the exercise's claims checked

@@ -14,7 +14,7 @@ The interactive API (see `fmnist_jax.api` and docs/api.md):
 
 Importing the package changes nothing in the process (no environment variable, no backend):
 each name is imported on first use. For CPU speed call `fmnist_jax.configure_cpu()` before
-`import jax` (the command lines do; see `fmnist_jax.runtime`).
+`import jax` (the command lines apply the same flag through `cli.run`; see `fmnist_jax.runtime`).
 """
 
 from importlib import import_module as _import_module

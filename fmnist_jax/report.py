@@ -4,7 +4,8 @@
 
 Everything is read back from what the runs left in their workdirs, through `fmnist_jax.rundir`
 (`summary.json`, `metrics.jsonl`, `runs/adversarial/summary.json` and `figure.png`,
-`runs/theory.json` from `make theory`, `runs/sweep/sweep.json` from `make sweep`); nothing is
+`runs/theory.json` from `make theory`, `runs/sweep/sweep.json` from `make sweep`,
+`runs/adversarial_replicas/` from `make adversarial-replicas`); nothing is
 rerun and no TensorFlow is imported. The claims are checked by `fmnist_jax.verdicts` on every
 replica: each is marked "holds in k of R" with the effect's interval, or "not checked" with the
 reason. A number of a run with several replicas is their mean with its 95 % interval.
@@ -259,7 +260,7 @@ def theory_section(theory: Mapping | None) -> str:
         return f"*Not run yet: `make theory` writes runs/{THEORY_FILE}.*"
     return (
         "**1.1** max{t, o} = relu(o − t) + t: the thresholds fold into the biases, exactly but"
-        " for SAME convolutions padded with 0 (the border taps; `theory.same_padding_gap`"
+        " for SAME convolutions padded with 0 (the border taps; `folding.same_padding_gap`"
         " predicts the error). **1.2** σ' = σ − σ² reuses the forward value: fewer equations in"
         " `jax.grad`'s jaxpr, and finite where the naive chain rule gives NaN.\n\n"
         f"```text\n{format_report(theory)}\n```"

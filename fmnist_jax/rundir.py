@@ -10,7 +10,7 @@
       checkpoints/<step>/  orbax checkpoints (`fmnist_jax.checkpoints`)
 
 The train loop writes through the functions here; plotting, the report and the sweep read a
-run with `read_run` (plain data). Nothing here imports JAX, orbax or TensorFlow.
+run with `read_run` (plain data). Nothing here imports orbax or TensorFlow.
 """
 
 import contextlib
@@ -156,6 +156,10 @@ def read_history(workdir: str | Path, up_to_step: int | None = None) -> list[dic
         except json.JSONDecodeError:  # a line cut short by a killed process
             logging.warning("%s: skipping an unreadable line: %.80s", path, line)
             continue
+        if "replica" not in record:
+            raise RunError(
+                f"{path}: records without 'replica' (a run from before replicas); retrain"
+            )
         key = (record["step"], record["replica"])
         records[key] = record  # a step logged again: the later line wins
     return [records[k] for k in sorted(records) if up_to_step is None or k[0] <= up_to_step]

@@ -4,7 +4,7 @@
 through `accumulate_train_step`, which also folds the step's metrics into a `TrainAccumulator`
 that stays on the device until the next evaluation, with the first step whose loss was not
 finite: the loop never waits on the host between evaluations. `Steps` compiles them for a mesh
-(batch sharded over `data`, everything else replicated).
+(members over the mesh's `replica` axis, each batch sharded over `data`).
 """
 
 import inspect

@@ -7,7 +7,7 @@ b_l <- b_l - t_l, and the next layer absorbs the constant: b_{l+1} <- b_{l+1} + 
 exact through Dense layers, VALID convolutions, 2x2 max-pooling (max(x + t) = max(x) + t for a
 per-channel t) and flattening. It is not exact for a zero-padded SAME convolution after a
 thresholded layer: the border taps see the padding's 0 where the folded net would need the shift
-(`same_padding_gap` gives the error exactly); padding the thresholded activation with t
+(`folding.same_padding_gap` gives the error exactly); padding the thresholded activation with t
 ('SAME_THRESHOLD') restores exactness. With dropout it is exact at test time only: see
 `folding.ThresholdMLP`.
 

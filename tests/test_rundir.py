@@ -179,3 +179,9 @@ def test_a_damaged_json_file_is_one_clear_line_for_every_reader(tmp_path):
 
     with pytest.raises(RunError, match="config.json: not valid JSON"):
         fj.restore(run)
+
+
+def test_records_without_a_replica_are_one_clear_error_naming_the_file(tmp_path):
+    (tmp_path / rundir.METRICS_FILE).write_text('{"step": 8, "train_loss": 1.0}\n')
+    with pytest.raises(RunError, match="metrics.jsonl: records without 'replica'"):
+        rundir.read_history(tmp_path)
