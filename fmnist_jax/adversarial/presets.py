@@ -154,7 +154,7 @@ METHODS: dict[str, AttackConfig] = {
     "pgd": AttackConfig(learning_rate=0.01, l1_weight=0.0, max_steps=100, epsilon=0.1),
     # Minimum L1 at p(target) >= threshold: 300 linearised proximal steps (minimal.py).
     "minl1": AttackConfig(
-        update="minl1", learning_rate=0.5, l1_weight=0.0, l1_reduction="sum", max_steps=300
+        update="minl1", learning_rate=0.5, l1_weight=0.0, l1_reduction="sum", max_steps=360
     ),
 }
 DEFAULT_METHOD = "sign"  # the library's default (`attack`, `api.attack`): fast and reliable
