@@ -24,9 +24,12 @@ LOGIT = math.log(MINL1.threshold / (1 - MINL1.threshold))
 DOMINANT, STRONG = 100, 5.0  # the dominant pixel and its weight; the others' are below 1
 SECOND, NEXT = 200, 4.0  # the next pixel in |w| order, for the box-limited problem
 # How close to the closed-form minimum the search ends: the aim's margin at the last step
-# (MARGIN * FINAL in log-odds, 5e-4) over |w| >= 4 is ~1e-4 of L1; the rest is the last
-# steps' distance to the fixed point.
+# (MARGIN * REFINE_ETA[1] in log-odds, 1e-4) over |w| >= 4 is ~3e-5 of L1; the rest is the
+# last steps' distance to the fixed point.
 RTOL = 0.01
+# The reported weight max|g| / mu is a ratio the refinement's multiplier moves by a hair: batch
+# shapes change float32 summation order, so it agrees to 1e-3 where the points agree to 1e-5.
+WEIGHT_RTOL = 1e-3
 
 
 def two_class_problem(n: int = 4, shortfall: float = 1.25, room: float | None = None):
@@ -149,7 +152,9 @@ def test_sample_alone_equals_sample_in_batch(ten_class):
         alone = fn(images[i : i + 1], labels[i : i + 1], jax.random.key(0), targets[i : i + 1])
         assert int(alone.steps[0]) == int(batch.steps[i])
         np.testing.assert_allclose(alone.adversarial[0], batch.adversarial[i], atol=1e-5)
-        assert float(alone.l1_weight[0]) == pytest.approx(float(batch.l1_weight[i]), rel=1e-4)
+        assert float(alone.l1_weight[0]) == pytest.approx(
+            float(batch.l1_weight[i]), rel=WEIGHT_RTOL
+        )
 
 
 @pytest.mark.parametrize("pool_size", [1, 4])
@@ -160,7 +165,7 @@ def test_pool_size_does_not_change_results(ten_class, pool_size):
     )
     np.testing.assert_array_equal(pooled.steps, batch.steps)
     np.testing.assert_allclose(pooled.adversarial, batch.adversarial, atol=1e-5)
-    np.testing.assert_allclose(pooled.l1_weight, batch.l1_weight, rtol=1e-4)
+    np.testing.assert_allclose(pooled.l1_weight, batch.l1_weight, rtol=WEIGHT_RTOL)
 
 
 def test_one_while_loop_in_the_compiled_program(ten_class):

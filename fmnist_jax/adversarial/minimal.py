@@ -18,9 +18,12 @@ grows with mu; mu is found among multiples (FACTORS) of the last one, and the tw
 bracket the aim are interpolated: g . d is linear in d, so the linear model meets the aim
 exactly (outside the bracket the nearest end, and mu moves by up to 8x a step).
 
-eta falls geometrically from `learning_rate` to FINAL times it, CYCLES times over `max_steps`,
-each cycle after the first starting again from the best point found (a warm restart: a large
-eta from there often finds a sparser change than the first cycle's). Early, a large eta makes a step
+eta falls geometrically from `learning_rate` to FINAL times it, CYCLES times over the first
+5/6 of `max_steps`, each cycle after the first starting again from the best point found (a warm
+restart: a large eta from there often finds a sparser change than the first cycle's); the last
+REFINE of the budget refines the best point with a small eta (REFINE_ETA), which only walks
+along the boundary (it never left the best point worse on the 200 images of docs/attack.md, and
+cleaned up its faintest pixels: L0 33 -> 23). Early, a large eta makes a step
 nearly the closed-form minimum of the linear model (the pixels with the largest
 |g| pushed to the box, as on a linear model); late, a small one walks along the boundary: every
 step keeps the linear model at the aim while it shrinks the L1 and moves the change to the
@@ -51,7 +54,9 @@ MARGIN = 0.05
 # program's own forward pass of the returned point (the reported p) agrees.
 PASSED = 1e-4
 CYCLES = 2  # eta's schedule runs this many times over max_steps, each from the best point
-FINAL = 0.01  # eta's last value, as a fraction of its first (learning_rate)
+FINAL = 0.01  # eta's last value in a cycle, as a fraction of its first (learning_rate)
+REFINE = 1 / 6  # the budget's last part: a boundary refinement from the best point ...
+REFINE_ETA = (0.04, 0.002)  # ... with eta falling between these fractions of learning_rate
 # The multiples of the last multiplier a step chooses between (0: the shrink alone).
 FACTORS = (0.0, 0.125, 0.5, 2.0, 8.0)
 START_MU = 4.0  # the first multiplier, in units of 1 / max|g|
@@ -133,6 +138,19 @@ def _record(s: MinL1State, x, m, g, passed: float) -> MinL1State:
     )  # fmt: skip
 
 
+def schedule(step, max_steps):
+    """(eta / learning_rate, whether a phase starts) at `step`: CYCLES geometric falls from 1
+    to FINAL, then the refinement, REFINE of the budget, from REFINE_ETA[0] to REFINE_ETA[1]."""
+    fine = jnp.maximum(jnp.round(max_steps * REFINE).astype(jnp.int32), 1)
+    cycle = jnp.maximum((max_steps - fine) // CYCLES, 1)
+    refining = step >= cycle * CYCLES
+    first, last = jnp.where(refining, REFINE_ETA[0], 1.0), jnp.where(refining, REFINE_ETA[1], FINAL)
+    start = jnp.where(refining, cycle * CYCLES, step - step % cycle)
+    length = jnp.where(refining, jnp.maximum(max_steps - cycle * CYCLES, 1), cycle)
+    decay = first * (last / first) ** ((step - start) / length).astype(jnp.float32)
+    return decay, (step == start) & (step > 0)
+
+
 def minl1_search(logits_fn, config: AttackConfig, max_steps) -> Search:
     """The minimum-L1 search of one image as a `pool.Search` (module docstring)."""
     passed = math.log(config.threshold / (1.0 - config.threshold)) + PASSED
@@ -147,16 +165,15 @@ def minl1_search(logits_fn, config: AttackConfig, max_steps) -> Search:
 
     def advance(s, x, t):
         """The next point: the proximal step whose linear model of m meets the aim."""
-        cycle = jnp.maximum(max_steps // CYCLES, 1)
-        decay = FINAL ** ((s.step % cycle) / cycle).astype(x.dtype)
+        decay, restart = schedule(s.step, max_steps)
         eta = config.learning_rate * decay
         delta = s.point - x
         aimed = passed + MARGIN * decay + jnp.maximum(s.overshoot, 0.0)
         need = aimed - s.m + jnp.sum(s.grad * delta)
         d, mu = prox_step(delta, s.grad, eta, s.mu, lo - x, hi - x, need)
         weight = jnp.max(jnp.abs(s.grad)) / mu
-        # A new cycle starts at the best point: evaluating it again costs one model call.
-        restart = (s.step % cycle == 0) & (s.step > 0) & s.found
+        # A new phase starts at the best point: evaluating it again costs one model call.
+        restart = restart & s.found
         point = jnp.where(restart, s.best, jnp.clip(x + d, lo, hi))
         aimed = jnp.where(restart, s.best_m, aimed)  # its m, known: no overshoot to learn
         return s._replace(point=point, mu=mu, weight=weight, aimed=aimed, step=s.step + 1)

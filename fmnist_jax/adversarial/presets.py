@@ -1,56 +1,11 @@
 """The attack's search rules as data: `AttackConfig`, its checks, and the measured presets.
 
-A preset is one frozen `AttackConfig`; `METHODS` names them: the exercise's rule (plain
-gradient descent, lr 0.001), gradient descent with lr 0.01, sign-gradient (the library's
-default), Adam, the targeted FGSM and PGD-L-inf baselines (epsilon 0.1), all run by the same
-descent search (`fmnist_jax.adversarial.search`), and "minl1", the minimum-L1 search
-(`fmnist_jax.adversarial.minimal`: 300 proximal steps, each with the multiplier that puts the
-linear model of the target's log-odds on the threshold, in the same one-loop program).
-
-The command line runs DEFAULT_METHODS, the exercise's rule first: it is the reported method
-(Figure 7, the summary's `default_method`); the slow ones (SLOW_METHODS: exercise, minl1) on the
-first SLOW_IMAGES = 200 of the 1,000 images (same targets), with their budgets below; each
-summary row states its images, L1 reading and step budget.
-
-Measured on runs/cnn_dropout (the offline copy) of a fresh clone's `make reproduce`, 2-core
-CPU, idle, seed 0, median over the successful searches; "mean" divides ||x' - x||_1 by the 784
-pixels, as PyTorch's default `L1Loss()` does, "sum" is the norm as written; L0 counts pixels
-changed by more than half a grey level; the L1 column is the sum over pixels for every method:
-
-    `make adversarial` (2026-12-02)   images success steps  L0    L1     L2    L-inf attacks/s
-    exercise: gd lr 0.001, mean, 3000   200   97.0%   286  625  18.6   1.03   0.201     9.6
-    gd lr 0.01, mean, 1000             1000   99.6%    26  633  20.7   1.13   0.216    88.6
-    sign lr 0.002, mean, 300           1000   99.8%    39  685  26.3   1.19   0.078   128
-    adam lr 0.01, mean, 300            1000  100.0%    15  637  43.4   1.93   0.141   274
-    fgsm eps 0.1                       1000    7.5%     1  604  58.4   2.41   0.100  1764
-    pgd eps 0.1, step 0.01, 100        1000   95.2%     9  647  29.5   1.34   0.090   315
-    minl1 until 2026-12-06 (4 x 50       200  100.0%   203   70   6.90  1.67   0.988    31.8
-      steps of FISTA, weight bisection)
-    (the same on the previous model, before layers.conv, load 3.5-5: minl1 on 1,000 images
-    100.0%, L1 6.54, 2.6 attacks/s; exercise 1.3 attacks/s)
-
-    `make adversarial` (2026-12-06, cnn_dropout retrained at 1cf6f95: the rows above repeat to
-    the last digit but for attacks/s; the machine loaded by others' jobs; attacks/s: exercise
-    at load 5-9, minl1 old and new run in turn three times at load 2.8-3.9, the medians; the
-    new one ran at 0.61-0.75x the old one's rate in each pair, 300 model calls against 203)
-    exercise                            200   97.0%   286  625  18.6   1.03   0.201     2.4
-    minl1 until 2026-12-06              200  100.0%   203   70   6.90  1.67   0.988    16.0
-    minl1, 300 linearised prox steps    200  100.0%   300   32   5.13  1.79   0.997    10.9
-
-    earlier, 100 training images
-    exercise: gd lr 0.001, sum           68%      404   10.1   0.73   0.189  (3,000-step budget)
-    sign lr 0.002, sum                   91%       44   13.4   0.89   0.088
-    gd lr 0.1, mean                     100%        2   59.7   3.24   0.605  (overshoots)
-
-The exercise's rule works but needs a few hundred steps (p90 ~800; 88.5% within 1,000 steps,
-95% within 3,000): most of its time is the tail of the slowest searches. With the L1 norm
-summed, the objective's minimum often lies below p = 0.95 (the L1 pull balances the CE push):
-a third of the exercise's searches stall there. minl1 reaches every target with a median L1
-of 5.1 (a quarter of gd's 20-21) by changing ~32 pixels, mostly to black or white (L-inf ~1):
-the sparse end of the trade-off, where the descent methods spread small changes over ~640
-pixels (`minl1.png` shows them side by side). Sign-gradient reaches 99.6-99.8% of the targets in a
-median 36-39 steps with the smallest L-inf (0.07-0.08): the library's default (`attack`,
-`api.attack`). `--l1_reduction sum` gives the literal objective.
+`METHODS` names one frozen `AttackConfig` per method: the exercise's rule (gradient descent,
+lr 0.001), gd, sign-gradient (the library's default), Adam, targeted FGSM and PGD-L-inf, all run
+by the descent search (`search.py`), and "minl1", the minimum-L1 search (`minimal.py`). The
+command line runs DEFAULT_METHODS, the exercise's rule first (the reported method); the slow
+ones (SLOW_METHODS) on the first SLOW_IMAGES images. Their measured numbers, and the commands
+behind them, are in docs/attack.md.
 
 Nothing here imports JAX: the command line defines its flags from these names alone.
 """
@@ -143,7 +98,7 @@ def validate(config: AttackConfig) -> None:
             raise ConfigError(message)
 
 
-# Rates and budgets measured on the cnn_dropout checkpoint (table in the module docstring).
+# Rates and budgets measured on the cnn_dropout checkpoint (docs/attack.md).
 METHODS: dict[str, AttackConfig] = {
     # The exercise's rule: plain gradient descent with lr 0.001.
     "exercise": AttackConfig(update="gd", learning_rate=0.001, max_steps=3000),
@@ -152,9 +107,9 @@ METHODS: dict[str, AttackConfig] = {
     "adam": AttackConfig(update="adam", learning_rate=0.01),
     "fgsm": AttackConfig(learning_rate=0.1, l1_weight=0.0, max_steps=1, epsilon=0.1),
     "pgd": AttackConfig(learning_rate=0.01, l1_weight=0.0, max_steps=100, epsilon=0.1),
-    # Minimum L1 at p(target) >= threshold: 300 linearised proximal steps (minimal.py).
+    # Minimum L1 at p(target) >= threshold: 360 linearised proximal steps (minimal.py).
     "minl1": AttackConfig(
-        update="minl1", learning_rate=0.5, l1_weight=0.0, l1_reduction="sum", max_steps=300
+        update="minl1", learning_rate=0.5, l1_weight=0.0, l1_reduction="sum", max_steps=360
     ),
 }
 DEFAULT_METHOD = "sign"  # the library's default (`attack`, `api.attack`): fast and reliable

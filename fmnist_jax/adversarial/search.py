@@ -1,21 +1,12 @@
 """Exercise 2.5's targeted adversarial search as one jitted, vmapped XLA program; pure JAX.
 
-For an image x and a target label t != label(x), gradient steps on the input x' minimise
-
-    CE(model(x'), t) + l1_weight * ||x' - x||_1            (l1_weight 0.05 in the exercise)
-
-until p(t | x') >= threshold (0.95) or `max_steps` (every step with `early_stop=False`). One
-search (`search`) is a `lax.while_loop`. A batch (`make_attack`, `attack`) is one compiled
-program: a while loop over a pool of slots (`pool.run_pool`), each a vmapped search
-(`pooled_search`); a search that ends writes its result out and its slot loads the next image,
-so each image stops on its own and nobody waits for the longest search. The preset "minl1"
-runs the minimum-L1 search of `minimal.py` in the same program instead. Targets are drawn inside the
-program, uniform over the wrong labels. A failed search returns its last iterate with success False.
-`p_target_history` replays searches step by step for the curves.
-
-The model enters as `logits_fn(x_batch) -> logits`, e.g.
-`lambda x: model.apply({'params': params}, x, train=False)`; the rules as an `AttackConfig`
-(`fmnist_jax.adversarial.presets`). Nothing here reads files, logs or touches the process.
+For an image x and a target t != label(x), gradient steps on x' minimise
+CE(model(x'), t) + l1_weight * ||x' - x||_1 until p(t | x') >= threshold or `max_steps`. One
+search (`search`) is a `lax.while_loop`; a batch (`make_attack`, `attack`) is one program that
+runs the searches in a pool of slots (`pool.run_pool`), each image stopping on its own; the
+preset "minl1" runs `minimal.py`'s search there instead. A failed search returns its last
+iterate with success False. The model enters as `logits_fn(x_batch) -> logits`, the rules as
+an `AttackConfig` (`presets`). Nothing here reads files, logs or touches the process.
 """
 
 import dataclasses
@@ -47,19 +38,23 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 L0_TOLERANCE = 0.5 / 255
 
 
-# --------------------------------------------------------------------------- the objective
+def _objective_and_p(x_adv, x, targets, logits_fn: LogitsFn, l1_weight: float):
+    """(sum of each image's CE(logits_fn(x'), t) + l1_weight * ||x' - x||_1, p(t | x') each)."""
+    log_p = jax.nn.log_softmax(logits_fn(x_adv))
+    log_pt = jnp.take_along_axis(log_p, targets[:, None], axis=1)[:, 0]
+    l1 = jnp.sum(jnp.abs(x_adv - x).reshape(x.shape[0], -1), axis=1)
+    return jnp.sum(-log_pt + l1_weight * l1), jnp.exp(log_pt)
 
 
-def _objective_and_p(x_adv, x, target, logits_fn: LogitsFn, l1_weight: float):
-    """(CE(logits_fn(x'), target) + l1_weight * ||x' - x||_1, p(target | x')) for one image."""
-    logits = logits_fn(x_adv[None])[0]
-    log_p = jax.nn.log_softmax(logits)
-    loss = -log_p[target] + l1_weight * jnp.sum(jnp.abs(x_adv - x))
-    return loss, jnp.exp(log_p[target])
+_value_and_grad = jax.value_and_grad(_objective_and_p, has_aux=True)
 
 
-# The one gradient of the objective w.r.t. the input that every search uses.
-_value_and_grad = jax.value_and_grad(_objective_and_p, argnums=0, has_aux=True)
+def _one(x_adv, x, target, logits_fn: LogitsFn, l1_weight: float):
+    """((loss, p), gradient) of one image, as a batch of one."""
+    (loss, p), g = _value_and_grad(
+        x_adv[None], x[None], jnp.asarray(target)[None], logits_fn, l1_weight
+    )
+    return (loss, p[0]), g[0]
 
 
 def pixel_l1_weight(l1_weight: float, l1_reduction: str, x) -> float:
@@ -70,27 +65,21 @@ def pixel_l1_weight(l1_weight: float, l1_reduction: str, x) -> float:
 def objective(
     logits_fn: LogitsFn, x_adv, x, target, l1_weight: float = 0.05, l1_reduction: str = "sum"
 ) -> jax.Array:
-    """The exercise's loss for one image: CE towards `target` plus l1_weight * ||x' - x||_1
-    (divided by the number of pixels for l1_reduction "mean")."""
-    weight = pixel_l1_weight(l1_weight, l1_reduction, x)
-    return _objective_and_p(x_adv, x, target, logits_fn, weight)[0]
+    """The exercise's loss for one image (l1_reduction "mean": the L1 over the pixels)."""
+    return _one(x_adv, x, target, logits_fn, pixel_l1_weight(l1_weight, l1_reduction, x))[0][0]
 
 
 def input_gradient(
     logits_fn: LogitsFn, x_adv, x, target, l1_weight: float = 0.05, l1_reduction: str = "sum"
 ) -> jax.Array:
     """d objective / d x' for one image (the subgradient sign(0) = 0 at x' = x)."""
-    weight = pixel_l1_weight(l1_weight, l1_reduction, x)
-    return _value_and_grad(x_adv, x, target, logits_fn, weight)[1]
+    return _one(x_adv, x, target, logits_fn, pixel_l1_weight(l1_weight, l1_reduction, x))[1]
 
 
 def draw_targets(key: jax.Array, labels: jax.Array, num_classes: int = 10) -> jax.Array:
     """One target per label, uniform over the `num_classes - 1` wrong labels."""
     shift = jax.random.randint(key, jnp.shape(labels), 1, num_classes)
     return ((labels + shift) % num_classes).astype(jnp.int32)
-
-
-# --------------------------------------------------------------------------- one search
 
 
 class SearchState(NamedTuple):
@@ -105,13 +94,10 @@ class SearchState(NamedTuple):
 
 def optimizer(config: AttackConfig) -> optax.GradientTransformation:
     """The optax update rule a config names."""
-    if config.update == "gd":
-        return optax.sgd(config.learning_rate)
-    if config.update == "sign":
-        return optax.sign_sgd(config.learning_rate)
-    if config.update == "adam":
-        return optax.adam(config.learning_rate)
-    raise ConfigError(f"unknown update {config.update!r}; choose one of {UPDATES}")
+    rules = {"gd": optax.sgd, "sign": optax.sign_sgd, "adam": optax.adam}
+    if config.update not in rules:
+        raise ConfigError(f"unknown update {config.update!r}; choose one of {UPDATES}")
+    return rules[config.update](config.learning_rate)
 
 
 def constrain(x_new: jax.Array, x: jax.Array, config: AttackConfig) -> jax.Array:
@@ -133,25 +119,10 @@ def _gradient_weight(config: AttackConfig, x) -> float:
     return 0.0 if config.proximal else pixel_l1_weight(config.l1_weight, config.l1_reduction, x)
 
 
-def evaluate(logits_fn: LogitsFn, x_adv, x, target, config: AttackConfig):
-    """(p(target | x'), gradient of the objective at x'): one forward and backward pass."""
-    (_, p), g = _value_and_grad(x_adv, x, target, logits_fn, _gradient_weight(config, x))
-    return p, g
-
-
 def evaluate_batch(logits_fn: LogitsFn, x_adv, x, targets, config: AttackConfig):
-    """`evaluate` for a batch ([B, ...]) as one forward and backward pass of the batch: the
-    gradient of the sum of the images' objectives, each of which depends on its own image only.
-    (~1.7x the image-steps/s of vmapping `evaluate` at batch 100 on a 2-core CPU.)"""
-    weight = _gradient_weight(config, x[0])
-
-    def total(x_adv):
-        log_p = jax.nn.log_softmax(logits_fn(x_adv))
-        log_pt = jnp.take_along_axis(log_p, targets[:, None], axis=1)[:, 0]
-        l1 = jnp.sum(jnp.abs(x_adv - x).reshape(x.shape[0], -1), axis=1)
-        return jnp.sum(-log_pt + weight * l1), jnp.exp(log_pt)
-
-    (_, p), g = jax.value_and_grad(total, has_aux=True)(x_adv)
+    """(p(target | x'), gradient of the objective at x') of a batch: one forward and backward
+    pass of the batch (~1.7x the image-steps/s of vmapping one image's at batch 100, 2 cores)."""
+    (_, p), g = _value_and_grad(x_adv, x, targets, logits_fn, _gradient_weight(config, x[0]))
     return p, g
 
 
@@ -163,14 +134,14 @@ def propose(state: SearchState, x, config: AttackConfig):
 
 def init_state(logits_fn: LogitsFn, x, target, config: AttackConfig) -> SearchState:
     """The search's start: x' = x, with its gradient and p(target)."""
-    p, g = evaluate(logits_fn, x, x, target, config)
+    (_, p), g = _one(x, x, target, logits_fn, _gradient_weight(config, x))
     return SearchState(x, g, p, jnp.zeros((), jnp.int32), optimizer(config).init(x))
 
 
 def search_step(logits_fn: LogitsFn, x, target, config: AttackConfig, state: SearchState):
     """One update of x', then the gradient and p(target) at the new point."""
     x_adv, opt_state = propose(state, x, config)
-    p, g = evaluate(logits_fn, x_adv, x, target, config)
+    (_, p), g = _one(x_adv, x, target, logits_fn, _gradient_weight(config, x))
     return SearchState(x_adv, g, p, state.step + 1, opt_state)
 
 
@@ -189,11 +160,8 @@ def search(logits_fn: LogitsFn, x, target, config: AttackConfig, max_steps) -> S
 
 
 def p_target_history(logits_fn: LogitsFn, images, targets, config: AttackConfig, num_steps: int):
-    """p(target) after 0..num_steps steps for a few samples, as [num_steps + 1, N].
-
-    The same steps as `search`, unrolled by `lax.scan` so every step is recorded; a sample
-    stops changing once it reaches the threshold, as in the while loop.
-    """
+    """p(target) after 0..num_steps of `search`'s steps (a `lax.scan`; a sample stops changing
+    at the threshold, as in the while loop) for a few samples, as [num_steps + 1, N]."""
 
     def one(x, t):
         def body(state, _):
@@ -207,9 +175,6 @@ def p_target_history(logits_fn: LogitsFn, images, targets, config: AttackConfig,
         return jnp.concatenate([start.p_target[None], ps])
 
     return jax.jit(jax.vmap(one, out_axes=1))(images, jnp.asarray(targets, jnp.int32))
-
-
-# --------------------------------------------------------------------------- the batch program
 
 
 class AttackResult(NamedTuple):
@@ -228,8 +193,7 @@ class AttackResult(NamedTuple):
     l1: jax.Array
     l2: jax.Array
     linf: jax.Array
-    # The L1 weight of each search (minl1: the weight its returned point was found with).
-    l1_weight: jax.Array | None = None
+    l1_weight: jax.Array | None = None  # minl1: the weight its returned point was found with
 
 
 def noise_norms(delta: jax.Array) -> dict[str, jax.Array]:
@@ -241,11 +205,6 @@ def noise_norms(delta: jax.Array) -> dict[str, jax.Array]:
         "l2": jnp.sqrt(jnp.sum(flat**2, axis=1)),
         "linf": jnp.max(jnp.abs(flat), axis=1),
     }
-
-
-def _predictions(logits_fn: LogitsFn, images):
-    probs = jax.nn.softmax(logits_fn(images), axis=-1)
-    return jnp.argmax(probs, axis=-1).astype(jnp.int32), jnp.max(probs, axis=-1)
 
 
 class Pre(NamedTuple):
@@ -277,11 +236,7 @@ def descent(logits_fn: LogitsFn, config: AttackConfig, max_steps) -> Search:
 
 
 def pooled_search(logits_fn, images, targets, config: AttackConfig, max_steps, pool_size: int):
-    """Every image's search in one while loop over `pool_size` slots: (x', steps, p_target).
-
-    Each image gets exactly the steps `search` would give it; a slot never idles while images
-    wait, so the work is the sum of the searches' steps, not N times the longest.
-    """
+    """(x', steps, p_target) of every image: `search`'s steps, in one pool (`pool.run_pool`)."""
     return run_pool(descent(logits_fn, config, max_steps), images, targets, pool_size)
 
 
@@ -305,25 +260,17 @@ def _attack_program(logits_fn, config, pool_size, devices, images, labels, key, 
     probs = jax.nn.softmax(logits_fn(x_adv), axis=-1)
     if config.update == "minl1":  # the returned point is the best one, not the last evaluated
         p = jnp.take_along_axis(probs, targets[:, None], axis=1)[:, 0]
-    clean_predicted, clean_p = _predictions(logits_fn, images)
+    clean = jax.nn.softmax(logits_fn(images), axis=-1)
     return AttackResult(
-        x_adv,
-        targets,
-        steps,
-        p >= config.threshold,
-        p,
-        jnp.argmax(probs, axis=-1).astype(jnp.int32),
-        jnp.max(probs, axis=-1),
-        clean_predicted,
-        clean_p,
-        **noise_norms(x_adv - images),
-        l1_weight=weight,
-    )
+        x_adv, targets, steps, p >= config.threshold, p,
+        jnp.argmax(probs, axis=-1).astype(jnp.int32), jnp.max(probs, axis=-1),
+        jnp.argmax(clean, axis=-1).astype(jnp.int32), jnp.max(clean, axis=-1),
+        **noise_norms(x_adv - images), l1_weight=weight,
+    )  # fmt: skip
 
 
 def check_inputs(logits_fn: LogitsFn, images, labels, targets=None) -> None:
-    """Raises ConfigError for images that are not finite floats in [0, 1] (`data.check_images`),
-    or labels/targets that do not fit the images."""
+    """ConfigError for images not finite floats in [0, 1], labels/targets that do not fit."""
     data.check_images(images, floats_only=True)
     n = jnp.shape(images)[0]
     example = jax.ShapeDtypeStruct((1, *jnp.shape(images)[1:]), jnp.float32)
@@ -339,12 +286,8 @@ def check_inputs(logits_fn: LogitsFn, images, labels, targets=None) -> None:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Attack:
-    """What `make_attack` builds: `attack(images, labels, key, targets=None, max_steps=None)`.
-
-    `program` is the jitted function a call runs; `arguments` turns a call's inputs into its
-    arguments, checked, so that `program.lower(*args).compile()` compiles it apart from running
-    it (the runner times the two) and `jax.make_jaxpr(program)(*args)` shows what runs.
-    """
+    """What `make_attack` builds. `program` is the jitted function a call runs on
+    `arguments(...)` (checked), so `program.lower(*args).compile()` compiles it apart."""
 
     logits_fn: LogitsFn
     config: AttackConfig
@@ -370,16 +313,11 @@ class Attack:
 def make_attack(
     logits_fn: LogitsFn, config: AttackConfig, pool_size: int | None = None, devices=None
 ) -> Attack:
-    """The batch program `attack(images, labels, key, targets=None, max_steps=None)`.
-
-    images: float [N, ...] in the clip range; labels: int [N]; key: a PRNG key for the targets
-    (ignored when `targets` is given). `max_steps` is a traced argument: changing it does not
-    recompile. `pool_size` searches run side by side on each device (see `pooled_search`;
-    None: `presets.pool_size_for` the device's platform, 32 on a CPU); with pool_size >= N all
-    run at once and the batch takes as many steps as its longest search. `devices` (None: the
-    process's local devices) share the images, one pool each (`pool.over_devices`).
-    A call returns an AttackResult. Build it once and call it many times.
-    """
+    """The batch program `attack(images, labels, key, targets=None, max_steps=None)`: images
+    float [N, ...] in the clip range, labels int [N], key draws the targets unless `targets` is
+    given; `max_steps` is traced (no recompile). `pool_size` slots per device (None:
+    `presets.pool_size_for` the platform); `devices` (None: the local ones) share the images,
+    one pool each. A call returns an AttackResult; build once, call many times."""
     validate(config)
     devices = tuple(jax.local_devices() if devices is None else devices)
     pool_size = pool_size_for(devices[0].platform) if pool_size is None else pool_size
