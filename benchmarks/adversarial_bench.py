@@ -13,22 +13,19 @@ ConvNet with dropout on synthetic images (and says so). Compilation is excluded 
 timings (each program runs once before it is timed).
 """
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from fmnist_jax import adversarial as adv
-from fmnist_jax import checkpoints, data, models
+from fmnist_jax import checkpoints, cli, data, models
 from fmnist_jax import config as config_lib
 from fmnist_jax.adversarial.search import search
 
@@ -71,15 +68,20 @@ def time_loop(logits_fn, config, images, targets) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, np.asarray(steps)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="runs/cnn_dropout", type=Path)
-    parser.add_argument("--num_images", default=200, type=int)
-    parser.add_argument("--method", default=adv.DEFAULT_METHOD, choices=sorted(adv.METHODS))
-    parser.add_argument("--pool_size", default=adv.DEFAULT_POOL_SIZE, type=int)
-    args = parser.parse_args()
+FLAGS = flags.FLAGS
 
-    logits_fn, split, what = load_model(args.workdir)
+
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", "runs/cnn_dropout", "A trained run (else a fresh model).")
+    flags.DEFINE_integer("num_images", 200, "Images to attack.")
+    flags.DEFINE_enum("method", adv.DEFAULT_METHOD, sorted(adv.METHODS), "The attack preset.")
+    flags.DEFINE_integer("pool_size", adv.DEFAULT_POOL_SIZE, "Slots of the pooled program.")
+
+
+def main() -> None:
+    args = FLAGS
+
+    logits_fn, split, what = load_model(Path(args.workdir))
     config = adv.METHODS[args.method]
     n = args.num_images
     images = jnp.asarray(data.to_model_inputs(split["inputs"][:n]))
@@ -103,4 +105,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, define_flags)

@@ -38,24 +38,27 @@ from absl import flags
 from fmnist_jax import cli, errors
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "models",
-    ",".join([*workers.MODELS, *attack_workers.ATTACKS]),
-    f"Comma-separated rows: {', '.join(workers.MODELS)} and the attack rows"
-    f" {', '.join(attack_workers.ATTACKS)} (benchmarks/attack_workers.py).",
-)
-flags.DEFINE_string("frameworks", "jax,torch", "Comma-separated: jax, torch.")
-flags.DEFINE_integer("repeats", 5, "Timed blocks (rounds) per contender.")
-flags.DEFINE_integer("steps", 250, "Training steps per timed block (one scan for JAX).")
-flags.DEFINE_string("xla_flags", None, "XLA_FLAGS for the JAX worker.")
-flags.DEFINE_bool(
-    "with_untuned",
-    False,
-    "Also time each framework without fmnist_jax.runtime's settings (rows :untuned).",
-)
-flags.DEFINE_string("json", None, "Also write the results to this file.")
-flags.DEFINE_bool("check_data", False, "Only check that the data folder is there, then exit.")
-flags.DEFINE_enum("worker", None, ("jax", "torch"), "Internal: run as the worker of one row.")
+
+
+def define_flags() -> None:
+    flags.DEFINE_string(
+        "models",
+        ",".join([*workers.MODELS, *attack_workers.ATTACKS]),
+        f"Comma-separated rows: {', '.join(workers.MODELS)} and the attack rows"
+        f" {', '.join(attack_workers.ATTACKS)} (benchmarks/attack_workers.py).",
+    )
+    flags.DEFINE_string("frameworks", "jax,torch", "Comma-separated: jax, torch.")
+    flags.DEFINE_integer("repeats", 5, "Timed blocks (rounds) per contender.")
+    flags.DEFINE_integer("steps", 250, "Training steps per timed block (one scan for JAX).")
+    flags.DEFINE_string("xla_flags", None, "XLA_FLAGS for the JAX worker.")
+    flags.DEFINE_bool(
+        "with_untuned",
+        False,
+        "Also time each framework without fmnist_jax.runtime's settings (rows :untuned).",
+    )
+    flags.DEFINE_string("json", None, "Also write the results to this file.")
+    flags.DEFINE_bool("check_data", False, "Only check that the data folder is there, then exit.")
+    flags.DEFINE_enum("worker", None, ("jax", "torch"), "Internal: run as the worker of one row.")
 
 
 def worker_command(framework: str, model: str, tuned: bool) -> tuple[list, dict]:
@@ -253,4 +256,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

@@ -11,7 +11,6 @@ they keep the `01oi` kernel layout and run on XLA:CPU's generic emitter (benchma
 "Round 3"); `--conv project` (the project's model) keeps every one `b01f_01io->b01f`.
 """
 
-import argparse
 import re
 import statistics
 import sys
@@ -20,6 +19,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from absl import flags
+
+from fmnist_jax import cli
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_enum("conv", "project", ("project", "lax"), "The convolution's gradients.")
+    flags.DEFINE_integer("batch", 100, "Images per step.")
+    flags.DEFINE_integer("steps", 20, "Steps timed.")
 
 
 def timeit(fn, *args, repeats: int = 7, number: int = 5) -> float:
@@ -58,15 +68,8 @@ def convnet(conv: str):
     return LaxConvNet()
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--conv", choices=("project", "lax"), default="project")
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--steps", type=int, default=20)
-    args = p.parse_args(argv)
-    from fmnist_jax import runtime
-
-    runtime.configure_cpu()
+def main() -> None:
+    args = FLAGS
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -111,4 +114,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, define_flags)

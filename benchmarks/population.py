@@ -8,7 +8,6 @@ plain replicas (synthetic images: the cost does not depend on them).
 Each case is compiled and warmed up by one chunk, then timed over two.
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -43,11 +42,7 @@ def time_case(grid: str, num_replicas: int, how: str, chunks: int = 2) -> tuple[
     return (time.perf_counter() - start) / (chunks * feed.chunk), s.num_members
 
 
-def main(argv=None) -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    from fmnist_jax import runtime
-
-    runtime.configure_process()
+def main() -> None:
     print(
         f"{'grid':34s} {'R':>3s} {'map':6s} {'members':>7s} {'ms/step':>8s} {'ms/member-step':>15s}"
     )
@@ -61,4 +56,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fmnist_jax import cli
+
+    cli.run(main)

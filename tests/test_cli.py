@@ -139,15 +139,15 @@ def test_importing_a_command_defines_no_flag_and_running_it_defines_its_own():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    help_text = subprocess.run(
-        [sys.executable, "-m", "fmnist_jax.report", "--help"], capture_output=True, text=True
-    )
+    command = [sys.executable, "-m", "fmnist_jax.report", "--help"]
+    help_text = subprocess.run(command, capture_output=True, text=True, check=False)
     assert help_text.returncode == 0 and "--figures" in help_text.stdout
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("sys.stdout", open(tmp_path / "out", "w"))  # a real file descriptor
-    with pytest.raises(SystemExit) as stop, cli.reported():
-        raise BrokenPipeError(32, "Broken pipe")
+    with open(tmp_path / "out", "w") as out:  # a real file descriptor
+        monkeypatch.setattr("sys.stdout", out)
+        with pytest.raises(SystemExit) as stop, cli.reported():
+            raise BrokenPipeError(32, "Broken pipe")
     assert stop.value.code == 141  # 128 + SIGPIPE, as `yes | head` ends
     assert capsys.readouterr().err == ""

@@ -159,8 +159,7 @@ def test_importing_tensorflow_for_the_writers_prints_no_onednn_notice():
         "runtime.import_beside_tensorflow('clu.metric_writers', lambda p, c: None)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "oneDNN" not in done.stderr

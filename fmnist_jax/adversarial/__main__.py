@@ -16,45 +16,48 @@ from absl import flags
 from fmnist_jax import cli
 from fmnist_jax.adversarial import presets
 
-flags.DEFINE_string("workdir", None, "A training run's workdir (config.json + checkpoints/).")
-flags.DEFINE_string("output", None, "Folder for summary.json, records.csv and the figures.")
-flags.DEFINE_integer("num_images", 1000, "Random training images to attack.")
-flags.DEFINE_integer("seed", 0, "Seed of the image choice and of the target labels.")
-flags.DEFINE_string(
-    "method",
-    ",".join(presets.DEFAULT_METHODS),
-    f"Comma-separated methods out of {', '.join(presets.METHODS)}, or all; the first is the"
-    " reported one (Figure 7).",
-)
-flags.DEFINE_float("threshold", None, "Stop once p(target) reaches this (default 0.95).")
-flags.DEFINE_integer("max_steps", None, "Step budget of every iterative method.")
-flags.DEFINE_float("epsilon", None, "L-inf radius of fgsm and pgd (default 0.1).")
-flags.DEFINE_enum(
-    "l1_reduction",
-    None,
-    presets.L1_REDUCTIONS,
-    "sum: ||x' - x||_1 as written; mean: divided by the pixels, as PyTorch's L1Loss (the"
-    " presets' default).",
-)
-flags.DEFINE_integer(
-    "pool_size",
-    None,
-    f"Searches in flight at once (default: {presets.DEFAULT_POOL_SIZE} on a CPU,"
-    f" {presets.ACCELERATOR_POOL_SIZE} on an accelerator).",
-)
-flags.DEFINE_integer(
-    "slow_images",
-    presets.SLOW_IMAGES,
-    f"The slow methods ({', '.join(presets.SLOW_METHODS)}) attack the first this many of the"
-    " images (same targets).",
-)
-flags.DEFINE_string(
-    "member",
-    "0",
-    "Which replica (population member) of the run to attack, or all: each into"
-    " --output/<k>. The images and targets are the same for every member (--seed decides).",
-)
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "A training run's workdir (config.json + checkpoints/).")
+    flags.DEFINE_string("output", None, "Folder for summary.json, records.csv and the figures.")
+    flags.DEFINE_integer("num_images", 1000, "Random training images to attack.")
+    flags.DEFINE_integer("seed", 0, "Seed of the image choice and of the target labels.")
+    flags.DEFINE_string(
+        "method",
+        ",".join(presets.DEFAULT_METHODS),
+        f"Comma-separated methods out of {', '.join(presets.METHODS)}, or all; the first is the"
+        " reported one (Figure 7).",
+    )
+    flags.DEFINE_float("threshold", None, "Stop once p(target) reaches this (default 0.95).")
+    flags.DEFINE_integer("max_steps", None, "Step budget of every iterative method.")
+    flags.DEFINE_float("epsilon", None, "L-inf radius of fgsm and pgd (default 0.1).")
+    flags.DEFINE_enum(
+        "l1_reduction",
+        None,
+        presets.L1_REDUCTIONS,
+        "sum: ||x' - x||_1 as written; mean: divided by the pixels, as PyTorch's L1Loss (the"
+        " presets' default).",
+    )
+    flags.DEFINE_integer(
+        "pool_size",
+        None,
+        f"Searches in flight at once (default: {presets.DEFAULT_POOL_SIZE} on a CPU,"
+        f" {presets.ACCELERATOR_POOL_SIZE} on an accelerator).",
+    )
+    flags.DEFINE_integer(
+        "slow_images",
+        presets.SLOW_IMAGES,
+        f"The slow methods ({', '.join(presets.SLOW_METHODS)}) attack the first this many of the"
+        " images (same targets).",
+    )
+    flags.DEFINE_string(
+        "member",
+        "0",
+        "Which replica (population member) of the run to attack, or all: each into"
+        " --output/<k>. The images and targets are the same for every member (--seed decides).",
+    )
 
 
 def main() -> None:
@@ -80,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, required=["workdir", "output"])
+    cli.run(main, define_flags, required=["workdir", "output"])
