@@ -102,10 +102,13 @@ adversarial-replicas: $(ENV)  ## the attack on every replica of cnn, cnn_dropout
 	  --member all --method exercise,minl1 --num_images 200 \
 	  --output $(RUNS)/adversarial_replicas/$$run || exit 1; done
 
+# The suite's tests are mostly single-threaded processes: two workers keep both cores busy.
+TEST_WORKERS ?= 2
+
 test: $(ENV) $(DEV)  ## set up (with requirements-dev.txt), then lint and run the whole test suite
 	$(PYTHON) -m ruff check $(LINT_PATHS)
 	$(PYTHON) -m ruff format --check $(LINT_PATHS)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
 # The newest jax/flax/optax/orbax the registry serves, on Python >= 3.12, in its own environment.
 $(LATEST_VENV)/.installed: requirements-latest.txt requirements-dev.txt pyproject.toml
@@ -117,7 +120,7 @@ $(LATEST_VENV)/.installed: requirements-latest.txt requirements-dev.txt pyprojec
 	touch $@
 
 test-latest: $(LATEST_VENV)/.installed  ## the test suite (LATEST_TESTS) on the newest stack, in .venv-latest
-	$(LATEST_VENV)/bin/python -m pytest -q $(LATEST_TESTS)
+	$(LATEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) $(LATEST_TESTS)
 
 # benchmarks/gpu_check.sh runs on a GPU image with jax, flax, optax and orbax but without clu and
 # ml-collections (nor pytest), where nothing installs from a registry: their pure-Python wheels

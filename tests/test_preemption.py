@@ -13,8 +13,10 @@ import pytest
 from fmnist_jax import preemption
 from tests.conftest import REPO, metrics_lines
 
+# Long enough that the signal always lands mid-run: ~250 steps/s here, so 480 steps leave the
+# signal ~1.7 s to spare (at 240 a quiet machine finished in the 0.4 s before it).
 ARGS = [
-    "--config", "mlp_dropout:test", "--config.num_train_steps=240",
+    "--config", "mlp_dropout:test", "--config.num_train_steps=480",
     "--config.eval_every_steps=20", "--config.checkpoint_every_steps=40",
 ]  # fmt: skip
 
@@ -46,7 +48,7 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_equals_a_straight_run(tmp_
             break
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before the signal"
-    time.sleep(0.4)  # somewhere between two checkpoints
+    time.sleep(0.1)  # somewhere between two checkpoints
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
