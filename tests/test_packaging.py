@@ -135,7 +135,8 @@ def test_metadata_requires_the_stack_with_a_tensorflow_per_platform(metadata):
         chosen = [n for n in ("tensorflow", "tensorflow-cpu") if requires[n].marker.evaluate(env)]
         assert chosen == [build], (system, machine)
     extras = {e: _requires(metadata, e) for e in ("dev", "bench", "cuda12", "cuda13", "tpu")}
-    assert set(extras["dev"]) == {"pytest", "ruff", "nbclient", "nbformat", "ipykernel"}
+    dev = {"pytest", "pytest-xdist", "ruff", "nbclient", "nbformat", "ipykernel"}
+    assert set(extras["dev"]) == dev
     assert set(extras["bench"]) == {"torch", "torchattacks"}
     for extra in ("cuda12", "cuda13", "tpu"):
         assert extras[extra]["jax"].extras == {extra}
