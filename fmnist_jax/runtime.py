@@ -106,12 +106,12 @@ def configure_cpu(environ: MutableMapping[str, str] = os.environ) -> bool:
 
 def configure_process(environ: MutableMapping[str, str] = os.environ) -> bool:
     """Every command line's process settings, in one place (`cli.run` calls it before the
-    command's `main`): TensorFlow's start-up chatter off and `XLA_FLAG` as `configure_cpu`
-    adds it. XLA reads XLA_FLAGS when JAX creates its first backend, so before any JAX
-    computation is early enough here, even after `import jax`. True if the flag is in
+    command's `main`): TensorFlow's log lines off (its oneDNN notice is
+    `import_beside_tensorflow`'s, where TensorFlow is imported) and `XLA_FLAG` as
+    `configure_cpu` adds it. XLA reads XLA_FLAGS when JAX creates its first backend, so before
+    any JAX computation is early enough here, even after `import jax`. True if the flag is in
     place."""
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     return _add_xla_flag(environ)
 
 
