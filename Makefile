@@ -63,7 +63,7 @@ ENV =
 DEV =
 endif
 
-.PHONY: help env reproduce study test test-latest gpu-prep lint format figures report adversarial adversarial-replicas bench theory sweep $(EXPERIMENTS) clean-runs
+.PHONY: help env reproduce study test test-latest gpu-prep lint format figures report adversarial adversarial-replicas bench theory sweep $(EXPERIMENTS) cnn-bn clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-21s %s\n", $$1, $$2}'
@@ -162,6 +162,10 @@ cnn: $(ENV)  ## exercise 2.3: ConvNet without dropout -> runs/cnn
 
 cnn-dropout: $(ENV)  ## exercise 2.4.2: ConvNet with dropout 0.25 -> runs/cnn_dropout
 	$(PYTHON) -m fmnist_jax.main --config experiments/cnn_dropout.py --workdir $(RUNS)/cnn_dropout \
+		--config.num_replicas=$(CNN_REPLICAS)
+
+cnn-bn: $(ENV)  ## beyond the exercise: the ConvNet with BatchNorm (not in reproduce) -> runs/cnn_bn
+	$(PYTHON) -m fmnist_jax.main --config experiments/cnn_bn.py --workdir $(RUNS)/cnn_bn \
 		--config.num_replicas=$(CNN_REPLICAS)
 
 adversarial: $(ENV)  ## exercise 2.5: targeted attacks on runs/cnn_dropout (run make cnn-dropout first)

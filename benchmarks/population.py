@@ -24,14 +24,12 @@ def time_case(grid: str, num_replicas: int, how: str, chunks: int = 2) -> tuple[
     import jax
 
     from fmnist_jax import config as config_lib
-    from fmnist_jax import data, distributed, feeds, population, steps, train
+    from fmnist_jax import data, feeds, train
 
     c = config_lib.load_experiment("mlp")
     c.num_replicas, c.grid, c.replica_map, c.dataset = num_replicas, grid, how, "synthetic"
     dataset = data.load(c)
-    points = population.num_points(c)
-    s = steps.Steps(c, distributed.make_mesh(points if points > 1 else num_replicas))
-    state, keys = train.initial_state(c, dataset.train["inputs"].shape[1:], s)
+    s, state, keys = train.build(c, dataset.train["inputs"].shape[1:])
     feed, acc = feeds.make_feed(s, dataset, c, 0), s.empty_accumulator()
     state, acc = feed.train(state, acc, keys, feed.chunk)  # compiles
     jax.block_until_ready(acc)

@@ -40,15 +40,14 @@ def prepare(experiment: str, num_replicas: int, block: int, how: str):
     import jax
 
     from fmnist_jax import config as config_lib
-    from fmnist_jax import data, distributed, feeds, steps, train
+    from fmnist_jax import data, feeds, train
 
     config = config_lib.load_experiment(experiment)
     config.data_dir, config.num_replicas = str(data_dir()), num_replicas
     config.replica_map = how
     config.eval_every_steps = config.steps_per_chunk = block if config.steps_per_chunk > 1 else 1
     dataset = data.load(config)
-    s = steps.Steps(config, distributed.make_mesh(num_replicas))
-    state, keys = train.initial_state(config, dataset.train["inputs"].shape[1:], s)
+    s, state, keys = train.build(config, dataset.train["inputs"].shape[1:])
     feed = feeds.make_feed(s, dataset, config, 0)
     acc = s.empty_accumulator()
     state, acc = feed.train(state, acc, keys, feed.chunk)  # compiles

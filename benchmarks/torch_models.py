@@ -70,7 +70,7 @@ def create_optimizer(config, params) -> torch.optim.Optimizer:
     b1 0.9, b2 0.999, eps 1e-8 outside the square root)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.learning_rate)
-    momentum = config.momentum if config.optimizer == "momentum" else 0.0
+    momentum = config.optimizer_kwargs.get("momentum") or 0.0
     return torch.optim.SGD(params, lr=config.learning_rate, momentum=momentum)
 
 

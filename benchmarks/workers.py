@@ -64,11 +64,10 @@ class JaxRunner:
     """The experiment's train state on the device-resident chunked loop, one replica."""
 
     def __init__(self, config, dataset, block: int):
-        from fmnist_jax import distributed, feeds, steps, train
+        from fmnist_jax import feeds, train
 
-        self.steps = steps.Steps(config, distributed.make_mesh(1))
         shape = dataset.train["inputs"].shape[1:]
-        self.state, self.rng = train.initial_state(config, shape, self.steps)
+        self.steps, self.state, self.rng = train.build(config, shape)
         self.feed = feeds.DeviceFeed(self.steps, dataset, config, 0, block)
 
     def run(self, count: int) -> float:

@@ -23,16 +23,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = "fashion_mnist"
     c.data_dir = ""
     c.tfds_data_dir = ""
-    # Model.
+    # Model: a name of models.MODELS or "package.module.Class"; the config's fields named as
+    # the class's fields are its arguments (an experiment adds those the base lacks).
     c.model = "cnn"
     c.num_classes = 10
     c.hidden_size = 512  # MLP only
     c.activation = "relu"  # MLP only: "relu" or "sigmoid" (sigma' = sigma - sigma^2)
     c.dropout_rate = 0.0
-    # Optimizer.
+    # Optimizer: any optax optimizer and its keyword arguments; optionally an optax schedule
+    # starting (or peaking) at learning_rate (fmnist_jax/optimizers.py).
     c.optimizer = "adam"
+    c.optimizer_kwargs = ml_collections.ConfigDict()
     c.learning_rate = 1e-3
-    c.momentum = 0.9  # "momentum" only
+    c.schedule = ""
+    c.schedule_kwargs = ml_collections.ConfigDict()
     # Training and evaluation.
     c.batch_size = 64
     c.eval_batch_size = 1000
@@ -90,20 +94,40 @@ def _hyperparameters(config, where: str) -> None:
         isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
         f"{where}learning_rate must be a finite number > 0, got {lr!r}",
     )
-    dropout = config.dropout_rate
+    dropout = config.get("dropout_rate", 0.0)
     _require(
         isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0,
         f"{where}dropout_rate must lie in [0, 1), got {dropout!r}",
     )
 
 
+def _model_fits_data(config, model) -> None:
+    """The model's outputs for one example of the data set: one value (regression) or
+    num_classes logits."""
+    import jax
+    import jax.numpy as jnp
+
+    from fmnist_jax import data
+
+    x = jax.ShapeDtypeStruct((1, *data.input_shape(config)), jnp.float32)
+    try:
+        out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], x)
+    except Exception as e:
+        line = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"config.model={config.model!r} fails on config.dataset: {line}") from e
+    want = (1,) if data.is_regression(config) else (1, config.num_classes)
+    _require(
+        out.shape == want,
+        f"config.model={config.model!r} gives outputs shaped {out.shape} for one example of"
+        f" config.dataset={config.dataset!r}, which needs {want}",
+    )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field that cannot work."""
-    from fmnist_jax import data, models, population, replicas, steps
+    from fmnist_jax import data, models, optimizers, population, replicas
 
     for field, choices in (  # each field's registry, in the module that acts on it
-        ("model", tuple(models.MODELS)),
-        ("optimizer", tuple(steps.OPTIMIZERS)),
         ("dataset", data.DATASETS),
         ("activation", tuple(models.ACTIVATIONS)),
         ("replica_map", replicas.MAPS),
@@ -112,9 +136,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             config[field] in choices,
             f"config.{field}={config[field]!r} is unknown; choose one of {', '.join(choices)}",
         )
-    for point in population.points(config):
-        where = "config.grid: " if point else "config."
-        _hyperparameters(population.point_config(config, point) if point else config, where)
     for field in (
         "batch_size",
         "eval_batch_size",
@@ -138,12 +159,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f" config.eval_every_steps={config.eval_every_steps}, so that a resumed run logs the"
         " same curves as an uninterrupted one",
     )
-    regression = config.model == "linear_regression"
-    _require(
-        regression == (config.dataset == "linear_regression"),
-        f"config.model={config.model!r} cannot train on config.dataset={config.dataset!r}:"
-        " linear_regression goes with linear_regression, mlp and cnn with images",
-    )
+    model = models.create_model(config)
+    population.check(config, model)
+    for point in population.points(config):
+        c = population.point_config(config, point) if point else config
+        _hyperparameters(c, "config.grid: " if point else "config.")
+        try:
+            optimizers.create_optimizer(c)
+        except TypeError as e:
+            raise ConfigError(f"config.optimizer_kwargs: {e}") from None
+    _model_fits_data(config, model)
 
 
 def shrink_for_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

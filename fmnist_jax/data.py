@@ -324,3 +324,15 @@ def train_batches(
     """The batches of `train_indices`, built on the host; `rows` as in `epoch_batches`."""
     for idx in train_indices(len(split["targets"]), batch_size, seed, start_step):
         yield gather(split, idx if rows is None else idx[rows])
+
+
+def input_shape(config) -> tuple[int, ...]:
+    """One example's input shape in the data set `config.dataset` names."""
+    if is_regression(config):
+        return (config.regression.num_features,)
+    return (*IMAGE_SHAPE, 1)
+
+
+def is_regression(config) -> bool:
+    """Whether `config.dataset`'s targets are real values (squared error) rather than classes."""
+    return config.dataset == "linear_regression"

@@ -1,12 +1,15 @@
-"""The exercise's three models as pure Flax linen modules.
+"""The models: pure Flax linen modules called as `model(x, train=...)`.
 
-Every model maps a batch of inputs to outputs: `LinearRegression` gives one real value per
-example, `MLP` and `ConvNet` give class logits. `train=True` switches dropout on; it then needs a
-`'dropout'` PRNG stream (`rngs={'dropout': key}`); `dropout_rate=` at call time overrides the
-module's rate with a value that may be traced (a population member's, fmnist_jax/population.py).
+A model may keep variable collections beside `params` (BatchNorm's `batch_stats`): the train
+step updates them, checkpoints and readers carry them (`steps.TrainState.model_state`).
+`train=True` switches dropout on, with a `'dropout'` PRNG stream. A keyword of `__call__` that
+is also a config field (the exercise's `dropout_rate`) can vary per population member, as a
+traced value (fmnist_jax/population.py).
 """
 
 import dataclasses
+import importlib
+import inspect
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -14,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from fmnist_jax import layers
+from fmnist_jax.errors import ConfigError
 from fmnist_jax.layers import max_pool_2x2
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -24,9 +28,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 class Dropout(nn.Dropout):
-    """Flax's dropout, whose rate may also be a traced value. A Python rate takes Flax's own
-    code; a traced one draws the same mask from the same key (`make_rng` in a module of the
-    same name), so a member at rate p trains as the plain run at rate p."""
+    """Flax's dropout, whose rate may also be a traced value (a population member's): the
+    same mask from the same key, so a member at rate p trains as the plain run at rate p."""
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
@@ -44,10 +47,9 @@ class LinearRegression(nn.Module):
     """One Dense layer with a single output: y = <w, x> + b."""
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
-        del train, dropout_rate  # no dropout; one call signature for all models
-        x = x.reshape((x.shape[0], -1))
-        return nn.Dense(1)(x)[:, 0]
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        return nn.Dense(1)(x.reshape((x.shape[0], -1)))[:, 0]
 
 
 class MLP(nn.Module):
@@ -68,10 +70,8 @@ class MLP(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """Conv32 3x3 -> pool -> [Dropout] -> Conv64 3x3 -> pool -> [Dropout] -> Dense128 -> Dense10.
-
-    Convolutions use SAME padding; pools are 2x2 with stride 2. Input is NHWC.
-    """
+    """Conv32 3x3 -> pool -> [Dropout] -> Conv64 3x3 -> pool -> [Dropout] -> Dense128 -> Dense10
+    (SAME padding, 2x2 pools with stride 2, NHWC)."""
 
     num_classes: int = 10
     dropout_rate: float = 0.0
@@ -89,15 +89,76 @@ class ConvNet(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-# The one registry of models: `config.model` names a class here, which `create_model` builds
-# with the config's values of its fields (and `config.validate` checks the name against).
-MODELS = {"linear_regression": LinearRegression, "mlp": MLP, "cnn": ConvNet}
+class ConvNetBN(nn.Module):
+    """The ConvNet with BatchNorm after each convolution (its running statistics are the
+    `batch_stats` collection, updated by training, read in eval mode)."""
+
+    num_classes: int = 10
+    dropout_rate: float = 0.0
+    bn_momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        for features in (32, 64):
+            x = nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=layers.conv)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+            x = nn.relu(max_pool_2x2(x))
+            x = Dropout(rate, deterministic=not train)(x)
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(128)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+# `config.model` names a class here, or any module's class as "package.module.Class".
+MODELS = {"linear_regression": LinearRegression, "mlp": MLP, "cnn": ConvNet, "cnn_bn": ConvNetBN}
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The class `config.model` names; ConfigError for a name that is none."""
+    if name in MODELS:
+        return MODELS[name]
+    module, _, attr = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attr) if module else None
+    except ImportError:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(
+            f"config.model={name!r} is neither one of {', '.join(MODELS)} nor the import path"
+            " of a flax.linen.Module class ('package.module.Class')"
+        )
+    return cls
 
 
 def create_model(config) -> nn.Module:
-    """Builds the model named by `config.model` with the config's model fields."""
-    if config.model not in MODELS:
-        raise ValueError(f"unknown model {config.model!r}; choose one of {sorted(MODELS)}")
-    cls = MODELS[config.model]
-    fields = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
-    return cls(**{field: config[field] for field in fields})
+    """The model `config.model` names, its fields from the config's fields of the same names;
+    a field without a default must be in the config."""
+    cls = model_class(config.model)
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name in ("parent", "name") or not field.init:
+            continue
+        if field.name in config:
+            kwargs[field.name] = config[field.name]
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(
+                f"model {config.model!r} ({cls.__name__}) needs config.{field.name}, which the"
+                " config does not have; add it to the experiment's get_config()"
+            )
+    return cls(**kwargs)
+
+
+def call_arguments(model: nn.Module) -> tuple[str, ...]:
+    """The keyword arguments of the model's `__call__` beside the input and `train`: what a
+    population member may vary at call time."""
+    params = inspect.signature(type(model).__call__).parameters
+    return tuple(p for p in list(params)[2:] if p != "train")
+
+
+def has_convolution(model: nn.Module, input_shape) -> bool:
+    """Whether the model's program holds a convolution (decides how members are mapped on a
+    CPU, fmnist_jax/replicas.py)."""
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+    return "conv_general_dilated" in str(jaxpr)

@@ -25,8 +25,8 @@ import ml_collections
 from fmnist_jax import replicas
 from fmnist_jax.errors import ConfigError
 
-# The fields a member can vary without changing a shape or the program's structure.
-VARIABLE = ("dropout_rate", "learning_rate")
+# What identifies a member beside its grid values.
+IDENTITY = ("point", "replica", "seed")
 
 
 def _number(field: str, text: str) -> float:
@@ -40,16 +40,11 @@ def _number(field: str, text: str) -> float:
 
 
 def parse(text: str) -> dict[str, list[float]]:
-    """`"field=v1,v2;field=v3"` as {field: [values]} (empty text: {}); ConfigError for a field
-    that cannot vary per member, a repeated field, an empty or non-numeric value."""
+    """`"field=v1,v2;field=v3"` as {field: [values]} (empty text: {}); ConfigError for a
+    repeated field, an empty or non-numeric value (`check` says which fields can vary)."""
     grid: dict[str, list[float]] = {}
     for part in filter(None, (p.strip() for p in (text or "").split(";"))):
         field, sep, values = (s.strip() for s in part.partition("="))
-        if field not in VARIABLE:
-            raise ConfigError(
-                f"config.grid: {field!r} cannot vary per member (it changes shapes or the"
-                f" program); fields that can: {', '.join(VARIABLE)}"
-            )
         if field in grid:
             raise ConfigError(f"config.grid names {field} twice")
         items = [v.strip() for v in values.split(",")] if sep else []
@@ -81,6 +76,11 @@ def is_population(config) -> bool:
     return num_points(config) > 1
 
 
+def varied(config) -> tuple[str, ...]:
+    """The fields whose values are per-member values of the state (none without a population)."""
+    return tuple(parse(config.get("grid", ""))) if is_population(config) else ()
+
+
 def num_members(config) -> int:
     return num_points(config) * config.get("num_replicas", 1)
 
@@ -89,9 +89,40 @@ def point_config(config, point: dict) -> ml_collections.ConfigDict:
     """`config` with a point's values in place and no grid: the plain run of that point."""
     c = ml_collections.ConfigDict(config if isinstance(config, dict) else config.to_dict())
     for field, value in point.items():
-        c[field] = value
+        if field in c:
+            c[field] = value
+        else:  # an optimizer argument (`check`)
+            c.optimizer_kwargs[field] = value
     c.grid = ""
     return c
+
+
+def variable_fields(config, model) -> tuple[str, ...]:
+    """The fields a member can vary: the model's call arguments that are config fields (its
+    dropout rate), the learning rate and the optimizer's float arguments."""
+    from fmnist_jax import models, optimizers
+
+    call = tuple(f for f in models.call_arguments(model) if f in config)
+    return (*call, *optimizers.float_arguments(config))
+
+
+def check(config, model) -> None:
+    """ConfigError for a grid field that names no field, or one that cannot vary per member
+    (it would change shapes or the program), and for a learning-rate grid with a schedule."""
+    can = variable_fields(config, model)
+    for field in parse(config.get("grid", "")):
+        if field in can:
+            continue
+        if field in config:
+            why = f"config.{field} cannot vary per member (it changes shapes or the program)"
+        else:
+            why = f"{field!r} names no config field nor argument of optax.{config.optimizer}"
+        raise ConfigError(f"config.grid: {why}; fields that can vary: {', '.join(can)}")
+    if config.get("schedule") and "learning_rate" in parse(config.get("grid", "")):
+        raise ConfigError(
+            "config.grid: learning_rate cannot vary per member under config.schedule; vary"
+            " the schedule's arguments in separate runs"
+        )
 
 
 def resolved(config) -> ml_collections.ConfigDict:
@@ -113,11 +144,11 @@ def members(config) -> list[dict]:
 
 
 def hyperparameters(member: dict) -> dict[str, float]:
-    """A member's grid values (its fields of `VARIABLE`)."""
-    return {k: member[k] for k in VARIABLE if k in member}
+    """A member's grid values."""
+    return {k: v for k, v in member.items() if k not in IDENTITY}
 
 
 def member_name(member: dict) -> str:
-    """A member's name from its hyperparameters and seed (TensorBoard's run names)."""
-    fields = [f"{k}={member[k]:g}" for k in VARIABLE if k in member]
+    """A member's name from its grid values and seed (TensorBoard's run names)."""
+    fields = [f"{k}={v:g}" for k, v in hyperparameters(member).items()]
     return ",".join([*fields, f"seed={member['seed']}"])

@@ -3,9 +3,8 @@
 `config.num_replicas` = R. Replica k's seed is `replica_seed(config.seed, k)` (replica 0 keeps
 the config's seed, so it is the plain run), and everything random in its training (initial
 weights, data order, dropout keys) comes from that seed as it would for a plain run. The train
-state carries a leading replica axis of length R; `over_replicas` maps a step over it (`vmap`,
-the replica axis sharded over the mesh's `replica` axis), and for R = 1 runs the unreplicated
-step on the one replica, so that one replica is today's program, bit for bit.
+state carries a leading member axis; `over_members` maps a step over it, and for one member
+runs the plain step, so that one member is the plain program, bit for bit.
 
 Statistics over replicas (`statistics`: mean, standard deviation, a 95 % Student-t interval of
 the mean) are what summary.json and REPORT.md quote.
@@ -49,47 +48,18 @@ def take(tree, replica: int):
 MAPS = ("auto", "vmap", "unroll")
 
 
-def choose_map(requested: str, model: str, platform: str, population: bool = False) -> str:
-    """ "vmap" or "unroll" for `config.replica_map` ("auto": on a CPU unroll the ConvNet, where
-    XLA runs a vmapped convolution with per-replica kernels as a grouped convolution ~9x
-    slower per replica, and a population of any model, whose vmap over grid points moves every
-    member's weights into one wide product each step, 2x slower per member than unrolled
-    (MLP, 5 points x 3 seeds, 2026-12-06: 4.9 against 2.5 ms a member-step);
-    vmap everything else)."""
+def choose_map(requested: str, convolutional: bool, platform: str, population: bool) -> str:
+    """`config.replica_map`: "auto" unrolls on a CPU a program with a convolution (XLA:CPU runs
+    a vmapped convolution with per-member kernels as a slow grouped convolution) and any
+    population (a vmap over grid points moves every member's weights into one wide product),
+    and vmaps everything else (benchmarks/README.md has the measurements)."""
     if requested != "auto":
         return requested
-    return "unroll" if platform == "cpu" and (model == "cnn" or population) else "vmap"
+    return "unroll" if platform == "cpu" and (convolutional or population) else "vmap"
 
 
-def _index(args, in_axes, r: int):
-    return [
-        a
-        if axis is None
-        else jax.tree.map(lambda v, ax=axis: jax.lax.index_in_dim(v, r, ax, False), a)
-        for a, axis in zip(args, in_axes, strict=True)
-    ]
-
-
-def over_replicas(fn: Callable, num_replicas: int, in_axes, how: str = "vmap") -> Callable:
-    """`fn` mapped over a leading replica axis of the arguments `in_axes` marks (0 or 1: that
-    axis; None: shared by all replicas); outputs get a leading replica axis.
-
-    R = 1: `fn` itself on replica 0 (the axis dropped on the way in and added on the way out:
-    free reshapes), so that one replica runs exactly the unreplicated program. R > 1, `how`
-    "vmap": `jax.vmap` with the replica axis sharded over the mesh axis `replica` (one batched
-    program); "unroll": R copies of `fn` in the one program, each on its replica's slice, the
-    outputs stacked (no batched convolution; each copy is the unreplicated step)."""
-    if num_replicas > 1 and how == "vmap":
-        return jax.vmap(fn, in_axes=in_axes, spmd_axis_name="replica")
-    count = num_replicas
-
-    def unrolled(*args):
-        outs = [fn(*_index(args, in_axes, r)) for r in range(count)]
-        if count == 1:  # a reshape: a one-operand stack copies every output, every step
-            return jax.tree.map(lambda v: v[None], outs[0])
-        return jax.tree.map(lambda *v: jax.numpy.stack(v), *outs)
-
-    return unrolled
+def _index(arg, axis, m: int):
+    return jax.tree.map(lambda v: jax.lax.index_in_dim(v, m, axis, False), arg)
 
 
 def _split(v, points: int):
@@ -99,19 +69,20 @@ def _split(v, points: int):
 def over_members(
     fn: Callable, num_points: int, num_replicas: int, in_axes, how: str = "vmap", per_seed=()
 ) -> Callable:
-    """`over_replicas` for a population (fmnist_jax/population.py) of M = `num_points` x
-    `num_replicas` members, member m = point x R + k: the arguments `in_axes` marks carry a
-    leading member axis, except those numbered in `per_seed` (the batch), whose marked axis
-    holds one entry per seed, member m taking entry k.
+    """`fn` mapped over M = `num_points` x `num_replicas` members, member m = point x R + k:
+    the arguments `in_axes` marks (0 or 1: that axis; None: shared) carry a leading member
+    axis, except those numbered in `per_seed` (the batch), whose axis holds one entry per
+    seed, member m taking entry k. Outputs get a leading member axis.
 
-    One point: `over_replicas`. "vmap": a vmap over seeds inside a vmap over points (sharded
-    over the mesh axis `replica`) whose per-seed arguments are unbatched, so that the points
-    share one batch: the first layer of all of them is one wide product. "unroll": M copies of
-    `fn`, each on its member's slices."""
-    if num_points == 1:
-        return over_replicas(fn, num_replicas, in_axes, how)
+    "unroll" (and any M = 1, so that one member runs exactly the plain program): M copies of
+    `fn`, each on its member's slices. "vmap": one batched program, sharded over the mesh axis
+    `replica`; a population vmaps over seeds inside a vmap over points whose per-seed
+    arguments are unbatched, so that points share one batch."""
+    count = num_points * num_replicas
     member = [a is not None and i not in per_seed for i, a in enumerate(in_axes)]
-    if how == "vmap":
+    if count > 1 and how == "vmap" and num_points == 1:
+        return jax.vmap(fn, in_axes=in_axes, spmd_axis_name="replica")
+    if count > 1 and how == "vmap":
         inner = jax.vmap(fn, in_axes=in_axes)
         outer_axes = tuple(0 if m else None for m in member)
         outer = jax.vmap(inner, in_axes=outer_axes, spmd_axis_name="replica")
@@ -126,14 +97,15 @@ def over_members(
         return mapped
 
     def unrolled(*args):
-        outs = []
-        for m in range(num_points * num_replicas):
-            k = m % num_replicas
-            picked = [
-                _index([a], [axis], m if is_member else k)[0] if axis is not None else a
-                for a, axis, is_member in zip(args, in_axes, member, strict=True)
-            ]
-            outs.append(fn(*picked))
+        outs = [
+            fn(*(
+                a if axis is None else _index(a, axis, m if own else m % num_replicas)
+                for a, axis, own in zip(args, in_axes, member, strict=True)
+            ))
+            for m in range(count)
+        ]  # fmt: skip
+        if count == 1:  # a reshape: a one-operand stack copies every output, every step
+            return jax.tree.map(lambda v: v[None], outs[0])
         return jax.tree.map(lambda *v: jax.numpy.stack(v), *outs)
 
     return unrolled

@@ -2,12 +2,14 @@
 
     workdir/
       config.json          the exact config, written when training starts
-      metrics.jsonl        one record per evaluation and replica: the source of truth for
+      metrics.jsonl        one record per evaluation and member: the source of truth for
                            every reader
-      summary.json         the final numbers (per replica, and their statistics), written
-                           when training ends
-      train/, test/        TensorBoard event files (`fmnist_jax.events`), for TensorBoard users
-      checkpoints/<step>/  orbax checkpoints (`fmnist_jax.checkpoints`)
+      scalars.jsonl        what the event files hold, for resumed runs (`fmnist_jax.events`)
+      summary.json         the final numbers (per member, and their statistics), at the end
+      train/, test/        TensorBoard event files (`fmnist_jax.events`)
+      checkpoints/<step>/  orbax checkpoints, checkpoint_checksums.json their sha256
+                           (`fmnist_jax.checkpoints`)
+      .lock                held by the process training there (`writer_lock`)
 
 The train loop writes through the functions here; plotting, the report and the sweep read a
 run with `read_run` (plain data). Nothing here imports orbax or TensorFlow.
@@ -73,15 +75,31 @@ def read_config(workdir: str | Path) -> dict:
     return config
 
 
-def check_same_run(workdir: Path, config: dict, fields) -> None:
-    """Refuses a workdir whose saved config differs from `config` in one of `fields`."""
-    saved = read_json(Path(workdir) / CONFIG_FILE) or {}
-    for field in fields:
-        if field in saved and saved[field] != config[field]:
-            raise RunError(
-                f"{workdir} holds a run with {field}={saved[field]!r}, but this config has"
-                f" {field}={config[field]!r}; use another --workdir or delete that one"
-            )
+# Config fields that do not change the trained model: a resumed run may change them.
+RESUMABLE_FIELDS = (
+    "name", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
+    "max_checkpoints_to_keep", "eval_batch_size", "steps_per_chunk", "replica_map",
+    "profile_steps", "profile_first_step", "progress_every_steps", "data_dir", "tfds_data_dir",
+)  # fmt: skip
+
+
+def check_same_run(workdir: Path, config: dict) -> None:
+    """RunError naming every field, with both values, where the config the workdir's run was
+    trained with differs from `config` in a field that changes the trained model."""
+    saved = read_json(Path(workdir) / CONFIG_FILE)
+    if saved is None:
+        return
+    absent = "(absent)"
+    differ = [
+        f"{k}={saved.get(k, absent)!r} there, {config.get(k, absent)!r} here"
+        for k in sorted(saved.keys() | config.keys())
+        if k not in RESUMABLE_FIELDS and saved.get(k, absent) != config.get(k, absent)
+    ]
+    if differ:
+        raise RunError(
+            f"{workdir} holds a run trained with another config ({'; '.join(differ)}); use"
+            " another --workdir, or delete that one to train this config there"
+        )
 
 
 def write_summary(workdir: Path, summary: dict) -> None:

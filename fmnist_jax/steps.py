@@ -7,8 +7,8 @@ finite: the loop never waits on the host between evaluations. `Steps` compiles t
 (members over the mesh's `replica` axis, each batch sharded over `data`).
 """
 
-import inspect
 from functools import partial
+from typing import Any
 
 import flax
 import jax
@@ -20,7 +20,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fmnist_jax import data as data_lib
-from fmnist_jax import distributed, population, replicas
+from fmnist_jax import distributed, models, optimizers, population, replicas
 from fmnist_jax.errors import ConfigError, TrainingError
 
 
@@ -33,10 +33,6 @@ class ClassificationMetrics(metrics.Collection):
 @flax.struct.dataclass
 class RegressionMetrics(metrics.Collection):
     loss: metrics.Average.from_output("loss")
-
-
-def is_regression(config) -> bool:
-    return config.model == "linear_regression"
 
 
 def per_example_loss(outputs: jax.Array, targets: jax.Array, regression: bool) -> jax.Array:
@@ -54,62 +50,59 @@ def batch_metrics(outputs, targets, losses, regression: bool, mask=None) -> metr
     )
 
 
-# The optimizers a config can name ("momentum": SGD with config.momentum).
-OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "momentum": optax.sgd}
+class TrainState(train_state.TrainState):
+    """Flax's TrainState, plus the model's variable collections beside `params` (BatchNorm's
+    `batch_stats`; {} for a model without) and a population member's call-time
+    hyperparameters (its dropout rate; {} otherwise)."""
+
+    model_state: Any = flax.struct.field(default_factory=dict)
+    hyperparams: Any = flax.struct.field(default_factory=dict)
+
+    @property
+    def variables(self) -> dict:
+        """What `apply_fn` takes: params and the other collections."""
+        return {"params": self.params, **self.model_state}
 
 
-def create_optimizer(config, member: bool = False) -> optax.GradientTransformation:
-    """The config's optimizer; `member`: its learning rate a value of the optimizer's state
-    (`optax.inject_hyperparams`, every other argument static, which keeps Adam bit-identical
-    to `optax.adam`: injecting its b1, b2 and eps as float32 arrays too drifts, optax#1532)."""
-    factory = OPTIMIZERS[config.optimizer]
-    kwargs = {"momentum": config.momentum} if config.optimizer == "momentum" else {}
-    if member:
-        static = tuple(a for a in inspect.signature(factory).parameters if a != "learning_rate")
-        factory = optax.inject_hyperparams(factory, static_args=static)
-    return factory(learning_rate=config.learning_rate, **kwargs)
+def create_train_state(config, model, input_shape, rng: jax.Array, varied=()) -> TrainState:
+    """Initializes the model's variables from `rng` for inputs shaped [batch, *input_shape];
+    `varied`: the fields a population member varies (model call arguments become state
+    values, the learning rate and optimizer arguments values of the optimizer's state)."""
+    variables = dict(model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False))
+    params = variables.pop("params")
+    call = set(models.call_arguments(model))
+    hyper = {f: jnp.asarray(config[f], jnp.float32) for f in varied if f in call}
+    injected = ("learning_rate", *(f for f in varied if f not in call)) if varied else ()
+    tx = optimizers.create_optimizer(config, injected)
+    return TrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, model_state=variables, hyperparams=hyper
+    )
 
 
-class MemberState(train_state.TrainState):
-    """A population member's train state: its dropout rate a value, like its learning rate
-    (in the optimizer's state), so that members of one program differ in them."""
-
-    dropout_rate: jax.Array = None
-
-
-def create_train_state(
-    config, model, input_shape, rng: jax.Array, member: bool = False
-) -> train_state.TrainState:
-    """Initializes parameters from `rng` for inputs shaped [batch, *input_shape]; `member`: a
-    `MemberState` with the config's dropout rate and learning rate as values."""
-    params = model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)["params"]
-    tx = create_optimizer(config, member)
-    if member:
-        rate = jnp.asarray(config.dropout_rate, jnp.float32)
-        return MemberState.create(apply_fn=model.apply, params=params, tx=tx, dropout_rate=rate)
-    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-
-
-def train_step(state, batch, dropout_rng, *, regression: bool):
+def train_step(state: TrainState, batch, dropout_rng, *, regression: bool):
     """One optimizer step on `batch`; the dropout key is `fold_in(dropout_rng, step)`."""
     rng = jax.random.fold_in(dropout_rng, state.step)
-    member = {"dropout_rate": state.dropout_rate} if isinstance(state, MemberState) else {}
 
     def loss_fn(params):
-        outputs = state.apply_fn(
-            {"params": params}, batch["inputs"], train=True, rngs={"dropout": rng}, **member
+        outputs, updates = state.apply_fn(
+            {"params": params, **state.model_state},
+            batch["inputs"],
+            train=True,
+            rngs={"dropout": rng},
+            mutable=list(state.model_state),
+            **state.hyperparams,
         )
         losses = per_example_loss(outputs, batch["targets"], regression)
-        return losses.mean(), (outputs, losses)
+        return losses.mean(), (outputs, losses, updates)
 
-    grads, (outputs, losses) = jax.grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads)
+    grads, (outputs, losses, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, model_state={**state.model_state, **updates})
     return state, batch_metrics(outputs, batch["targets"], losses, regression)
 
 
-def eval_step(state, batch, *, regression: bool):
-    """Metrics of one padded batch; padding (mask False) does not count."""
-    outputs = state.apply_fn({"params": state.params}, batch["inputs"], train=False)
+def eval_step(state: TrainState, batch, *, regression: bool):
+    """Metrics of one padded batch in eval mode; padding (mask False) does not count."""
+    outputs = state.apply_fn(state.variables, batch["inputs"], train=False)
     losses = per_example_loss(outputs, batch["targets"], regression)
     return batch_metrics(outputs, batch["targets"], losses, regression, mask=batch["mask"])
 
@@ -128,31 +121,31 @@ class TrainAccumulator:
         collection = RegressionMetrics if regression else ClassificationMetrics
         return cls(collection.empty(), jnp.array(-1, jnp.int32), jnp.array(0.0, jnp.float32))
 
-    def check_finite(self, names=None) -> None:
-        """Raises TrainingError naming the first step whose loss was not finite, and with
-        several replicas the replica, or its name from `names` (a population's members) (a
-        host read: the loop calls it at evaluations only). Fields may carry a leading replica
-        axis."""
+    def check_finite(self, names) -> None:
+        """Raises `diverged` for the first step whose loss was not finite (a host read: the loop
+        calls it at evaluations only); fields carry a leading member axis."""
         steps = np.atleast_1d(np.asarray(self.first_nonfinite_step))
         bad = np.flatnonzero(steps >= 0)
-        if not len(bad):
-            return
-        replica = int(bad[np.argmin(steps[bad])])
-        loss = float(np.atleast_1d(np.asarray(self.nonfinite_loss))[replica])
-        which = f" of replica {replica} (of {len(steps)})" if len(steps) > 1 else ""
-        which = f" of {names[replica]}" if names else which
-        raise TrainingError(
-            f"the training loss{which} became {loss} at step {int(steps[replica])}; stopped"
-            " without saving a state past the last checkpoint (lower the learning rate; the"
-            " last good checkpoint is kept)"
-        )
+        if len(bad):
+            m = int(bad[np.argmin(steps[bad])])
+            loss = float(np.atleast_1d(np.asarray(self.nonfinite_loss))[m])
+            raise diverged(names[m], int(steps[m]), f"the training loss became {loss}")
+
+
+def diverged(who: str, step: int, what: str) -> TrainingError:
+    """The one error of a run whose numbers stopped being finite."""
+    return TrainingError(
+        f"{who}: {what} at step {step}; stopped without saving this state (lower the learning"
+        " rate; the last good checkpoint is kept)"
+    )
 
 
 @jax.jit
 def all_finite(tree) -> jax.Array:
-    """Whether every value of a pytree (the params) is finite, as one device boolean."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+    """Whether each member's values of a pytree with a leading member axis (the params) are
+    all finite: one device boolean per member."""
+    leaves = [jnp.isfinite(x).reshape(x.shape[0], -1).all(1) for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all(0)
 
 
 def accumulate_train_step(state, batch, dropout_rng, acc: TrainAccumulator, *, regression: bool):
@@ -168,11 +161,9 @@ def accumulate_train_step(state, batch, dropout_rng, acc: TrainAccumulator, *, r
 
 
 def _device_batch(images, targets, idx, sharding):
-    """The batch of examples `idx` gathered from splits held on the device, inputs as
-    `data.to_model_inputs` makes them, split over the mesh like a host batch."""
-    x = images[idx]
-    if x.dtype == jnp.uint8:
-        x = x.astype(jnp.float32) / 255.0
+    """The batch of examples `idx` gathered from splits held on the device, split over the
+    mesh like a host batch."""
+    x = data_lib.to_model_inputs(images[idx])
     return jax.lax.with_sharding_constraint({"inputs": x, "targets": targets[idx]}, sharding)
 
 
@@ -217,24 +208,20 @@ def check_divisible(config, mesh: Mesh) -> None:
 
 
 class Steps:
-    """The jitted train and eval steps for one config and mesh, over the replica axis.
+    """The jitted train and eval steps for one config and mesh, mapped over the members.
 
-    Train state, accumulator and dropout keys carry a leading member axis (the replicas, or a
-    population's points x replicas; sharded over the mesh's `replica` axis), train batches are
-    [replicas, batch, ...] (one per seed, batch over `data`), and a test batch is shared by
-    every member. One process hands its numpy batches straight to
-    them (placed by `in_shardings` in C++, ~170 us a step cheaper than a Python-side
-    `device_put`); with several processes each feeds its rows of the global batch (`batch`).
+    Train state, accumulator and dropout keys carry a leading member axis (sharded over the
+    mesh's `replica` axis); train batches are [seeds, batch, ...] (batch over `data`), and a
+    test batch is shared by every member. One process hands its numpy batches straight to the
+    steps (placed by `in_shardings`); with several processes each feeds its rows (`batch`).
+    `how` maps the members ("vmap" or "unroll", `replicas.choose_map`).
     """
 
-    def __init__(self, config, mesh: Mesh):
-        self.regression = is_regression(config)
+    def __init__(self, config, mesh: Mesh, how: str = "vmap", regression: bool = False):
+        self.regression = regression
         self.num_replicas = r = config.get("num_replicas", 1)
         self.num_points = g = population.num_points(config)
         self.num_members = g * r
-        how = replicas.choose_map(
-            config.get("replica_map", "auto"), config.model, jax.default_backend(), g > 1
-        )
         self.replica_map = how
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.per_replica = NamedSharding(mesh, PartitionSpec("replica"))

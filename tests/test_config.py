@@ -9,8 +9,11 @@ from fmnist_jax.errors import ConfigError
 @pytest.mark.parametrize(
     "field, value, words",
     [
-        ("model", "resnet", "config.model='resnet' is unknown"),
-        ("optimizer", "adamw", "config.optimizer='adamw' is unknown"),
+        ("model", "resnet", "config.model='resnet' is neither one of linear_regression, mlp"),
+        ("model", "flax.linen.relu", "nor the import path of a flax.linen.Module class"),
+        ("optimizer", "adamm", "config.optimizer='adamm' is not an optax optimizer (did you mean"),
+        ("optimizer_kwargs", {"wd": 0.1}, "optax.adam has no argument 'wd'; its arguments are"),
+        ("schedule", "cosine", "config.schedule='cosine' is not an optax schedule"),
         ("learning_rate", 0.0, "learning_rate must be a finite number > 0"),
         ("learning_rate", float("nan"), "learning_rate must be a finite number > 0"),
         ("batch_size", 0, "batch_size must be a positive integer"),
@@ -19,7 +22,7 @@ from fmnist_jax.errors import ConfigError
         ("checkpoint_every_steps", 12, "must be a multiple of config.eval_every_steps=8"),
         ("dropout_rate", 1.0, "dropout_rate must lie in [0, 1)"),
         ("dropout_rate", -0.1, "dropout_rate must lie in [0, 1)"),
-        ("dataset", "linear_regression", "cannot train on"),
+        ("dataset", "linear_regression", "gives outputs shaped (1, 10) for one example of"),
     ],
 )
 def test_validate_names_the_first_bad_field(field, value, words):
@@ -32,7 +35,7 @@ def test_validate_names_the_first_bad_field(field, value, words):
 
 def test_every_experiment_and_its_test_variant_validate():
     names = config_lib.experiment_names()
-    assert names == ["cnn", "cnn_dropout", "linreg", "mlp", "mlp_dropout"]
+    assert {"cnn", "cnn_dropout", "linreg", "mlp", "mlp_dropout"} <= set(names)
     for name in names:
         full, small = config_lib.load_experiment(name), config_lib.load_experiment(name, "test")
         config_lib.validate(full)
@@ -49,7 +52,7 @@ def test_experiment_by_name_equals_experiment_by_path():
 
 
 def test_unknown_experiment_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="no experiment 'cnnn'.*experiments are cnn, cnn_dropout"):
+    with pytest.raises(ConfigError, match="no experiment 'cnnn'.*experiments are cnn, "):
         config_lib.load_experiment("cnnn")
 
 
@@ -66,3 +69,35 @@ def test_an_unknown_variant_is_an_error_naming_the_known_ones():
     with pytest.raises(ConfigError, match="unknown config variant 'tset'; variants are test"):
         config_lib.load_experiment("cnn", "tset")
     assert config_lib.load_experiment("cnn", "test").num_train_steps == 24
+
+
+def test_any_optax_optimizer_and_schedule_by_name_with_their_arguments():
+    import optax
+
+    from fmnist_jax import optimizers
+
+    cfg = config_lib.load_experiment("mlp", "test")
+    cfg.optimizer, cfg.optimizer_kwargs = "adamw", {"weight_decay": 0.05, "b2": 0.95}
+    cfg.schedule, cfg.schedule_kwargs = (
+        "warmup_cosine_decay_schedule",
+        {
+            "init_value": 0.0,
+            "warmup_steps": 4,
+        },
+    )
+    config_lib.validate(cfg)
+    lr = optimizers.learning_rate(cfg)  # peaks at learning_rate, decays over num_train_steps
+    assert [float(lr(s)) for s in (0, 4, 24)] == pytest.approx([0.0, cfg.learning_rate, 0.0])
+    params = {"w": jax_ones()}
+    ours = optimizers.create_optimizer(cfg)
+    theirs = optax.adamw(lr, b2=0.95, weight_decay=0.05)
+    grads = {"w": jax_ones() * 0.5}
+    got = ours.update(grads, ours.init(params), params)[0]["w"]
+    want = theirs.update(grads, theirs.init(params), params)[0]["w"]
+    assert got.tolist() == want.tolist()
+
+
+def jax_ones():
+    import jax.numpy as jnp
+
+    return jnp.ones(3)

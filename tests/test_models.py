@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fmnist_jax import models
+from fmnist_jax.errors import ConfigError
 
 
 def _count(params) -> int:
@@ -82,6 +83,29 @@ def test_create_model_by_name():
         }
     )
     assert models.create_model(cfg) == models.MLP(16, 10, 0.1, "relu")
+    cfg.model = "fmnist_jax.models.MLP"  # any module's class by its import path
+    assert models.create_model(cfg) == models.MLP(16, 10, 0.1, "relu")
     cfg.model = "resnet"
-    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+    with pytest.raises(ConfigError, match="config.model='resnet' is neither one of"):
         models.create_model(cfg)
+
+
+def test_a_model_field_the_config_lacks_names_the_model_and_the_field():
+    class Needs(models.nn.Module):
+        width: int  # no default
+
+        def __call__(self, x, train=False):
+            return x
+
+    models.MODELS["needs"] = Needs
+    try:
+        cfg = ml_collections.ConfigDict({"model": "needs"})
+        with pytest.raises(ConfigError, match=r"model 'needs' \(Needs\) needs config.width"):
+            models.create_model(cfg)
+        cfg.width = 3
+        assert models.create_model(cfg).width == 3
+    finally:
+        del models.MODELS["needs"]
+    # A field with a default the config lacks keeps its default.
+    bn = models.create_model(ml_collections.ConfigDict({"model": "cnn_bn"}))
+    assert bn.bn_momentum == 0.9

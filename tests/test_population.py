@@ -45,8 +45,10 @@ def test_the_api_takes_a_grid_as_a_dict():
 @pytest.mark.parametrize(
     "grid, message",
     [
-        ("batch_size=32,64", "'batch_size' cannot vary per member.*dropout_rate, learning_rate"),
-        ("hidden_size=8,16", "'hidden_size' cannot vary per member"),
+        ("batch_size=32,64", "batch_size cannot vary per member.*dropout_rate, learning_rate"),
+        ("hidden_size=8,16", "config.hidden_size cannot vary per member"),
+        ("droput_rate=0,0.5", "'droput_rate' names no config field nor argument of optax.adam"),
+        ("weight_decay=0,1e-4", "'weight_decay' names no config field nor argument of optax.adam"),
         ("dropout_rate=", "dropout_rate has an empty value"),
         ("dropout_rate=0,,0.5", "dropout_rate has an empty value"),
         ("learning_rate=1e-3,fast", "learning_rate='fast' is not a number"),
@@ -165,17 +167,27 @@ def test_the_progress_line_names_members_and_the_leading_one():
     assert line.endswith("lowest test_loss 0.4000: dropout_rate=0.25,seed=0")
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "momentum", "sgd"])
-def test_a_members_injected_learning_rate_updates_bit_for_bit_as_the_plain_optimizer(optimizer):
+@pytest.mark.parametrize(
+    "optimizer, kwargs, injected",
+    [
+        ("adam", {}, ("learning_rate",)),
+        ("sgd", {"momentum": 0.9}, ("learning_rate",)),
+        ("sgd", {}, ("learning_rate",)),
+        ("adamw", {"weight_decay": 1e-2}, ("learning_rate", "weight_decay")),
+    ],
+)
+def test_a_members_injected_hyperparameters_update_bit_for_bit_as_the_plain_optimizer(
+    optimizer, kwargs, injected
+):
     import optax
 
-    from fmnist_jax import steps
+    from fmnist_jax import optimizers
 
-    cfg = tiny_config(optimizer=optimizer, learning_rate=1e-3)
+    cfg = tiny_config(optimizer=optimizer, optimizer_kwargs=kwargs, learning_rate=1e-3)
     params = {"w": jax.random.normal(jax.random.PRNGKey(0), (50, 20))}
     results = []
-    for member in (False, True):
-        tx, p = steps.create_optimizer(cfg, member), params
+    for varied in ((), injected):
+        tx, p = optimizers.create_optimizer(cfg, varied), params
         state = tx.init(p)
         for i in range(50):
             grads = jax.tree.map(lambda w, i=i: jnp.sin(w * (i + 1.0)), p)

@@ -1,104 +1,71 @@
-"""The API's live progress line: what it says, and how it shows in a terminal and a log."""
-
-import io
+"""Progress: steps/s measured over chunks (never per step), the evaluation lines, the profile
+and the API's live bar."""
 
 import pytest
 
 from fmnist_jax import progress
 
 
-class _Tty(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_the_line_says_steps_rate_eta_and_the_last_evaluation():
-    live = progress.LiveProgress(num_steps=100, stream=io.StringIO())
-    live._start, live._first_step = 0.0, 0
-    assert live.line(25, now=5.0) == "step 25/100 (25%), 5.0 steps/s, ETA 15s"
-    live.evaluated([{"step": 25, "epoch": 0.5, "test_loss": 0.25, "test_accuracy": 0.9}])
-    assert live.line(50, now=10.0).endswith(
-        "| step 25 (epoch 0.50): test_loss 0.2500, test_accuracy 0.9000"
-    )
-    assert progress._duration(3725) == "1h 02m" and progress._duration(75) == "1m 15s"
-
-
-def test_a_log_gets_plain_lines_and_each_evaluation():
-    stream = io.StringIO()
-    live = progress.LiveProgress(num_steps=3, every_secs=0.0, stream=stream)
-    for step in (1, 2, 3):
-        live(step)
-    live.evaluated([{"step": 3, "epoch": 1.0, "test_loss": 0.5}])
-    live.close()
-    lines = stream.getvalue().splitlines()
-    assert [line.split(",")[0] for line in lines[:3]] == [
-        "step 1/3 (33%)",
-        "step 2/3 (67%)",
-        "step 3/3 (100%)",
-    ]
-    assert lines[3] == "step 3 (epoch 1.00): test_loss 0.5000"
-    assert "\r" not in stream.getvalue()
-
-
-def test_a_terminal_gets_one_line_rewritten_in_place():
-    stream = _Tty()
-    live = progress.LiveProgress(num_steps=2, every_secs=0.0, stream=stream)
-    live(1)
-    live.evaluated([{"step": 1, "epoch": 0.5, "test_loss": 0.5}])
-    live(2)
-    live.close()
-    text = stream.getvalue()
-    assert text.count("\r\x1b[2K") >= 3 and text.endswith("\n")
-    assert "step 1 (epoch 0.50): test_loss 0.5000\n" in text  # the evaluation stays on screen
-
-
-def test_several_replicas_make_one_line_of_means_and_ranges():
-    records = [
-        {"step": 8, "epoch": 0.5, "replica": k, "test_loss": v} for k, v in enumerate((0.2, 0.4))
-    ]
-    line = progress.format_records(records, 24)
-    assert (
-        line == "step 8/24 (epoch 0.50), 2 replicas, mean (range): test_loss 0.3000 (0.2000-0.4000)"
-    )
-    assert progress.format_records(records[:1], 24) == "step 8/24 (epoch 0.50): test_loss 0.2000"
-
-
-# --------------------------------------------------------------------------- without TensorFlow
-
-
 class _Writer:
     def __init__(self):
-        self.lines = []
+        self.scalars = []
 
     def write_scalars(self, step, scalars):
-        self.lines.append((step, *scalars))
+        self.scalars.append((step, scalars))
 
 
-def test_report_progress_without_tensorflow_reports_as_clus_does(monkeypatch):
+def test_steps_per_second_are_a_chunks_steps_over_its_wall_time(monkeypatch):
     logged = []
     monkeypatch.setattr(progress.logging, "info", lambda fmt, *a: logged.append(fmt % a))
     writer = _Writer()
-    report = progress.ReportProgress(num_train_steps=10, writer=writer, every_steps=4)
-    assert [report(s, t=float(s)) for s in range(11)] == [
-        False, False, False, False, True, False, False, False, True, False, True,
+    report = progress.ChunkProgress(1000, 0, writer, every_steps=500)
+    report._last_t = 0.0
+    assert [report(s, t=t) for s, t in ((250, 5.0), (500, 10.0), (750, 11.0), (1000, 20.0))] == [
+        False, True, False, True,
     ]  # fmt: skip
-    assert logged[0] == "1.0 steps/s, 40.0% (4/10), ETA: 6s"
-    assert writer.lines[:2] == [(4, "steps_per_sec"), (4, "uptime")]
-    assert [line[0] for line in writer.lines] == [4, 4, 8, 8, 10, 10]
+    # 500 steps in 10 s, then 500 in 10 s: the chunk's rate, not that of its last step.
+    assert writer.scalars == [(500, {"steps_per_sec": 50.0}), (1000, {"steps_per_sec": 50.0})]
+    assert logged[0] == "50.0 steps/s, 50.0% (500/1000), ETA 10s"
+
+
+def test_without_every_steps_a_line_comes_after_every_secs_and_at_the_end(monkeypatch):
+    monkeypatch.setattr(progress.logging, "info", lambda *a: None)
+    report = progress.ChunkProgress(100, 0, None, every_secs=30.0)
+    report._last_t = 0.0
+    assert [report(s, t=t) for s, t in ((25, 10.0), (50, 31.0), (75, 40.0), (100, 45.0))] == [
+        False, True, False, True,
+    ]  # fmt: skip
     with report.timed("eval"):
         pass
     assert "eval" in report._parts
 
 
-def test_profile_without_tensorflow_traces_the_steps_asked_for(tmp_path):
-    profile = progress.Profile(logdir=str(tmp_path), num_profile_steps=2, first_profile=1)
+def test_several_members_make_one_line_of_means_and_ranges():
+    records = [
+        {"step": 8, "epoch": 0.5, "replica": k, "test_loss": v} for k, v in enumerate((0.2, 0.4))
+    ]
+    line = progress.format_records(records, 24)
+    assert (
+        line == "step 8/24 (epoch 0.50), 2 members, mean (range): test_loss 0.3000 (0.2000-0.4000)"
+    )
+    assert progress.format_records(records[:1], 24) == "step 8/24 (epoch 0.50): test_loss 0.2000"
+    assert progress._duration(3725) == "1h 02m" and progress._duration(75) == "1m 15s"
+
+
+def test_the_profile_traces_the_steps_asked_for(tmp_path):
+    profile = progress.Profile(str(tmp_path), first=1, count=2)
     for step in range(5):
         profile(step)
-    assert profile._done
+    assert profile.state == "done"
     assert list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
 
 
-def test_periodic_actions_are_clus_where_tensorflow_is_installed():
-    periodic_actions = pytest.importorskip("clu.periodic_actions", exc_type=ImportError)
-
-    assert progress.periodic_actions() is periodic_actions
+def test_the_live_bar_counts_steps_and_prints_each_evaluation(capsys):
+    pytest.importorskip("tqdm")
+    bar = progress.LiveBar(num_steps=10, first_step=2)
+    bar(6)
+    bar.evaluated([{"step": 6, "epoch": 0.5, "replica": 0, "test_loss": 0.25}])
+    assert bar.bar.n == 6
+    bar.close()
+    err = capsys.readouterr()
+    assert "step 6 (epoch 0.50): test_loss 0.2500" in err.out + err.err

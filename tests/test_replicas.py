@@ -55,13 +55,22 @@ def test_the_summary_lists_each_replica_and_its_statistics():
     assert stats["final_test_loss"]["interval"] == pytest.approx(replicas.interval([0.4, 0.6]))
 
 
-def test_auto_unrolls_the_convnet_on_a_cpu_only():
-    assert replicas.choose_map("auto", "cnn", "cpu") == "unroll"
-    assert replicas.choose_map("auto", "cnn", "gpu") == "vmap"
-    assert replicas.choose_map("auto", "mlp", "cpu") == "vmap"
-    assert replicas.choose_map("vmap", "cnn", "cpu") == "vmap"
-    assert replicas.choose_map("auto", "mlp", "cpu", population=True) == "unroll"
-    assert replicas.choose_map("auto", "mlp", "tpu", population=True) == "vmap"
+def test_auto_unrolls_a_convolutional_program_on_a_cpu_only():
+    assert replicas.choose_map("auto", True, "cpu", False) == "unroll"
+    assert replicas.choose_map("auto", True, "gpu", False) == "vmap"
+    assert replicas.choose_map("auto", False, "cpu", False) == "vmap"
+    assert replicas.choose_map("vmap", True, "cpu", False) == "vmap"
+    assert replicas.choose_map("auto", False, "cpu", True) == "unroll"
+    assert replicas.choose_map("auto", False, "tpu", True) == "vmap"
+
+
+def test_whether_a_program_holds_a_convolution_is_read_from_the_program():
+    from fmnist_jax import models
+
+    shape = (*data.IMAGE_SHAPE, 1)
+    assert models.has_convolution(models.create_model(tiny_config("cnn")), shape)
+    assert models.has_convolution(models.create_model(tiny_config("cnn_bn")), shape)
+    assert not models.has_convolution(models.create_model(tiny_config("mlp")), shape)
 
 
 def test_vmap_and_unroll_map_the_same_function():
@@ -71,7 +80,7 @@ def test_vmap_and_unroll_map_the_same_function():
     x, y, shared = np.arange(12.0).reshape(3, 4), np.arange(6.0).reshape(2, 3), 2.0
     expect = [f(x[r], y[:, r], shared) for r in range(3)]
     for how in ("vmap", "unroll"):
-        got = replicas.over_replicas(f, 3, (0, 1, None), how)(x, y, shared)
+        got = replicas.over_members(f, 1, 3, (0, 1, None), how)(x, y, shared)
         for key in ("sum", "shared"):
             np.testing.assert_allclose(got[key], [e[key] for e in expect])
 
@@ -91,9 +100,7 @@ def test_the_mesh_splits_replicas_where_the_devices_allow():
 def test_one_replica_runs_the_unreplicated_step_bit_for_bit():
     cfg = tiny_config("mlp_dropout")
     dataset = data.load(cfg)
-    mesh = distributed.make_mesh(1)
-    s = steps.Steps(cfg, mesh)
-    state, rng = train.initial_state(cfg, dataset.train["inputs"].shape[1:], s)
+    s, state, rng = train.build(cfg, dataset.train["inputs"].shape[1:])
     batch = next(data.train_batches(dataset.train, cfg.batch_size, cfg.seed))
     plain = jax.jit(lambda st, b, r: steps.train_step(st, b, r, regression=False))
     expected, _ = plain(replicas.take(state, 0), batch, rng[0])

@@ -70,11 +70,16 @@ def test_read_run_refuses_a_missing_folder_or_one_without_config(tmp_path):
         rundir.read_run(tmp_path)
 
 
-def test_a_workdir_of_another_run_is_refused(tmp_path):
-    rundir.write_config(tmp_path, {"model": "cnn"})
-    rundir.check_same_run(tmp_path, {"model": "cnn"}, ["model"])
-    with pytest.raises(RunError, match="holds a run with model='cnn', but this config has"):
-        rundir.check_same_run(tmp_path, {"model": "mlp"}, ["model"])
+def test_a_workdir_of_another_run_is_refused_naming_each_field_with_both_values(tmp_path):
+    saved = {"model": "cnn", "dropout_rate": 0.0, "seed": 0, "num_train_steps": 24}
+    rundir.write_config(tmp_path, saved)
+    rundir.check_same_run(tmp_path, {**saved, "num_train_steps": 48, "eval_every_steps": 4})
+    with pytest.raises(RunError) as e:
+        rundir.check_same_run(tmp_path, {**saved, "dropout_rate": 0.25, "seed": 1, "new": 2})
+    assert str(e.value).count("\n") == 0 and (
+        "another config (dropout_rate=0.0 there, 0.25 here; new='(absent)' there, 2 here;"
+        " seed=0 there, 1 here)"
+    ) in str(e.value)
 
 
 def test_only_checkpoints_orbax_finished_count_and_the_others_are_set_aside(tmp_path):
