@@ -233,17 +233,17 @@ def _restore_for_reading(workdir, step: int | None, state, accumulator, finished
     )
 
 
-def load_trained(workdir: str | Path, step: int | None = None, replica: int = 0):
-    """(config, model, params) of member (replica) `replica` of the run in `workdir`, from
+def load_trained(workdir: str | Path, step: int | None = None, member: int = 0):
+    """(config, model, variables) of member `member` of the run in `workdir`, from
     its latest (or given) intact finished checkpoint; RunError when the workdir holds no run,
     no finished checkpoint, or only damaged ones, UsageError for a member it does not have.
     A population member's config has its grid point's values in place."""
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(rundir.read_config(workdir))
     count = population.num_members(config)
-    if not 0 <= replica < count:
+    if not 0 <= member < count:
         raise UsageError(
-            f"{workdir} holds {count} member(s) (0 to {count - 1}); member {replica} does not exist"
+            f"{workdir} holds {count} member(s) (0 to {count - 1}); member {member} does not exist"
         )
     finished = finished_steps(workdir)
     if not finished:  # before the model: a config alone need not build one
@@ -252,8 +252,8 @@ def load_trained(workdir: str | Path, step: int | None = None, replica: int = 0)
     regression = steps_lib.is_regression(config)
     input_shape = (config.regression.num_features,) if regression else (*data.IMAGE_SHAPE, 1)
     # As arrays (the step too), like the state the loop saved: the checksum covers dtypes.
-    member = population.is_population(config)
-    one = steps_lib.create_train_state(config, model, input_shape, jax.random.PRNGKey(0), member)
+    in_grid = population.is_population(config)
+    one = steps_lib.create_train_state(config, model, input_shape, jax.random.PRNGKey(0), in_grid)
     accumulator = steps_lib.TrainAccumulator.empty(regression)
     # Placed on this process's device: orbax restores into the target's sharding (a host
     # array has none, and orbax would use the saved one, of another topology).
@@ -261,8 +261,8 @@ def load_trained(workdir: str | Path, step: int | None = None, replica: int = 0)
         (replicas.stack([one] * count), replicas.stack([accumulator] * count))
     )
     restored = _restore_for_reading(workdir, step, state, accumulator, finished)
-    params = replicas.take(restored.params, replica)
-    if member:
-        point = population.members(config)[replica]
+    params = replicas.take(restored.params, member)
+    if in_grid:
+        point = population.members(config)[member]
         config = population.point_config(config, population.hyperparameters(point))
-    return config, model, params
+    return config, model, {"params": params}
