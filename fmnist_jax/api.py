@@ -12,7 +12,6 @@ Each call runs the command lines' code (`train.train_and_evaluate`, `checkpoints
 """
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,17 +45,16 @@ def check_type(value, kind, where: str, hint: str = "") -> None:
     a `kind` (a type or a tuple of types); `hint` says how to get the right one."""
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds):
-        names = " or ".join("None" if k is type(None) else _a(k) for k in kinds)
-        got = (
-            repr(value)
-            if isinstance(value, (str, Path, int, float, type(None)))
-            else _a(type(value))
-        )
-        raise UsageError(f"{where} must be {names}, got {got}{hint}")
+        plain = isinstance(value, (str, Path, int, float, type(None)))
+        got = repr(value) if plain else _a(type(value))
+        raise UsageError(f"{where} must be {' or '.join(map(_a, kinds))}, got {got}{hint}")
 
 
 def _a(kind: type) -> str:
-    return f"{'an' if kind.__name__[0] in 'aeiouAEIOU' else 'a'} {kind.__name__}"
+    """A type as a message names it: "an int", "a Path", "None"."""
+    if kind is type(None):
+        return "None"
+    return f"{'an' if kind.__name__[0].lower() in 'aeiou' else 'a'} {kind.__name__}"
 
 
 def check_trained(trained, call: str) -> None:
@@ -95,28 +93,15 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
-    *,
-    auto: bool = False,
-    initialization_timeout: int = 300,
-    heartbeat_timeout_seconds: int = 100,
-    coordinator_bind_address: str | None = None,
+    **options,
 ) -> None:
     """Joins a run of several processes (every process calls it, before any JAX computation,
-    then the same `fit`): the arguments of `jax.distributed.initialize`, `auto=True` for JAX's
-    cluster detection (Cloud TPU pod slices, SLURM, Open MPI). One process needs no call."""
+    then the same `fit`): the arguments of `jax.distributed.initialize`; `options` are
+    `distributed.Launch`'s (auto=True: JAX's cluster detection, timeouts, bind address)."""
     from fmnist_jax import distributed
 
-    distributed.initialize(
-        distributed.Launch(
-            coordinator_address,
-            num_processes,
-            process_id,
-            auto,
-            initialization_timeout,
-            heartbeat_timeout_seconds,
-            coordinator_bind_address,
-        )
-    )
+    launch = distributed.Launch(coordinator_address, num_processes, process_id, **options)
+    distributed.initialize(launch)
 
 
 def load_data(config=None) -> data_lib.Dataset:
@@ -126,21 +111,11 @@ def load_data(config=None) -> data_lib.Dataset:
     return data_lib.load(config or get_config("cnn"))
 
 
-def fit(
-    config,
-    workdir: str | Path | None = None,
-    dataset: data_lib.Dataset | None = None,
-    on_eval: Callable[[dict], None] | None = None,
-    progress: bool = True,
-):
-    """Trains `config` for `config.num_train_steps` steps; returns (state, history).
-
-    `workdir` (default: a new temporary folder) gets checkpoints and logs as from the command
-    line; an existing one is resumed. `history` maps "step", the losses and accuracies to
-    numpy arrays, one entry per evaluation ([evaluations, M] with M > 1 members, and then
-    `state` has a leading member axis: `fmnist_jax.replicas.take(state, m)` is member m). `progress`
-    shows a live line and each evaluation; `on_eval` is called with each evaluation's record.
-    """
+def fit(config, workdir=None, dataset=None, on_eval=None, progress: bool = True):
+    """Trains `config` (resuming `workdir`, default a new temporary folder); returns (state,
+    history): "step", the losses and accuracies as numpy arrays, one entry per evaluation
+    ([evaluations, M] for M > 1 members, whose state has a leading member axis). `progress`
+    shows a live line; `on_eval` is called with each evaluation's record."""
     from fmnist_jax import population
     from fmnist_jax import train as train_lib
 
@@ -215,22 +190,11 @@ def predict(trained: Trained, images, batch_size: int = 1000) -> np.ndarray:
 
 
 def attack(
-    trained: Trained,
-    images,
-    targets=None,
-    labels=None,
-    method: str = "",
-    seed: int = 0,
-    threshold: float | None = None,
-    max_steps: int | None = None,
+    trained, images, targets=None, labels=None, method="", seed=0, threshold=None, max_steps=None
 ):
-    """Targeted adversarial search on `images` against a trained model.
-
-    `targets` (one class per image) default to random wrong classes drawn from `seed`, wrong
-    for `labels` (default: the model's own predictions). `method` names a preset of
-    `adversarial.METHODS` (default: its default), `threshold` and `max_steps` override its
-    own. Returns an `adversarial.AttackResult` (images, steps, success, p(target), norms).
-    """
+    """Targeted adversarial search on `images`: an `adversarial.AttackResult`. `targets`
+    default to wrong classes drawn from `seed` (wrong for `labels`, default the predictions);
+    `method` names a preset of `adversarial.METHODS`, `threshold` and `max_steps` override it."""
     from fmnist_jax import adversarial
 
     check_trained(trained, "attack")

@@ -63,20 +63,12 @@ def main() -> None:
     from fmnist_jax.adversarial import runner  # after flag parsing: keeps --help fast
 
     runner.check_output(FLAGS.output)  # --member all writes into folders inside it
+    passed = ("threshold", "max_steps", "epsilon", "l1_reduction", "pool_size", "slow_images")
+    options = {name: FLAGS[name].value for name in passed}
     for member in runner.parse_members(FLAGS.member, FLAGS.workdir):
+        output = FLAGS.output if FLAGS.member != "all" else f"{FLAGS.output}/{member}"
         runner.run(
-            FLAGS.workdir,
-            FLAGS.output if FLAGS.member != "all" else f"{FLAGS.output}/{member}",
-            FLAGS.num_images,
-            FLAGS.seed,
-            methods,
-            threshold=FLAGS.threshold,
-            max_steps=FLAGS.max_steps,
-            epsilon=FLAGS.epsilon,
-            l1_reduction=FLAGS.l1_reduction,
-            pool_size=FLAGS.pool_size,
-            slow_images=FLAGS.slow_images,
-            member=member,
+            FLAGS.workdir, output, FLAGS.num_images, FLAGS.seed, methods, member=member, **options
         )
 
 

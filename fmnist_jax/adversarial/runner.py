@@ -1,10 +1,7 @@
 """The attack experiment on a trained run: restore, choose images, search, record, summarise.
 
-`run(workdir, output, ...)` attacks random training images of the run's model with every method
-(the same images and targets; the slow methods on the first `slow_images`) and writes into
-`output`: summary.json (per method: success rate, steps, noise norms, clean accuracy, speed;
-the reported method and its rule; the configs and facts), records.csv (a row per method and
-image: RECORD_FIELDS) and the figures (`write_figures`). The command line is `__main__.py`.
+`run` writes summary.json (per method: success rate, steps, noise norms, clean accuracy, speed),
+records.csv (RECORD_FIELDS, a row per method and image) and the figures (`write_figures`).
 """
 
 import csv
@@ -138,16 +135,9 @@ def write_records(path: Path, records: list[dict]) -> None:
 
 
 def run(
-    workdir,
-    output,
-    num_images: int = 1000,
-    seed: int = 0,
-    methods: list[str] | None = None,
-    pool_size: int | None = None,
-    slow_images: int = presets.SLOW_IMAGES,
-    member: int = 0,
-    **overrides,
-) -> dict:
+    workdir, output, num_images=1000, seed=0, methods=None, pool_size=None,
+    slow_images=presets.SLOW_IMAGES, member=0, **overrides,
+) -> dict:  # fmt: skip
     """Attacks `num_images` random training images of member `member` of `workdir`'s run with
     each method (DEFAULT_METHODS unless given; the first is the reported one), writes
     summary.json, records.csv and the figures into `output`, and returns the summary.
