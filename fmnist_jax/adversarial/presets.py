@@ -105,12 +105,10 @@ METHODS: dict[str, AttackConfig] = {
         update="minl1", learning_rate=0.5, l1_weight=0.0, l1_reduction="sum", max_steps=360
     ),
 }
-DEFAULT_METHOD = "sign"  # the library's default (`attack`, `api.attack`): fast and reliable
-# What the command line runs unless told otherwise: the exercise's rule first (the reported
-# method: Figure 7 and the summary's `default_method`), then the comparison rows.
+DEFAULT_METHOD = "sign"  # the library's default (`attack`, `fj.attack`): fast and reliable
+# The command line's methods: the exercise's rule first (the reported one, Figure 7), then the
+# comparison rows; the slow ones on the first SLOW_IMAGES images (`make adversarial` ~5 min).
 DEFAULT_METHODS = ("exercise", "gd", "sign", "adam", "fgsm", "pgd", "minl1")
-# Methods that take a few hundred steps a search: the command line runs them on the first
-# SLOW_IMAGES of its images (same images and targets), to keep `make adversarial` near 5 min.
 SLOW_METHODS = ("exercise", "minl1")
 SLOW_IMAGES = 200
 UPDATE_NAMES = {

@@ -115,14 +115,14 @@ def summarize(records: list[dict], wall_time_s: float, compile_time_s: float) ->
 
 def format_summary(s: dict) -> str:
     """One progress line: success rate, median steps and norms, clean accuracy, speed."""
-    medians = ", ".join(
-        f"{label} {'n/a' if s[f'median_{k}'] is None else format(s[f'median_{k}'], '.4g')}"
-        for k, label in (("steps", "median steps"), ("l0", "median L0"), ("l1", "L1"),
-                         ("l2", "L2"), ("linf", "Linf"))
-    )  # fmt: skip
+
+    def median(k):
+        return "n/a" if s[f"median_{k}"] is None else f"{s[f'median_{k}']:.4g}"
+
     return (
-        f"success {s['success_rate']:.1%}, {medians}, clean accuracy {s['clean_accuracy']:.1%},"
-        f" {s['attacks_per_sec']:.1f} attacks/s"
+        f"success {s['success_rate']:.1%}, median steps {median('steps')}, median L0"
+        f" {median('l0')}, L1 {median('l1')}, L2 {median('l2')}, Linf {median('linf')}, clean"
+        f" accuracy {s['clean_accuracy']:.1%}, {s['attacks_per_sec']:.1f} attacks/s"
     )
 
 
