@@ -111,11 +111,6 @@ def constrain(x_new: jax.Array, x: jax.Array, config: AttackConfig) -> jax.Array
     return x_new
 
 
-def _gradient_weight(config: AttackConfig, x) -> float:
-    """The per-pixel L1 weight inside the gradient: none when a proximal step handles it."""
-    return 0.0 if config.proximal else pixel_l1_weight(config.l1_weight, config.l1_reduction, x)
-
-
 class Pre(NamedTuple):
     """A descent step's next point, before the model sees it."""
 
@@ -137,7 +132,10 @@ def descent(logits_fn: LogitsFn, config: AttackConfig, max_steps) -> Search:
         return Pre(x_adv, opt_state, state.step + 1)
 
     def finish(pre, x, t):  # a batch: one forward and backward pass for every slot
-        weight = _gradient_weight(config, x[0])
+        # The L1 term's weight in the gradient: none where the proximal step applies it.
+        weight = (
+            0.0 if config.proximal else pixel_l1_weight(config.l1_weight, config.l1_reduction, x[0])
+        )
         (_, p), g = _value_and_grad(pre.x_adv, x, t, logits_fn, weight)
         return SearchState(pre.x_adv, g, p, pre.step, pre.opt_state)
 
