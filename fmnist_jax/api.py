@@ -63,11 +63,8 @@ def check_trained(trained, call: str) -> None:
 
 
 def get_config(experiment: str = "cnn", variant: str = "", **overrides):
-    """An experiment's config (by name, e.g. "cnn_dropout", or file path) with fields overridden.
-
-    `variant="test"` gives its seconds-long CPU version; `grid` may be {field: [values]} (a
-    population). An unknown field or a value the code cannot run with raises ConfigError.
-    """
+    """An experiment's config (by name or file path; `variant="test"`: its seconds-long CPU
+    version) with fields overridden (`grid` as {field: [values]}); ConfigError for bad ones."""
     from fmnist_jax import population
 
     check_type(experiment, PATH, "fj.get_config's experiment (a name such as 'cnn', or a file)")

@@ -86,14 +86,9 @@ def run_pool(search: Search, images, targets, pool_size: int):
 
 
 def over_devices(fn: Callable, devices, images, targets, *shared):
-    """fn(images, targets, *shared) -> pytree of [N] leaves, with the images split over `devices`.
-
-    One device: `fn` itself. Several: one equal contiguous shard per device (the last padded
-    with copies of the last image, dropped after), each its own program and while loop
-    (`jax.shard_map`), so no device waits for another's slowest search; `shared` arguments go
-    to every shard whole. Each image's search is unchanged (only floating-point summation order
-    in its model calls' batches may differ).
-    """
+    """fn(images, targets, *shared) -> [N] leaves, the images split over `devices` in equal
+    shards (the last padded), each its own program and while loop (`jax.shard_map`), so no
+    device waits for another's slowest search; `shared` arguments go to every shard whole."""
     d = len(devices)
     if d == 1:
         return fn(images, targets, *shared)

@@ -143,12 +143,9 @@ def method_config(
     epsilon: float | None = None,
     l1_reduction: str | None = None,
 ) -> AttackConfig:
-    """The preset `name`, validated, with the command line's overrides where they apply.
-
-    `max_steps` changes the iterative methods' budgets (FGSM stays one step); `epsilon` the
-    radius of the methods that have one (FGSM's step is its radius); `l1_reduction` the
-    methods with an L1 term.
-    """
+    """The preset `name`, validated, with the overrides where they apply: `max_steps` to the
+    iterative methods, `epsilon` to those with a radius (FGSM's step too), `l1_reduction` to
+    those with an L1 term."""
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     config = METHODS[name]

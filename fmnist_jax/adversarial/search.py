@@ -298,11 +298,9 @@ class Attack:
 def make_attack(
     logits_fn: LogitsFn, config: AttackConfig, pool_size: int | None = None, devices=None
 ) -> Attack:
-    """The batch program `attack(images, labels, key, targets=None, max_steps=None)`: images
-    float [N, ...] in the clip range, labels int [N], key draws the targets unless `targets` is
-    given; `max_steps` is traced (no recompile). `pool_size` slots per device (None:
-    `presets.pool_size_for` the platform); `devices` (None: the local ones) share the images,
-    one pool each. A call returns an AttackResult; build once, call many times."""
+    """The batch program `attack(images, labels, key, targets=None, max_steps=None)` -> an
+    AttackResult (`key` draws targets unless given; `max_steps` is traced: no recompile), with
+    `pool_size` slots (default `pool_size_for` the platform) on each of `devices` (local)."""
     validate(config)
     devices = tuple(jax.local_devices() if devices is None else devices)
     pool_size = pool_size_for(devices[0].platform) if pool_size is None else pool_size
