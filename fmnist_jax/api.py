@@ -11,6 +11,7 @@ Each call runs the command lines' code (`train.train_and_evaluate`, `checkpoints
 `adversarial.attack`); an argument of the wrong type ends in one UsageError line.
 """
 
+import numbers
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -23,7 +24,7 @@ from fmnist_jax import config as config_lib
 from fmnist_jax import data as data_lib
 from fmnist_jax.errors import ConfigError, UsageError
 
-PATH = (str, Path)
+PATH, INT = (str, Path), numbers.Integral  # numpy's integers too
 GET_CONFIG = "; make one with fj.get_config(experiment) first"
 
 
@@ -51,9 +52,9 @@ def check_type(value, kind, where: str, hint: str = "") -> None:
 
 
 def _a(kind: type) -> str:
-    """A type as a message names it: "an int", "a Path", "None"."""
-    if kind is type(None):
-        return "None"
+    """A type as a message names it: "a Path", "an integer", "None"."""
+    if kind in (type(None), INT):
+        return "None" if kind is type(None) else "an integer"
     return f"{'an' if kind.__name__[0].lower() in 'aeiou' else 'a'} {kind.__name__}"
 
 
@@ -141,8 +142,8 @@ def restore(workdir: str | Path, step: int | None = None, member: int = 0) -> Tr
     from fmnist_jax import checkpoints
 
     check_type(workdir, PATH, "fj.restore's workdir")
-    check_type(step, (int, type(None)), "fj.restore's step")
-    check_type(member, int, "fj.restore's member")
+    check_type(step, (INT, type(None)), "fj.restore's step")
+    check_type(member, INT, "fj.restore's member")
     return Trained(*checkpoints.load_trained(workdir, step, member))
 
 
@@ -196,7 +197,7 @@ def attack(
 
     check_trained(trained, "attack")
     check_type(method, str, "fj.attack's method")
-    check_type(seed, int, "fj.attack's seed")
+    check_type(seed, INT, "fj.attack's seed")
     images = as_images(images)
     if labels is None:
         labels = predict(trained, images).argmax(axis=1)

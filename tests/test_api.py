@@ -147,7 +147,7 @@ def test_restore_gives_the_run_config_model_and_variables(trained, snippet):
     assert trained.config.name == "cnn_dropout"
     assert trained.config.num_train_steps == snippet["config"].num_train_steps
     assert list(trained.variables) == ["params"]  # this model has no other collection
-    same = fj.restore(snippet["workdir"], step=24, member=0)
+    same = fj.restore(snippet["workdir"], step=np.int64(24), member=0)  # numpy's too
     for a, b in zip(*map(jax.tree.leaves, (trained.variables, same.variables)), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(UsageError, match="member 1 does not exist"):
@@ -199,9 +199,9 @@ def test_predict_and_attack_apply_every_collection_of_the_variables():
         (lambda w: fj.restore(None), "fj.restore's workdir must be a str or a Path, got None"),
         (
             lambda w: fj.restore(w, step="last"),
-            "fj.restore's step must be an int or None, got 'last'",
+            "fj.restore's step must be an integer or None, got 'last'",
         ),
-        (lambda w: fj.restore(w, member="1"), "fj.restore's member must be an int, got '1'"),
+        (lambda w: fj.restore(w, member="1"), "fj.restore's member must be an integer, got '1'"),
     ],
 )
 def test_a_wrong_type_is_one_usage_error_line_saying_what_to_pass(call, message, snippet):
@@ -213,7 +213,7 @@ def test_a_wrong_type_is_one_usage_error_line_saying_what_to_pass(call, message,
 def test_attack_refuses_a_method_or_seed_of_the_wrong_type(trained):
     with pytest.raises(UsageError, match="fj.attack's method must be a str, got 1"):
         fj.attack(trained, np.zeros((1, 28, 28)), method=1)
-    with pytest.raises(UsageError, match="fj.attack's seed must be an int, got None"):
+    with pytest.raises(UsageError, match="fj.attack's seed must be an integer, got None"):
         fj.attack(trained, np.zeros((1, 28, 28)), seed=None)
 
 
