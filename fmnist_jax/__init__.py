@@ -5,7 +5,7 @@ The interactive API (see `fmnist_jax.api` and docs/api.md):
     get_config(experiment, variant="", **overrides)  an experiment's ConfigDict
     load_data(config)                                its data set (numpy arrays in memory)
     fit(config, workdir=None)                        -> (train state, metrics history)
-    restore(workdir)                                 -> Trained(config, model, params)
+    restore(workdir, step=None, member=0)            -> Trained(config, model, variables)
     predict(trained, images)                         -> class probabilities [N, 10]
     attack(trained, images, targets=None)            -> adversarial images, p(target), norms
 

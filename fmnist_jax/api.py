@@ -1,18 +1,18 @@
-"""The interactive API: a few calls for a REPL, a notebook or a script.
+"""The interactive API: a few calls for a REPL, a notebook or a script (docs/api.md).
 
     import fmnist_jax as fj
     config = fj.get_config("cnn_dropout", num_train_steps=500)
     state, history = fj.fit(config, workdir="/tmp/cnn")        # history: dict of numpy arrays
-    trained = fj.restore("/tmp/cnn")                             # config, model, params
+    trained = fj.restore("/tmp/cnn")                             # config, model, variables
     probs = fj.predict(trained, images)                          # [N, 10] class probabilities
     result = fj.attack(trained, images, targets=[1, 7])          # adversarial images and norms
 
-Everything here calls the same code as the command lines (`train.train_and_evaluate`,
-`checkpoints.load_trained`, `adversarial.attack`); nothing is trained or attacked differently.
+Each call runs the command lines' code (`train.train_and_evaluate`, `checkpoints.load_trained`,
+`adversarial.attack`); an argument of the wrong type ends in one UsageError line.
 """
 
+import numbers
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,31 +22,55 @@ import numpy as np
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import data as data_lib
-from fmnist_jax.errors import ConfigError
+from fmnist_jax.errors import ConfigError, UsageError
+
+PATH, INT = (str, Path), numbers.Integral  # numpy's integers too
+GET_CONFIG = "; make one with fj.get_config(experiment) first"
 
 
 class Trained(NamedTuple):
-    """A trained model: its config, the Flax module and its parameters."""
+    """A trained model: its config, the Flax module and its variables ({"params": ..., and any
+    other collection, such as "batch_stats"})."""
 
     config: ml_collections.ConfigDict
     model: object
-    params: dict
+    variables: dict
 
     def logits_fn(self):
         """x [N, 28, 28, 1] float in [0, 1] -> logits [N, 10], in inference mode."""
-        return lambda x: self.model.apply({"params": self.params}, x, train=False)
+        return lambda x: self.model.apply(self.variables, x, train=False)
+
+
+def check_type(value, kind, where: str, hint: str = "") -> None:
+    """UsageError naming the argument, the type it needs and the one it got, unless `value` is
+    a `kind` (a type or a tuple of types); `hint` says how to get the right one."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds):
+        plain = isinstance(value, (str, Path, int, float, type(None)))
+        got = repr(value) if plain else _a(type(value))
+        raise UsageError(f"{where} must be {' or '.join(map(_a, kinds))}, got {got}{hint}")
+
+
+def _a(kind: type) -> str:
+    """A type as a message names it: "a Path", "an integer", "None"."""
+    if kind in (type(None), INT):
+        return "None" if kind is type(None) else "an integer"
+    return f"{'an' if kind.__name__[0].lower() in 'aeiou' else 'a'} {kind.__name__}"
+
+
+def check_trained(trained, call: str) -> None:
+    """A `Trained`, or a UsageError saying to restore one (a workdir path is the usual slip)."""
+    check_type(trained, Trained, f"fj.{call}'s first argument", "; call fj.restore(workdir) first")
 
 
 def get_config(experiment: str = "cnn", variant: str = "", **overrides):
-    """An experiment's config (by name, e.g. "cnn_dropout", or file path) with fields overridden.
-
-    `variant="test"` gives its seconds-long CPU version. `grid` may be given as
-    {field: [values]} (a population, fmnist_jax/population.py). An unknown field or a value the
-    code cannot run with raises ConfigError.
-    """
+    """An experiment's config (by name or file path; `variant="test"`: its seconds-long CPU
+    version) with fields overridden (`grid` as {field: [values]}); ConfigError for bad ones."""
     from fmnist_jax import population
 
-    config = config_lib.load_experiment(experiment, variant)
+    check_type(experiment, PATH, "fj.get_config's experiment (a name such as 'cnn', or a file)")
+    check_type(variant, str, "fj.get_config's variant")
+    config = config_lib.load_experiment(str(experiment), variant)
     if "grid" in overrides:
         overrides["grid"] = population.format_grid(overrides["grid"])
     for field, value in overrides.items():
@@ -67,58 +91,36 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
-    *,
-    auto: bool = False,
-    initialization_timeout: int = 300,
-    heartbeat_timeout_seconds: int = 100,
-    coordinator_bind_address: str | None = None,
+    **options,
 ) -> None:
     """Joins a run of several processes (every process calls it, before any JAX computation,
-    then the same `fit`): the arguments of `jax.distributed.initialize`, `auto=True` for JAX's
-    cluster detection (Cloud TPU pod slices, SLURM, Open MPI). One process needs no call."""
+    then the same `fit`): the arguments of `jax.distributed.initialize`; `options` are
+    `distributed.Launch`'s (auto=True: JAX's cluster detection, timeouts, bind address)."""
     from fmnist_jax import distributed
 
-    distributed.initialize(
-        distributed.Launch(
-            coordinator_address,
-            num_processes,
-            process_id,
-            auto,
-            initialization_timeout,
-            heartbeat_timeout_seconds,
-            coordinator_bind_address,
-        )
-    )
+    launch = distributed.Launch(coordinator_address, num_processes, process_id, **options)
+    distributed.initialize(launch)
 
 
 def load_data(config=None) -> data_lib.Dataset:
     """The data set a config trains on (default: Fashion-MNIST from $FMNIST_DATA_DIR or TFDS)."""
+    if config is not None:
+        check_type(config, ml_collections.ConfigDict, "fj.load_data's config", GET_CONFIG)
     return data_lib.load(config or get_config("cnn"))
 
 
-def fit(
-    config,
-    workdir: str | Path | None = None,
-    dataset: data_lib.Dataset | None = None,
-    on_eval: Callable[[dict], None] | None = None,
-    progress: bool = True,
-):
-    """Trains `config` for `config.num_train_steps` steps; returns (state, history).
-
-    `workdir` (default: a new temporary folder) receives checkpoints and logs as from the
-    command line, and an existing one is resumed. `history` maps "step", "train_loss",
-    "test_loss" (and the accuracies) to numpy arrays, one entry per evaluation (with M > 1
-    members, `config.num_replicas` R or a population's points x R: [evaluations, M], and
-    `state` has a leading member axis: `fmnist_jax.replicas.take(state, m)` is member m; a
-    population's history also has each member's "point", "seed" and grid values). `progress`
-    shows a live line while it trains (steps done, steps/s, ETA, last evaluation; in Jupyter
-    and Colab one line updated in place) and prints each evaluation; `progress=False` is
-    silent. `on_eval` is called with each evaluation's record as it happens.
-    """
+def fit(config, workdir=None, dataset=None, on_eval=None, progress: bool = True):
+    """Trains `config` (resuming `workdir`, default a new temporary folder); returns (state,
+    history): "step", the losses and accuracies as numpy arrays, one entry per evaluation
+    ([evaluations, M] for M > 1 members, whose state has a leading member axis). `progress`
+    shows a live line; `on_eval` is called with each evaluation's record."""
     from fmnist_jax import population
     from fmnist_jax import train as train_lib
 
+    check_type(config, ml_collections.ConfigDict, "fj.fit's config", GET_CONFIG)
+    check_type(workdir, (*PATH, type(None)), "fj.fit's workdir")
     if dataset is not None:
+        check_type(dataset, data_lib.Dataset, "fj.fit's dataset", "; load one with fj.load_data")
         check_dataset(dataset, config.num_classes)
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"fmnist_{config.name}_"))
     state, records = train_lib.train_and_evaluate(
@@ -127,22 +129,22 @@ def fit(
     keys = [k for k in records[0] if k != "replica" and all(r.get(k) is not None for r in records)]
     count = population.num_members(config)
     history = {k: np.array([r[k] for r in records]) for k in keys}
-    if count > 1:  # records are (evaluation, replica) in order: [evaluations, replicas]
+    if count > 1:  # records are (evaluation, member) in order: [evaluations, members]
         history = {k: v.reshape(-1, count) for k, v in history.items()}
         history["step"], history["epoch"] = history["step"][:, 0], history["epoch"][:, 0]
     history["workdir"] = str(workdir)
     return state, history
 
 
-def restore(
-    workdir: str | Path, step: int | None = None, replica: int = 0, member: int | None = None
-) -> Trained:
-    """The model (member `member`, or replica `replica`: the same index, of a run with
-    several) of a training run's workdir, from its latest (or the given) checkpoint; a
-    population member's config has its grid values in place."""
+def restore(workdir: str | Path, step: int | None = None, member: int = 0) -> Trained:
+    """Member `member` of a training run's workdir, from its latest (or the given) checkpoint;
+    a population member's config has its grid values in place."""
     from fmnist_jax import checkpoints
 
-    return Trained(*checkpoints.load_trained(workdir, step, replica if member is None else member))
+    check_type(workdir, PATH, "fj.restore's workdir")
+    check_type(step, (INT, type(None)), "fj.restore's step")
+    check_type(member, INT, "fj.restore's member")
+    return Trained(*checkpoints.load_trained(workdir, step, member))
 
 
 def as_images(images) -> np.ndarray:
@@ -159,8 +161,8 @@ def as_images(images) -> np.ndarray:
 
 
 def check_dataset(dataset: data_lib.Dataset, num_classes: int) -> None:
-    """ConfigError for a caller's data set the train loop cannot use: empty splits, images
-    out of range (see `data.check_images`), labels outside 0..num_classes-1."""
+    """ConfigError for a data set the train loop cannot use: split lengths that differ, empty
+    splits, images out of range (`data.check_images`), labels outside 0..num_classes-1."""
     for name in ("train", "test"):
         split = getattr(dataset, name)
         inputs, targets = np.asarray(split["inputs"]), np.asarray(split["targets"])
@@ -175,6 +177,7 @@ def check_dataset(dataset: data_lib.Dataset, num_classes: int) -> None:
 
 def predict(trained: Trained, images, batch_size: int = 1000) -> np.ndarray:
     """Class probabilities [N, 10] for images (see `as_images` for the accepted forms)."""
+    check_trained(trained, "predict")
     images = as_images(images)
     logits = jax.jit(trained.logits_fn())
     chunks = [
@@ -185,26 +188,16 @@ def predict(trained: Trained, images, batch_size: int = 1000) -> np.ndarray:
 
 
 def attack(
-    trained: Trained,
-    images,
-    targets=None,
-    labels=None,
-    method: str = "",
-    seed: int = 0,
-    threshold: float | None = None,
-    max_steps: int | None = None,
+    trained, images, targets=None, labels=None, method="", seed=0, threshold=None, max_steps=None
 ):
-    """Targeted adversarial search on `images` against a trained model.
-
-    `targets` (one class per image) default to random wrong classes drawn from `seed`; `labels`
-    (the true classes, to draw targets different from them) default to the model's own
-    predictions. `method` names a preset of `adversarial.METHODS` (default: its default);
-    `threshold` (p(target) at which a search stops) and `max_steps` override the preset's.
-    Returns an `adversarial.AttackResult`: adversarial images, steps, success, p(target),
-    predicted classes and probabilities, and the noise's L0/L1/L2/L-inf per image.
-    """
+    """Targeted adversarial search on `images`: an `adversarial.AttackResult`. `targets`
+    default to wrong classes drawn from `seed` (wrong for `labels`, default the predictions);
+    `method` names a preset of `adversarial.METHODS`, `threshold` and `max_steps` override it."""
     from fmnist_jax import adversarial
 
+    check_trained(trained, "attack")
+    check_type(method, str, "fj.attack's method")
+    check_type(seed, INT, "fj.attack's seed")
     images = as_images(images)
     if labels is None:
         labels = predict(trained, images).argmax(axis=1)

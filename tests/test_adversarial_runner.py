@@ -16,7 +16,7 @@ from fmnist_jax import adversarial, train
 from fmnist_jax.adversarial import presets, runner, search
 from fmnist_jax.config import load_experiment
 from fmnist_jax.errors import ConfigError, RunError, TrainingError, UsageError
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_one_clear_line
 
 
 def fake_result(n: int = 3) -> search.AttackResult:
@@ -198,6 +198,18 @@ def test_cli_without_checkpoint_exits_with_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "checkpoints" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_an_output_that_is_a_file_before_any_work(tmp_path):
+    """Before the model is loaded (this run has no checkpoint): one line naming the file."""
+    workdir, output = tmp_path / "run", tmp_path / "taken"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(load_experiment("cnn", "test").to_dict()))
+    output.write_text("mine")
+    for member in ("0", "all"):  # all: the members' folders would be made inside it
+        proc = run_cli("--workdir", workdir, "--output", output, "--member", member)
+        assert_one_clear_line(proc, f"--output {output} cannot be a folder: {output} is a file")
+    assert output.read_text() == "mine"
 
 
 SUMMARY_KEYS = {

@@ -10,12 +10,15 @@ import sys
 import tempfile
 import textwrap
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
 import fmnist_jax as fj
 from fmnist_jax.api import as_images
 from fmnist_jax.config import ConfigError
+from fmnist_jax.errors import UsageError
 from tests.conftest import REPO
 
 API_PAGE = "docs/api.md"  # the interactive API's page; the README links to it
@@ -139,10 +142,79 @@ def trained(snippet):
     return fj.restore(snippet["workdir"])
 
 
-def test_restore_gives_the_run_config_and_model(trained, snippet):
+def test_restore_gives_the_run_config_model_and_variables(trained, snippet):
     assert isinstance(trained, fj.Trained)
     assert trained.config.name == "cnn_dropout"
     assert trained.config.num_train_steps == snippet["config"].num_train_steps
+    assert list(trained.variables) == ["params"]  # this model has no other collection
+    same = fj.restore(snippet["workdir"], step=np.int64(24), member=0)  # numpy's too
+    for a, b in zip(*map(jax.tree.leaves, (trained.variables, same.variables)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(UsageError, match="member 1 does not exist"):
+        fj.restore(snippet["workdir"], member=1)
+
+
+class Normed(nn.Module):
+    """A model with a second collection: batch statistics, used in inference mode."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.BatchNorm(use_running_average=not train)(x.reshape(len(x), -1))
+        return nn.Dense(10)(x)
+
+
+def test_predict_and_attack_apply_every_collection_of_the_variables():
+    model, x = Normed(), np.random.default_rng(0).random((3, 28, 28, 1), np.float32)
+    variables = model.init(jax.random.key(0), x, train=False)
+    stats = variables["batch_stats"]["BatchNorm_0"]
+    variables["batch_stats"]["BatchNorm_0"] = {"mean": stats["mean"] + 0.5, "var": stats["var"]}
+    trained = fj.Trained(fj.get_config("mlp", "test"), model, variables)
+    expected = jax.nn.softmax(model.apply(variables, x, train=False))
+    np.testing.assert_allclose(fj.predict(trained, x), expected, atol=1e-6)
+    result = fj.attack(trained, x, targets=[1, 2, 3], max_steps=5)
+    clean = np.asarray(expected).max(axis=1)
+    np.testing.assert_allclose(np.asarray(result.clean_p_predicted), clean, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda w: fj.get_config(3), "fj.get_config's experiment"),
+        (lambda w: fj.get_config("cnn", 1), "fj.get_config's variant must be a str, got 1"),
+        (
+            lambda w: fj.fit("cnn"),
+            "fj.fit's config must be a ConfigDict, got 'cnn'; make one with fj.get_config(",
+        ),
+        (
+            lambda w: fj.fit(fj.get_config("mlp", "test"), dataset={"train": {}, "test": {}}),
+            "fj.fit's dataset must be a Dataset, got a dict; load one with fj.load_data",
+        ),
+        (lambda w: fj.fit(fj.get_config("mlp", "test"), workdir=3), "fj.fit's workdir must be"),
+        (lambda w: fj.load_data("cnn"), "fj.load_data's config must be a ConfigDict, got 'cnn'"),
+        (
+            lambda w: fj.predict(str(w), np.zeros((1, 28, 28))),
+            "fj.predict's first argument must be a Trained, got '",
+        ),
+        (lambda w: fj.attack(w, np.zeros((1, 28, 28))), "call fj.restore(workdir) first"),
+        (lambda w: fj.restore(None), "fj.restore's workdir must be a str or a Path, got None"),
+        (
+            lambda w: fj.restore(w, step="last"),
+            "fj.restore's step must be an integer or None, got 'last'",
+        ),
+        (lambda w: fj.restore(w, member="1"), "fj.restore's member must be an integer, got '1'"),
+    ],
+)
+def test_a_wrong_type_is_one_usage_error_line_saying_what_to_pass(call, message, snippet):
+    with pytest.raises(UsageError, match=re.escape(message)) as error:
+        call(snippet["workdir"])
+    assert "\n" not in str(error.value)
+
+
+def test_attack_refuses_a_method_or_seed_of_the_wrong_type(trained):
+    with pytest.raises(UsageError, match="fj.attack's method must be a str, got 1"):
+        fj.attack(trained, np.zeros((1, 28, 28)), method=1)
+    with pytest.raises(UsageError, match="fj.attack's seed must be an integer, got None"):
+        fj.attack(trained, np.zeros((1, 28, 28)), seed=None)
 
 
 def test_predict_gives_probabilities_for_uint8_and_float_images(trained, snippet):

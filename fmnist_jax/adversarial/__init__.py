@@ -4,91 +4,34 @@
     pool.py      the pooled while-loop program any per-image `Search` runs in: pure JAX
     search.py    the objective, one descent search, the batch program (`make_attack`)
     minimal.py   the minimum-L1 search ("minl1"): proximal steps with a solved multiplier
-    runner.py    run(workdir, output, ...): restore, choose images, records, summary, CSV
+    runner.py    run(workdir, output, ...): restore, choose images, records, summary, figures
     __main__.py  the command line, `python -m fmnist_jax.adversarial --workdir ... --output ...`
-
-Figure 7 and the attack curves are in `fmnist_jax.plotting.adversarial`.
 
     from fmnist_jax import adversarial
     config = adversarial.method_config("sign", max_steps=100)
     result = adversarial.attack(logits_fn, images, labels, key=jax.random.key(0), config=config)
 
-The names in `__all__` load from their modules on first use, so that `python -m
-fmnist_jax.adversarial` can quiet TensorFlow before JAX is imported, and `--help` stays fast.
-The modules load the same way (`adversarial.search`, ...); one search alone is therefore
-`adversarial.search.search`, as the package's name `search` is its module.
+Modules and names load on first use, so that the command line can quiet TensorFlow before JAX
+is imported; the name `search` is the module (one search alone is `search.search`).
 """
 
 from importlib import import_module as _import_module
 
-_MODULES = ("presets", "pool", "search", "minimal", "runner")
-# Each public name and the module that defines it.
-_API = {
-    "AttackConfig": "presets",
-    "DEFAULT_METHOD": "presets",
-    "DEFAULT_METHODS": "presets",
-    "DEFAULT_POOL_SIZE": "presets",
-    "L1_REDUCTIONS": "presets",
-    "METHODS": "presets",
-    "method_config": "presets",
-    "parse_methods": "presets",
-    "validate": "presets",
-    "describe": "presets",
-    "pool_size_for": "presets",
-    "SLOW_METHODS": "presets",
-    "Search": "pool",
-    "run_pool": "pool",
-    "minl1_search": "minimal",
-    "Attack": "search",
-    "AttackResult": "search",
-    "SearchState": "search",
-    "attack": "search",
-    "draw_targets": "search",
-    "init_state": "search",
-    "input_gradient": "search",
-    "make_attack": "search",
-    "noise_norms": "search",
-    "objective": "search",
-    "p_target_history": "search",
-    "pooled_search": "search",
-    "search_step": "search",
-    "run": "runner",
+_NAMES = {  # each module and the public names it defines
+    "presets": "AttackConfig DEFAULT_METHOD DEFAULT_METHODS DEFAULT_POOL_SIZE L1_REDUCTIONS"
+    " METHODS SLOW_METHODS describe method_config parse_methods pool_size_for validate",
+    "pool": "Search run_pool",
+    "search": "Attack AttackResult SearchState attack draw_targets init_state input_gradient"
+    " make_attack noise_norms objective p_target_history pooled_search search_step",
+    "minimal": "minl1_search",
+    "runner": "run",
 }
-__all__ = [
-    "DEFAULT_METHOD",
-    "DEFAULT_METHODS",
-    "DEFAULT_POOL_SIZE",
-    "L1_REDUCTIONS",
-    "METHODS",
-    "SLOW_METHODS",
-    "Attack",
-    "AttackConfig",
-    "AttackResult",
-    "Search",
-    "SearchState",
-    "attack",
-    "describe",
-    "draw_targets",
-    "init_state",
-    "input_gradient",
-    "make_attack",
-    "method_config",
-    "minl1_search",
-    "noise_norms",
-    "objective",
-    "p_target_history",
-    "parse_methods",
-    "pool_size_for",
-    "pooled_search",
-    "run",
-    "run_pool",
-    "search_step",
-    "validate",
-]
+_API = {name: module for module, names in _NAMES.items() for name in names.split()}
+__all__ = sorted(_API)  # noqa: PLE0605 - one list of names, _NAMES
 
 
 def __getattr__(name: str):
-    if name in _MODULES:
+    if name in _NAMES:
         return _import_module(f"{__name__}.{name}")
     if name in _API:
         return getattr(_import_module(f"{__name__}.{_API[name]}"), name)
@@ -96,4 +39,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_API) | set(_MODULES))
+    return sorted(set(globals()) | set(_API) | set(_NAMES))

@@ -5,10 +5,8 @@ r"""Command line: exercise 2.5's targeted adversarial search on a trained run.
         [--threshold 0.95] [--max_steps N] [--epsilon 0.1] [--l1_reduction mean|sum] \
         [--pool_size N] [--slow_images 200] [--member K|all] [--verbose]
 
-The first method is the reported one (Figure 7, the summary's default_method); the slow ones
-(exercise, minl1) attack the first --slow_images images. Writes summary.json, records.csv,
-figure.png (Figure 7), figure-<method>.png, minl1.png and curves.png into --output
-(`fmnist_jax.adversarial.runner.run`). Bad input ends in one line `error: ...` and exit 2.
+Writes summary.json, records.csv and the figures into --output (`runner.run`); the first method
+is the reported one (Figure 7). Bad input ends in one line `error: ...` and exit 2.
 """
 
 from absl import flags
@@ -55,8 +53,8 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "member",
         "0",
-        "Which replica (population member) of the run to attack, or all: each into"
-        " --output/<k>. The images and targets are the same for every member (--seed decides).",
+        "Which member of the run to attack, or all: each into --output/<k>. The images and"
+        " targets are the same for every member (--seed decides).",
     )
 
 
@@ -64,21 +62,13 @@ def main() -> None:
     methods = presets.parse_methods(FLAGS.method)
     from fmnist_jax.adversarial import runner  # after flag parsing: keeps --help fast
 
-    members = runner.parse_members(FLAGS.member, FLAGS.workdir)
-    for member in members:
+    runner.check_output(FLAGS.output)  # --member all writes into folders inside it
+    passed = ("threshold", "max_steps", "epsilon", "l1_reduction", "pool_size", "slow_images")
+    options = {name: FLAGS[name].value for name in passed}
+    for member in runner.parse_members(FLAGS.member, FLAGS.workdir):
+        output = FLAGS.output if FLAGS.member != "all" else f"{FLAGS.output}/{member}"
         runner.run(
-            FLAGS.workdir,
-            FLAGS.output if FLAGS.member != "all" else f"{FLAGS.output}/{member}",
-            FLAGS.num_images,
-            FLAGS.seed,
-            methods,
-            threshold=FLAGS.threshold,
-            max_steps=FLAGS.max_steps,
-            epsilon=FLAGS.epsilon,
-            l1_reduction=FLAGS.l1_reduction,
-            pool_size=FLAGS.pool_size,
-            slow_images=FLAGS.slow_images,
-            member=member,
+            FLAGS.workdir, output, FLAGS.num_images, FLAGS.seed, methods, member=member, **options
         )
 
 

@@ -1,41 +1,22 @@
 """The minimum-L1 search ("minl1"): the smallest L1 noise reaching p(target) >= threshold.
 
-For one image x and target t it seeks, over x' in [0, 1]^d,
-
-    min ||x' - x||_1   subject to   m(x') >= logit(threshold),
-
-where m = log p(t | x') - log(1 - p(t | x')) is the target's log-odds. Each step linearises m at
-the current point x + delta (its value m_k and gradient g: one forward and backward pass) and
-takes a proximal step on the Lagrangian ||d||_1 - mu * g . d, with the multiplier mu chosen so
-that the linear model of m lands on the aim (a primal-dual step whose dual variable is solved
-for, not ascended):
+For one image x and target t it seeks min ||x' - x||_1 over x' in the box, subject to
+m(x') >= logit(threshold), m being the target's log-odds log p(t|x') - log(1 - p(t|x')). Each
+step linearises m at the current point (value m_k, gradient g: one forward and backward pass)
+and takes the exact per-pixel proximal step of the L1 norm plus the box on the Lagrangian
+||d||_1 - mu * g . d, with the multiplier mu solved for (not ascended) so that the linear model
+lands on the aim:
 
     d(mu) = clip(S_eta(delta + eta * mu * g / max|g|), -x, 1 - x)    S_eta: soft-thresholding
-    m_k + g . (d(mu) - delta) = aim,   mu >= 0 (0: the shrink alone keeps the aim)
+    m_k + g . (d(mu) - delta) = aim,   mu >= 0
 
-The proximal map of eta * ||d||_1 plus the box is separable, hence exact per pixel. g . d(mu)
-grows with mu; mu is found among multiples (FACTORS) of the last one, and the two points that
-bracket the aim are interpolated: g . d is linear in d, so the linear model meets the aim
-exactly (outside the bracket the nearest end, and mu moves by up to 8x a step).
-
-eta falls geometrically from `learning_rate` to FINAL times it, CYCLES times over the first
-5/6 of `max_steps`, each cycle after the first starting again from the best point found (a warm
-restart: a large eta from there often finds a sparser change than the first cycle's); the last
-REFINE of the budget refines the best point with a small eta (REFINE_ETA), which only walks
-along the boundary (it never left the best point worse on the 200 images of docs/attack.md, and
-cleaned up its faintest pixels: L0 33 -> 23). Early, a large eta makes a step
-nearly the closed-form minimum of the linear model (the pixels with the largest
-|g| pushed to the box, as on a linear model); late, a small one walks along the boundary: every
-step keeps the linear model at the aim while it shrinks the L1 and moves the change to the
-pixels whose |g| is largest (the boundary refinement), until the fixed point, where the KKT
-conditions of the problem hold with multiplier mu. The aim is logit(threshold) + MARGIN plus
-the recent overestimate of the linear model (an average of aim - m over the last steps, where
-m curves below its tangent), so the iterates land on the feasible side of the boundary.
-
-The search keeps the best point: the smallest L1 among the evaluated points with m past the
-threshold, and the L1 weight it stands for (max|g| / mu, per unit of log-odds); a search that never
-reached the threshold returns its last point. It is a `pool.Search`, so the batch program is
-the same single while loop as the descent methods'; each slot ends after max_steps model calls.
+g . d(mu) grows with mu: mu is chosen among multiples (FACTORS) of the last one and the bracketing
+pair interpolated, exact for the linear model. eta falls geometrically CYCLES times, each cycle
+after the first restarting from the best point, then a short refinement with a small eta walks
+along the boundary (`schedule`). The aim is logit(threshold) + MARGIN plus the linear model's
+recent overestimate, so iterates land on the feasible side. The search returns the best point
+(smallest L1 past the threshold) and the L1 weight it stands for, else its last point.
+docs/attack.md has the measurements behind the constants.
 """
 
 import functools
@@ -48,19 +29,14 @@ import jax.numpy as jnp
 from fmnist_jax.adversarial.pool import Search
 from fmnist_jax.adversarial.presets import AttackConfig
 
-# Past the threshold, what the linear model aims at, in log-odds (falling as eta does).
-MARGIN = 0.05
-# What counts as reaching the threshold inside the search: a hair past it, so that the batch
-# program's own forward pass of the returned point (the reported p) agrees.
-PASSED = 1e-4
-CYCLES = 2  # eta's schedule runs this many times over max_steps, each from the best point
-FINAL = 0.01  # eta's last value in a cycle, as a fraction of its first (learning_rate)
+MARGIN = 0.05  # the aim past the threshold, in log-odds (falling as eta does)
+PASSED = 1e-4  # a hair past the threshold, so the batch program's own forward pass agrees
+CYCLES = 2  # eta's geometric falls over the budget, each from the best point
+FINAL = 0.01  # eta's last value in a cycle, as a fraction of learning_rate
 REFINE = 1 / 6  # the budget's last part: a boundary refinement from the best point ...
 REFINE_ETA = (0.04, 0.002)  # ... with eta falling between these fractions of learning_rate
-# The multiples of the last multiplier a step chooses between (0: the shrink alone).
-FACTORS = (0.0, 0.125, 0.5, 2.0, 8.0)
-START_MU = 4.0  # the first multiplier, in units of 1 / max|g|
-MIN_MU, MAX_MU = 1e-3, 1e6  # ... and its bounds, in the same units (an unreachable target)
+FACTORS = (0.0, 0.125, 0.5, 2.0, 8.0)  # multiples of the last multiplier a step picks from
+START_MU, MIN_MU, MAX_MU = 4.0, 1e-3, 1e6  # the multiplier, in units of 1 / max|g|
 SMOOTHING = 0.7  # weight of the previous average of the linear model's overestimate
 TINY = 1e-12
 
@@ -111,11 +87,8 @@ def prox_step(delta, g, eta, mu, low, high, need):
     the nearest end when `need` lies outside what they reach."""
     push = g / jnp.maximum(jnp.max(jnp.abs(g)), TINY)
     mus = mu * jnp.asarray(FACTORS, delta.dtype)
-    candidates = jnp.clip(
-        soft_threshold(delta + eta * mus.reshape((-1,) + (1,) * delta.ndim) * push, eta),
-        low,
-        high,
-    )
+    pushed = delta + eta * mus.reshape((-1,) + (1,) * delta.ndim) * push
+    candidates = jnp.clip(soft_threshold(pushed, eta), low, high)
     gain = jnp.sum((g * candidates).reshape(len(FACTORS), -1), axis=1)  # nondecreasing in mu
     k = jnp.clip(jnp.sum(gain < need), 1, len(FACTORS) - 1)
     a = jnp.clip((need - gain[k - 1]) / jnp.maximum(gain[k] - gain[k - 1], TINY), 0.0, 1.0)
@@ -182,10 +155,7 @@ def minl1_search(logits_fn, config: AttackConfig, max_steps) -> Search:
         (_, m), g = _log_odds_and_grad(s.point, t, logits_fn)
         return jax.vmap(functools.partial(_record, passed=passed))(s, x, m, g)
 
-    def running(s):
-        return s.step < max_steps
-
     def output(s):
         return s.best, s.step, s.best_weight
 
-    return Search(start, advance, finish, running, output)
+    return Search(start, advance, finish, lambda s: s.step < max_steps, output)

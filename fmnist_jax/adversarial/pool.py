@@ -1,16 +1,9 @@
 """The pooled batch program: many per-image searches in one `lax.while_loop`; pure JAX.
 
-A `Search` describes one image's search as four functions of that image (x, target):
-`start` and `advance` give the next point to evaluate without calling the model, `finish`
-calls it once (forward and backward) on the points of all slots, as one batch, `running` says
-whether the search goes on, and `output` is what it leaves behind. `run_pool` keeps `pool_size`
-searches in flight, one per slot: each iteration writes out the searches that ended, loads the next
-images into their slots, advances every slot and evaluates all slots with one vmapped model call.
-Each image therefore gets exactly the steps its own search would take, and nobody waits for the
-longest search.
-
-The descent methods (`search.py`) and the minimum-L1 search (`minimal.py`) are both `Search`es.
-`over_devices` splits the images over several local devices, one pool on each.
+`run_pool` keeps `pool_size` searches in flight, one per slot: each iteration writes out the
+searches that ended, loads the next images into their slots, advances every slot and evaluates
+all slots with one model call. Each image gets exactly its own search's steps, and nobody waits
+for the longest search. `over_devices` splits the images over devices, one pool on each.
 """
 
 from collections.abc import Callable
@@ -27,9 +20,8 @@ class Search(NamedTuple):
 
     start(x, t) -> pre            the first point to evaluate (no model call)
     advance(state, x, t) -> pre   the next point after `state` (no model call)
-    finish(pre, x, t) -> state    batched ([slots] leaves): the model's forward and backward
-                                  pass at every slot's point, one call of the model on the
-                                  batch (faster than vmapping a one-image call)
+    finish(pre, x, t) -> state    batched ([slots] leaves): one model call on every slot's
+                                  point (faster than vmapping a one-image call)
     running(state) -> bool        whether the search goes on
     output(state) -> pytree       what the search leaves for its image
     """
@@ -94,24 +86,17 @@ def run_pool(search: Search, images, targets, pool_size: int):
 
 
 def over_devices(fn: Callable, devices, images, targets, *shared):
-    """fn(images, targets, *shared) -> pytree of [N] leaves, with the images split over `devices`.
-
-    One device: `fn` itself (the same program as without this call). Several: the images and
-    targets are cut into one equal contiguous shard per device (the last padded with copies of
-    the last image, whose outputs are dropped) and `fn` runs on each shard as its own program
-    (`jax.shard_map`), so each device runs its own pool and while loop and no device waits for
-    another's slowest search inside the loop. `shared` arguments (a step budget) go to every
-    shard whole. Each image's search is the same as unsharded: only the batches its model calls
-    share with other slots change (floating-point summation order, no more).
-    """
+    """fn(images, targets, *shared) -> [N] leaves, the images split over `devices` in equal
+    shards (the last padded), each its own program and while loop (`jax.shard_map`), so no
+    device waits for another's slowest search; `shared` arguments go to every shard whole."""
     d = len(devices)
     if d == 1:
         return fn(images, targets, *shared)
     n = images.shape[0]
     pad = -n % d
     if pad:
-        images = jnp.concatenate([images, jnp.repeat(images[-1:], pad, axis=0)])
-        targets = jnp.concatenate([targets, jnp.repeat(targets[-1:], pad, axis=0)])
+        padded = (jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in (images, targets))
+        images, targets = padded
     mesh = jax.sharding.Mesh(np.asarray(devices), ("images",))
     split, whole = PartitionSpec("images"), PartitionSpec()
     # No collectives inside: each shard's loop carry mixes per-shard and fresh (unvarying)

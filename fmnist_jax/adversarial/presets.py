@@ -1,13 +1,10 @@
 """The attack's search rules as data: `AttackConfig`, its checks, and the measured presets.
 
-`METHODS` names one frozen `AttackConfig` per method: the exercise's rule (gradient descent,
-lr 0.001), gd, sign-gradient (the library's default), Adam, targeted FGSM and PGD-L-inf, all run
-by the descent search (`search.py`), and "minl1", the minimum-L1 search (`minimal.py`). The
-command line runs DEFAULT_METHODS, the exercise's rule first (the reported method); the slow
-ones (SLOW_METHODS) on the first SLOW_IMAGES images. Their measured numbers, and the commands
-behind them, are in docs/attack.md.
-
-Nothing here imports JAX: the command line defines its flags from these names alone.
+`METHODS` names one `AttackConfig` per method: the exercise's rule (gradient descent, lr 0.001),
+gd, sign-gradient (the library's default), Adam, targeted FGSM and PGD-L-inf, all run by the
+descent search (`search.py`), and "minl1", the minimum-L1 search (`minimal.py`). Their measured
+numbers, and the commands behind them, are in docs/attack.md. Imports no JAX: the command line
+defines its flags from these names alone.
 """
 
 import dataclasses
@@ -17,10 +14,8 @@ from fmnist_jax.errors import ConfigError
 
 UPDATES = ("gd", "sign", "adam", "minl1")
 L1_REDUCTIONS = ("sum", "mean")
-# Searches in flight at once in the batch program, by JAX platform. 32 is the best measured on a
-# 2-core CPU: a larger pool computes its idle slots while the slowest searches finish (sign on
-# 300 images: 22 attacks/s at 32, 9.5 at 64, 5.7 at 128). An accelerator runs a few hundred
-# images in about the time of one (not measured here: no accelerator in this round).
+# Searches in flight at once, by platform: on a CPU a larger pool computes its idle slots while
+# the slowest searches finish (docs/attack.md); an accelerator runs hundreds at once.
 DEFAULT_POOL_SIZE = 32
 ACCELERATOR_POOL_SIZE = 512
 
@@ -64,33 +59,31 @@ class AttackConfig:
 
 def validate(config: AttackConfig) -> None:
     """Raises ConfigError naming the first field a search cannot run with."""
+    c = config
     checks = (
-        (config.update in UPDATES, f"unknown update {config.update!r}; choose one of {UPDATES}"),
-        (0.0 < config.threshold < 1.0, f"threshold must lie in (0, 1), got {config.threshold!r}"),
+        (c.update in UPDATES, f"unknown update {c.update!r}; choose one of {UPDATES}"),
+        (0.0 < c.threshold < 1.0, f"threshold must lie in (0, 1), got {c.threshold!r}"),
         (
-            isinstance(config.max_steps, int) and config.max_steps > 0,
-            f"max_steps must be a positive integer, got {config.max_steps!r}",
+            isinstance(c.max_steps, int) and c.max_steps > 0,
+            f"max_steps must be a positive integer, got {c.max_steps!r}",
         ),
         (
-            math.isfinite(config.learning_rate) and config.learning_rate > 0,
-            f"learning_rate must be a finite number > 0, got {config.learning_rate!r}",
+            math.isfinite(c.learning_rate) and c.learning_rate > 0,
+            f"learning_rate must be a finite number > 0, got {c.learning_rate!r}",
         ),
-        (config.l1_weight >= 0, f"l1_weight must be >= 0, got {config.l1_weight!r}"),
+        (c.l1_weight >= 0, f"l1_weight must be >= 0, got {c.l1_weight!r}"),
         (
-            config.l1_reduction in L1_REDUCTIONS,
-            f"unknown l1_reduction {config.l1_reduction!r}; choose one of {L1_REDUCTIONS}",
+            c.l1_reduction in L1_REDUCTIONS,
+            f"unknown l1_reduction {c.l1_reduction!r}; choose one of {L1_REDUCTIONS}",
         ),
         (
-            config.update != "minl1" or (config.epsilon is None and not config.proximal),
+            c.update != "minl1" or (c.epsilon is None and not c.proximal),
             "update 'minl1' is proximal already and takes no epsilon",
         ),
+        (c.epsilon is None or c.epsilon > 0, f"epsilon must be > 0 (or None), got {c.epsilon!r}"),
         (
-            config.epsilon is None or config.epsilon > 0,
-            f"epsilon must be > 0 (or None), got {config.epsilon!r}",
-        ),
-        (
-            config.clip is None or config.clip[0] < config.clip[1],
-            f"clip must be (low, high) with low < high, got {config.clip!r}",
+            c.clip is None or c.clip[0] < c.clip[1],
+            f"clip must be (low, high), low < high: {c.clip!r}",
         ),
     )
     for ok, message in checks:
@@ -112,12 +105,10 @@ METHODS: dict[str, AttackConfig] = {
         update="minl1", learning_rate=0.5, l1_weight=0.0, l1_reduction="sum", max_steps=360
     ),
 }
-DEFAULT_METHOD = "sign"  # the library's default (`attack`, `api.attack`): fast and reliable
-# What the command line runs unless told otherwise: the exercise's rule first (the reported
-# method: Figure 7 and the summary's `default_method`), then the comparison rows.
+DEFAULT_METHOD = "sign"  # the library's default (`attack`, `fj.attack`): fast and reliable
+# The command line's methods: the exercise's rule first (the reported one, Figure 7), then the
+# comparison rows; the slow ones on the first SLOW_IMAGES images (`make adversarial` ~5 min).
 DEFAULT_METHODS = ("exercise", "gd", "sign", "adam", "fgsm", "pgd", "minl1")
-# Methods that take a few hundred steps a search: the command line runs them on the first
-# SLOW_IMAGES of its images (same images and targets), to keep `make adversarial` near 5 min.
 SLOW_METHODS = ("exercise", "minl1")
 SLOW_IMAGES = 200
 UPDATE_NAMES = {
@@ -152,12 +143,9 @@ def method_config(
     epsilon: float | None = None,
     l1_reduction: str | None = None,
 ) -> AttackConfig:
-    """The preset `name`, validated, with the command line's overrides where they apply.
-
-    `max_steps` changes the iterative methods' budgets (FGSM stays one step); `epsilon` the
-    radius of the methods that have one (FGSM's step is its radius); `l1_reduction` the
-    methods with an L1 term.
-    """
+    """The preset `name`, validated, with the overrides where they apply: `max_steps` to the
+    iterative methods, `epsilon` to those with a radius (FGSM's step too), `l1_reduction` to
+    those with an L1 term."""
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     config = METHODS[name]

@@ -1,12 +1,10 @@
-"""Exercise 2.5's targeted adversarial search as one jitted, vmapped XLA program; pure JAX.
+"""Exercise 2.5's targeted adversarial search as one jitted XLA program; pure JAX, no I/O.
 
-For an image x and a target t != label(x), gradient steps on x' minimise
-CE(model(x'), t) + l1_weight * ||x' - x||_1 until p(t | x') >= threshold or `max_steps`. One
-search (`search`) is a `lax.while_loop`; a batch (`make_attack`, `attack`) is one program that
-runs the searches in a pool of slots (`pool.run_pool`), each image stopping on its own; the
-preset "minl1" runs `minimal.py`'s search there instead. A failed search returns its last
-iterate with success False. The model enters as `logits_fn(x_batch) -> logits`, the rules as
-an `AttackConfig` (`presets`). Nothing here reads files, logs or touches the process.
+Gradient steps on x' minimise CE(model(x'), t) + l1_weight * ||x' - x||_1 for a target t until
+p(t | x') >= threshold or `max_steps`; a failed search returns its last iterate. One search is a
+`lax.while_loop` (`search`); a batch (`make_attack`, `attack`) runs the searches in a pool of
+slots (`pool.run_pool`), each stopping on its own; "minl1" runs `minimal.py`'s search there.
+The model enters as `logits_fn(x_batch) -> logits`, the rules as an `AttackConfig`.
 """
 
 import dataclasses
@@ -21,7 +19,7 @@ import numpy as np
 import optax
 
 from fmnist_jax import data
-from fmnist_jax.adversarial.minimal import minl1_search
+from fmnist_jax.adversarial.minimal import minl1_search, soft_threshold
 from fmnist_jax.adversarial.pool import Search, over_devices, run_pool
 from fmnist_jax.adversarial.presets import (
     DEFAULT_METHOD,
@@ -49,14 +47,6 @@ def _objective_and_p(x_adv, x, targets, logits_fn: LogitsFn, l1_weight: float):
 _value_and_grad = jax.value_and_grad(_objective_and_p, has_aux=True)
 
 
-def _one(x_adv, x, target, logits_fn: LogitsFn, l1_weight: float):
-    """((loss, p), gradient) of one image, as a batch of one."""
-    (loss, p), g = _value_and_grad(
-        x_adv[None], x[None], jnp.asarray(target)[None], logits_fn, l1_weight
-    )
-    return (loss, p[0]), g[0]
-
-
 def pixel_l1_weight(l1_weight: float, l1_reduction: str, x) -> float:
     """The weight of |x'_i - x_i| for one pixel: l1_weight, or l1_weight / pixels for "mean"."""
     return l1_weight / math.prod(jnp.shape(x)) if l1_reduction == "mean" else l1_weight
@@ -66,14 +56,21 @@ def objective(
     logits_fn: LogitsFn, x_adv, x, target, l1_weight: float = 0.05, l1_reduction: str = "sum"
 ) -> jax.Array:
     """The exercise's loss for one image (l1_reduction "mean": the L1 over the pixels)."""
-    return _one(x_adv, x, target, logits_fn, pixel_l1_weight(l1_weight, l1_reduction, x))[0][0]
+    return _loss_and_gradient(logits_fn, x_adv, x, target, l1_weight, l1_reduction)[0]
 
 
 def input_gradient(
     logits_fn: LogitsFn, x_adv, x, target, l1_weight: float = 0.05, l1_reduction: str = "sum"
 ) -> jax.Array:
     """d objective / d x' for one image (the subgradient sign(0) = 0 at x' = x)."""
-    return _one(x_adv, x, target, logits_fn, pixel_l1_weight(l1_weight, l1_reduction, x))[1]
+    return _loss_and_gradient(logits_fn, x_adv, x, target, l1_weight, l1_reduction)[1]
+
+
+def _loss_and_gradient(logits_fn, x_adv, x, target, l1_weight, l1_reduction):
+    weight = pixel_l1_weight(l1_weight, l1_reduction, x)
+    one = x_adv[None], x[None], jnp.asarray(target)[None]
+    (loss, _), g = _value_and_grad(*one, logits_fn, weight)
+    return loss, g[0]
 
 
 def draw_targets(key: jax.Array, labels: jax.Array, num_classes: int = 10) -> jax.Array:
@@ -104,8 +101,8 @@ def constrain(x_new: jax.Array, x: jax.Array, config: AttackConfig) -> jax.Array
     """Proximal L1 step, L-inf projection and pixel clipping, as the config asks."""
     delta = x_new - x
     if config.proximal:
-        shrink = config.learning_rate * pixel_l1_weight(config.l1_weight, config.l1_reduction, x)
-        delta = jnp.sign(delta) * jnp.maximum(jnp.abs(delta) - shrink, 0.0)
+        weight = pixel_l1_weight(config.l1_weight, config.l1_reduction, x)
+        delta = soft_threshold(delta, config.learning_rate * weight)
     if config.epsilon is not None:
         delta = jnp.clip(delta, -config.epsilon, config.epsilon)
     x_new = x + delta
@@ -114,46 +111,62 @@ def constrain(x_new: jax.Array, x: jax.Array, config: AttackConfig) -> jax.Array
     return x_new
 
 
-def _gradient_weight(config: AttackConfig, x) -> float:
-    """The per-pixel L1 weight inside the gradient: none when a proximal step handles it."""
-    return 0.0 if config.proximal else pixel_l1_weight(config.l1_weight, config.l1_reduction, x)
+class Pre(NamedTuple):
+    """A descent step's next point, before the model sees it."""
+
+    x_adv: jax.Array
+    opt_state: optax.OptState
+    step: jax.Array
 
 
-def evaluate_batch(logits_fn: LogitsFn, x_adv, x, targets, config: AttackConfig):
-    """(p(target | x'), gradient of the objective at x') of a batch: one forward and backward
-    pass of the batch (~1.7x the image-steps/s of vmapping one image's at batch 100, 2 cores)."""
-    (_, p), g = _value_and_grad(x_adv, x, targets, logits_fn, _gradient_weight(config, x[0]))
-    return p, g
+def descent(logits_fn: LogitsFn, config: AttackConfig, max_steps) -> Search:
+    """The descent search of one image as a `pool.Search`: each step an optax update, then
+    `constrain`, then the model's p(target) and gradient at the new point."""
+
+    def start(x, t):
+        return Pre(x, optimizer(config).init(x), jnp.zeros((), jnp.int32))
+
+    def advance(state, x, t):
+        updates, opt_state = optimizer(config).update(state.grad, state.opt_state, state.x_adv)
+        x_adv = constrain(optax.apply_updates(state.x_adv, updates), x, config)
+        return Pre(x_adv, opt_state, state.step + 1)
+
+    def finish(pre, x, t):  # a batch: one forward and backward pass for every slot
+        # The L1 term's weight in the gradient: none where the proximal step applies it.
+        weight = (
+            0.0 if config.proximal else pixel_l1_weight(config.l1_weight, config.l1_reduction, x[0])
+        )
+        (_, p), g = _value_and_grad(pre.x_adv, x, t, logits_fn, weight)
+        return SearchState(pre.x_adv, g, p, pre.step, pre.opt_state)
+
+    def running(state):
+        going = state.step < max_steps
+        return going & (state.p_target < config.threshold) if config.early_stop else going
+
+    return Search(start, advance, finish, running, lambda s: (s.x_adv, s.step, s.p_target))
 
 
-def propose(state: SearchState, x, config: AttackConfig):
-    """The next x' (optax update, then `constrain`) and optimizer state; no model call."""
-    updates, opt_state = optimizer(config).update(state.grad, state.opt_state, state.x_adv)
-    return constrain(optax.apply_updates(state.x_adv, updates), x, config), opt_state
+def _alone(fn, *args):
+    """`fn` of a batch of one: a leading axis added to every argument, taken off the result."""
+    return jax.tree.map(lambda v: v[0], fn(*jax.tree.map(lambda v: jnp.asarray(v)[None], args)))
 
 
 def init_state(logits_fn: LogitsFn, x, target, config: AttackConfig) -> SearchState:
     """The search's start: x' = x, with its gradient and p(target)."""
-    (_, p), g = _one(x, x, target, logits_fn, _gradient_weight(config, x))
-    return SearchState(x, g, p, jnp.zeros((), jnp.int32), optimizer(config).init(x))
+    steps = descent(logits_fn, config, config.max_steps)
+    return _alone(steps.finish, steps.start(x, target), x, target)
 
 
 def search_step(logits_fn: LogitsFn, x, target, config: AttackConfig, state: SearchState):
     """One update of x', then the gradient and p(target) at the new point."""
-    x_adv, opt_state = propose(state, x, config)
-    (_, p), g = _one(x_adv, x, target, logits_fn, _gradient_weight(config, x))
-    return SearchState(x_adv, g, p, state.step + 1, opt_state)
-
-
-def _running(state: SearchState, config: AttackConfig, max_steps) -> jax.Array:
-    going = state.step < max_steps
-    return going & (state.p_target < config.threshold) if config.early_stop else going
+    steps = descent(logits_fn, config, config.max_steps)
+    return _alone(steps.finish, steps.advance(state, x, target), x, target)
 
 
 def search(logits_fn: LogitsFn, x, target, config: AttackConfig, max_steps) -> SearchState:
     """One search as a while loop: stops at p(target) >= threshold or after max_steps."""
     return jax.lax.while_loop(
-        lambda s: _running(s, config, max_steps),
+        descent(logits_fn, config, max_steps).running,
         lambda s: search_step(logits_fn, x, target, config, s),
         init_state(logits_fn, x, target, config),
     )
@@ -205,34 +218,6 @@ def noise_norms(delta: jax.Array) -> dict[str, jax.Array]:
         "l2": jnp.sqrt(jnp.sum(flat**2, axis=1)),
         "linf": jnp.max(jnp.abs(flat), axis=1),
     }
-
-
-class Pre(NamedTuple):
-    """A descent step's next point, before the model sees it."""
-
-    x_adv: jax.Array
-    opt_state: optax.OptState
-    step: jax.Array
-
-
-def descent(logits_fn: LogitsFn, config: AttackConfig, max_steps) -> Search:
-    """`search`'s steps as a `pool.Search`: the same arithmetic, split around the model call."""
-
-    def start(x, t):
-        return Pre(x, optimizer(config).init(x), jnp.zeros((), jnp.int32))
-
-    def advance(state, x, t):
-        x_adv, opt_state = propose(state, x, config)
-        return Pre(x_adv, opt_state, state.step + 1)
-
-    def finish(pre, x, t):  # a batch: one model call for every slot
-        p, g = evaluate_batch(logits_fn, pre.x_adv, x, t, config)
-        return SearchState(pre.x_adv, g, p, pre.step, pre.opt_state)
-
-    def output(state):
-        return state.x_adv, state.step, state.p_target
-
-    return Search(start, advance, finish, lambda s: _running(s, config, max_steps), output)
 
 
 def pooled_search(logits_fn, images, targets, config: AttackConfig, max_steps, pool_size: int):
@@ -313,11 +298,9 @@ class Attack:
 def make_attack(
     logits_fn: LogitsFn, config: AttackConfig, pool_size: int | None = None, devices=None
 ) -> Attack:
-    """The batch program `attack(images, labels, key, targets=None, max_steps=None)`: images
-    float [N, ...] in the clip range, labels int [N], key draws the targets unless `targets` is
-    given; `max_steps` is traced (no recompile). `pool_size` slots per device (None:
-    `presets.pool_size_for` the platform); `devices` (None: the local ones) share the images,
-    one pool each. A call returns an AttackResult; build once, call many times."""
+    """The batch program `attack(images, labels, key, targets=None, max_steps=None)` -> an
+    AttackResult (`key` draws targets unless given; `max_steps` is traced: no recompile), with
+    `pool_size` slots (default `pool_size_for` the platform) on each of `devices` (local)."""
     validate(config)
     devices = tuple(jax.local_devices() if devices is None else devices)
     pool_size = pool_size_for(devices[0].platform) if pool_size is None else pool_size
@@ -328,17 +311,10 @@ def make_attack(
 
 
 def attack(
-    logits_fn: LogitsFn,
-    images,
-    labels,
-    *,
-    key: jax.Array | None = None,
-    targets=None,
-    config: AttackConfig | None = None,
-    pool_size: int | None = None,
-    devices=None,
+    logits_fn, images, labels, *, key=None, targets=None, config=None, pool_size=None, devices=None
 ) -> AttackResult:
-    """Runs one batched search (compiling it); pass `key` to draw targets, or `targets`."""
+    """Runs one batched search (compiling it; `make_attack`'s arguments) with `config`
+    (default: METHODS[DEFAULT_METHOD]); pass a PRNG `key` to draw targets, or `targets`."""
     config = config or METHODS[DEFAULT_METHOD]
     if key is None and targets is None:
         raise ConfigError("attack needs a PRNG key to draw targets, or explicit targets")
