@@ -33,16 +33,16 @@ from fmnist_jax.adversarial.search import search
 def load_model(workdir: Path):
     """(logits_fn, training split, description): the checkpoint's model, or a fresh one."""
     if (workdir / "checkpoints").is_dir():
-        config, model, params = checkpoints.load_trained(workdir)
+        config, model, variables = checkpoints.load_trained(workdir)
         split, what = data.load(config).train, f"trained checkpoint {workdir}"
     else:
         config = config_lib.load_experiment("cnn_dropout")
         model = models.create_model(config)
-        params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+        variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
         split, what = data.synthetic_images().train, "freshly initialised ConvNet, synthetic data"
 
     def logits_fn(x):
-        return model.apply({"params": params}, x, train=False)
+        return model.apply(variables, x, train=False)
 
     return logits_fn, split, what
 

@@ -45,8 +45,8 @@ def load_params(config):
     from fmnist_jax import checkpoints, models
 
     if (workdir() / "checkpoints").is_dir():
-        _, _, params = checkpoints.load_trained(workdir())
-        return params, f"trained checkpoint {workdir()}"
+        _, _, variables = checkpoints.load_trained(workdir())
+        return variables["params"], f"trained checkpoint {workdir()}"
     model = models.create_model(config)
     params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
     return params, "fresh initialisation (no checkpoint)"

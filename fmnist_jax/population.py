@@ -25,8 +25,8 @@ import ml_collections
 from fmnist_jax import replicas
 from fmnist_jax.errors import ConfigError
 
-# What identifies a member beside its grid values.
-IDENTITY = ("point", "replica", "seed")
+# What a member's identity (or its metrics.jsonl record) holds beside its grid values.
+IDENTITY = ("point", "replica", "seed", "step", "epoch")
 
 
 def _number(field: str, text: str) -> float:
@@ -144,8 +144,12 @@ def members(config) -> list[dict]:
 
 
 def hyperparameters(member: dict) -> dict[str, float]:
-    """A member's grid values."""
-    return {k: v for k, v in member.items() if k not in IDENTITY}
+    """A member's grid values, from its identity or its metrics.jsonl record."""
+    return {
+        k: v
+        for k, v in member.items()
+        if k not in IDENTITY and not k.startswith(("train_", "test_"))
+    }
 
 
 def member_name(member: dict) -> str:

@@ -55,9 +55,9 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_training_resumes_from_the_
 
 def test_readers_skip_a_damaged_checkpoint_and_refuse_it_when_asked_for(run16):
     _, workdir = run16
-    good = fj.restore(workdir, step=8).params
+    good = fj.restore(workdir, step=8).variables["params"]
     flip_a_byte(workdir, 16)
-    latest = fj.restore(workdir).params  # the latest intact one: step 8
+    latest = fj.restore(workdir).variables["params"]  # the latest intact one: step 8
     for a, b in zip(
         np.asarray(good["Dense_0"]["kernel"]), np.asarray(latest["Dense_0"]["kernel"]), strict=True
     ):

@@ -155,7 +155,9 @@ def test_a_non_finite_loss_names_the_replica(tmp_path):
     inputs = dataset.train["inputs"].astype(np.float32)
     inputs[:] = np.nan
     poisoned = data.Dataset({**dataset.train, "inputs": inputs}, dataset.test, "poisoned", "t")
-    with pytest.raises(TrainingError, match=r"loss of replica 0 \(of 2\) became nan at step 1"):
+    with pytest.raises(
+        TrainingError, match=r"member 0 \(seed=0\): the training loss became nan at step 1"
+    ):
         train.train_and_evaluate(cfg, tmp_path, dataset=poisoned)
 
 
@@ -165,12 +167,12 @@ def test_each_replica_restores_on_its_own_and_a_missing_one_is_refused(tmp_path)
     assert jax.tree.leaves(plain.params)[0].ndim == jax.tree.leaves(state.params)[0].ndim - 1
     assert int(plain.step) == 24  # one replica: a plain run's state
     for k in range(2):
-        restored = fj.restore(tmp_path, replica=k)
+        restored = fj.restore(tmp_path, member=k)
         expected = jax.tree.leaves(replicas.take(state.params, k))
-        for a, b in zip(expected, jax.tree.leaves(restored.params), strict=True):
+        for a, b in zip(expected, jax.tree.leaves(restored.variables["params"]), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    with pytest.raises(UsageError, match="holds 2 member"):
-        fj.restore(tmp_path, replica=2)
+    with pytest.raises(UsageError, match="holds members 0 to 1; member 2 does not"):
+        fj.restore(tmp_path, member=2)
 
 
 def test_the_run_reader_splits_replicas_into_runs_of_one(tmp_path):

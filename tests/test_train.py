@@ -82,9 +82,9 @@ def test_checkpoints_and_load_trained(tiny_runs):
     workdir = tiny_runs / "cnn_dropout"
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [8, 16, 24]
-    cfg, model, params = checkpoints.load_trained(workdir)
-    assert cfg.dropout_rate == 0.25
-    logits = model.apply({"params": params}, np.zeros((2, 28, 28, 1), np.float32))
+    cfg, model, variables = checkpoints.load_trained(workdir)
+    assert cfg.dropout_rate == 0.25 and list(variables) == ["params"]
+    logits = model.apply(variables, np.zeros((2, 28, 28, 1), np.float32))
     assert logits.shape == (2, 10) and np.isfinite(logits).all()
 
 
