@@ -264,7 +264,7 @@ def test_figures_and_report_import_no_tensorflow(tmp_path):
         runs, figures = write_runs(root)
         write_run(runs / "linreg", accuracy=False)
         written = curves.make_figures(runs, figures)
-        assert sorted(written) == ["fig2", "fig3", "fig4"], written
+        assert sorted(written) == ["cnn", "linreg", "mlp"], written
         text = report.write_report(runs, figures, root / "REPORT.md").read_text()
         assert "](figures/fig4_cnn.png)" in text
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorboard"))
