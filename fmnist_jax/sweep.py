@@ -210,8 +210,8 @@ def _floats(text: str, where: str = "--rates") -> list[float]:
 def per_experiment(
     flag: str, values: Sequence[str], names: Sequence[str], default: int, least: int
 ):
-    """Each experiment's value of a flag given as N (all) or <experiment>=N, comma-separated or
-    repeated (a later one wins); `default` where none applies."""
+    """Each experiment's value of a flag given (comma-separated or repeated; a later one wins) as
+    N for all or <experiment>=N for one, which wins over N; else `default`."""
     found = {"": default}
     for item in (i.strip() for v in values for i in v.split(",") if i.strip()):
         name, _, number = item.rpartition("=")
