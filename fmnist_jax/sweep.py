@@ -4,14 +4,9 @@ achieved the best performance (although the differences were quite small)".
     python -m fmnist_jax.sweep --runs runs/sweep [--models mlp,cnn] [--rates 0,0.25,0.5]
         [--replicas 3] [--replicas cnn=2] [--num_train_steps N] [--num_train_steps cnn=N]
 
-Each experiment that declares `report.sweep_rates` (or those of --models) trains once: its
-config as a population (fmnist_jax/population.py) of every rate x R seeds, one program, into
-`<runs>/<experiment>` (rerunning resumes). `sweep.json` gets each rate's final and minimum test
-loss and final test accuracy over its seeds and the verdicts, `sweep.png` draws them. Verdicts,
-on the final test loss, rates compared replica by replica (they share seeds): 0.25 is "the
-best", "within the noise of the best" (the paired difference's interval holds 0) or "worse than
-the best"; the differences are "small" when the mean final test accuracies of the rates other
-than 0 lie within SMALL_SPREAD.
+Every experiment declaring `report.sweep_rates` trains once, as a population of its rates x R
+seeds (fmnist_jax/population.py) into `<runs>/<experiment>`; `sweep.json` and `sweep.png` give
+each rate's numbers over its seeds and the verdicts (`model_verdict`), rates paired by seed.
 """
 
 import math
@@ -66,18 +61,17 @@ def train_all(runs_dir: Path, plan: Mapping[str, tuple], synthetic: bool = False
         train.train_and_evaluate(config, runs_dir / model)
 
 
-def _paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
-    """Statistics of b − a, replica by replica."""
-    return replicas.statistics([y - x for x, y in zip(a, b, strict=False)])
-
-
 def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
-    """The verdicts for one model from {rate: {field: per-replica values}}."""
+    """From {rate: {field: per-seed values}}: 0.25 is "the best" (lowest mean final test loss),
+    "within the noise of the best" (the paired difference's interval holds 0) or "worse than
+    the best"; the differences are "small" when the mean final test accuracies of the rates
+    other than 0 lie within SMALL_SPREAD."""
     loss = {rate: values["final_test_loss"] for rate, values in per_rate.items()}
     best = min(loss, key=lambda r: sum(loss[r]) / len(loss[r]))
     verdict = {"best_rate": best}
     if EXERCISE_RATE in loss:
-        diff = _paired_difference(loss[best], loss[EXERCISE_RATE])
+        pairs = zip(loss[best], loss[EXERCISE_RATE], strict=False)
+        diff = replicas.statistics([exercise - lowest for lowest, exercise in pairs])
         low, high = diff["interval"] if diff else (math.nan, math.nan)
         if best == EXERCISE_RATE:
             status = "the best"
@@ -133,21 +127,15 @@ def format_markdown(result: Mapping) -> str:
         low, high = stats["interval"]
         return f"{stats['mean'] * scale:.4g}{unit} [{low * scale:.4g}, {high * scale:.4g}]"
 
-    lines = [
-        (
-            "| model | steps | rate | replicas | final test loss | min test loss |"
-            " final test accuracy |"
-        ),
-        "|---|---|---|---|---|---|---|",
-    ]
-    steps = result.get("num_train_steps") or {}
-    verdicts = []
+    header = ["model", "steps", "rate", "replicas", *(f.replace("_", " ") for f in FIELDS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    steps, verdicts = result.get("num_train_steps") or {}, []
     for model, m in result["models"].items():
+        count = f"{steps[model]:,}" if model in steps else "?"
         for rate, stats in m["rates"].items():
+            cells = [cell(stats[f], f.endswith("accuracy")) for f in FIELDS]
             lines.append(
-                f"| {model} | {steps.get(model, '?'):,} | {rate} | {m['num_replicas']} |"
-                f" {cell(stats['final_test_loss'])} |"
-                f" {cell(stats['min_test_loss'])} | {cell(stats['final_test_accuracy'], True)} |"
+                f"| {model} | {count} | {rate} | {m['num_replicas']} | {' | '.join(cells)} |"
             )
         verdicts.append(f"- **{model}**: {verdict_line(m['verdict'])}")
     return "\n".join(lines) + "\n\n" + "\n".join(verdicts)
@@ -229,11 +217,12 @@ def plan(f) -> dict[str, tuple]:
         raise UsageError(f"--models {f.models!r}: choose from {', '.join(declared)}")
     counts = per_experiment("replicas", f.replicas, list(declared), 3, least=1)
     steps = per_experiment("num_train_steps", f.num_train_steps, list(declared), 0, least=0)
-    where = {m: f"experiment {m!r}: report.sweep_rates" for m in models}
-    rates = {
-        m: _floats(f.rates) if f.rates else _floats(",".join(declared[m]), where[m]) for m in models
-    }
-    return {m: (rates[m], counts[m], steps[m]) for m in models}
+    found = {}
+    for m in models:
+        where = f"experiment {m!r}: report.sweep_rates"
+        rates = _floats(f.rates) if f.rates else _floats(",".join(declared[m]), where)
+        found[m] = (rates, counts[m], steps[m])
+    return found
 
 
 def main() -> None:

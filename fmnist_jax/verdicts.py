@@ -7,30 +7,13 @@ claim's region; a missing run or `MissingData` makes it "not checked"; anything 
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from fmnist_jax import declarations, replicas
-from fmnist_jax.claims import (
-    ADVERSARIAL_P_TARGET,
-    ADVERSARIAL_RUN,
-    ATTACK_NOISE_METHODS,
-    ATTACK_REPLICAS_RUN,
-    EXERCISE_CNN_TURN_STEP,
-    Check,
-    MissingData,
-    check_adversarial,
-    check_attack_noise,
-    check_dropout_gap,
-    check_dropout_test_loss,
-    check_overfits,
-    check_same_accuracy,
-    check_slight_rise,
-    check_train_test_same,
-    check_turn_step,
-    curve,
-)
+from fmnist_jax import claims, declarations, replicas
+from fmnist_jax.claims import Check, MissingData
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.rundir import Run
 
@@ -131,49 +114,51 @@ CLAIMS = {
     "overfits": Claim(
         "The {label} without dropout over-fits (train loss falls, test loss rises)",
         False,
-        lambda base: check_overfits(base.summary, curve(base, "train_loss")),
+        lambda base: claims.check_overfits(base.summary, claims.curve(base, "train_loss")),
         "final test loss above its minimum by",
         "%",
     ),
     "turn_step": Claim(
-        f"The {{label}}'s test loss turns after about {EXERCISE_CNN_TURN_STEP:,} iterations",
+        f"The {{label}}'s test loss turns after about {claims.EXERCISE_CNN_TURN_STEP:,} iterations",
         False,
-        lambda base: check_turn_step(curve(base, "test_loss"), base.summary.get("steps_per_epoch")),
+        lambda base: claims.check_turn_step(
+            claims.curve(base, "test_loss"), base.summary.get("steps_per_epoch")
+        ),
         "turn at step",
         "step",
     ),
     "dropout_gap": Claim(
         "Dropout 0.25 reduces the {label}'s final train–test loss gap",
         True,
-        lambda base, drop: check_dropout_gap(base.summary, drop.summary),
+        lambda base, drop: claims.check_dropout_gap(base.summary, drop.summary),
         "dropout changes the final test − train loss gap by",
         "nats",
     ),
     "dropout_test_loss": Claim(
         "Dropout lowers the {label}'s final test loss",
         True,
-        lambda base, drop: check_dropout_test_loss(base.summary, drop.summary),
+        lambda base, drop: claims.check_dropout_test_loss(base.summary, drop.summary),
         "dropout changes the final test loss by",
         "nats",
     ),
     "same_accuracy": Claim(
         "With dropout the {label}'s test accuracy remains about the same",
         True,
-        lambda base, drop: check_same_accuracy(base.summary, drop.summary),
+        lambda base, drop: claims.check_same_accuracy(base.summary, drop.summary),
         "dropout changes the final test accuracy by",
         "points",
     ),
     "slight_rise": Claim(
         "With dropout the {label}'s test accuracy rises slightly",
         True,
-        lambda base, drop: check_slight_rise(base.summary, drop.summary),
+        lambda base, drop: claims.check_slight_rise(base.summary, drop.summary),
         "dropout changes the final test accuracy by",
         "points",
     ),
     "train_test_same": Claim(
         "With dropout the {label}'s train and test accuracy are quite the same",
         False,
-        lambda drop: check_train_test_same(drop.summary),
+        lambda drop: claims.check_train_test_same(drop.summary),
         "final train − test accuracy",
         "points",
     ),
@@ -195,39 +180,42 @@ def _claim(d: declarations.Declared, name: str) -> Claim | None:
     return CLAIMS.get(name)
 
 
-def _checked(claim: str, runs: Mapping, names, spec: Claim) -> Verdict:
-    """`spec.check` on replica k of every run in `names` together, for each k; "not checked"
-    while one is missing or unfinished."""
+def _summarized(claim: str, check: Callable, arguments, effect: str, unit: str) -> Verdict:
+    """`check(*a)` for each `a` of `arguments` (one per replica), summarized; "not checked"
+    with the reason of a MissingData."""
+    try:
+        checks = [check(*a) for a in arguments]
+    except MissingData as e:
+        return Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e))
+    return summarize_checks(claim, checks, effect, unit)
+
+
+def _checked(claim: str, runs: Mapping, names: Sequence[str], spec: Claim) -> Verdict:
+    """`spec.check` on replica k of every run in `names` together, for each k."""
     missing = [n for n in names if runs.get(n) is None or runs[n].summary is None]
     if missing:
         return Verdict(claim, NOT_CHECKED_MISSING_RUN, "missing: " + ", ".join(missing))
     count = min(runs[n].num_replicas for n in names)
-    try:
-        checks = [spec.check(*(runs[n].replica(k) for n in names)) for k in range(count)]
-    except MissingData as e:
-        return Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e))
-    return summarize_checks(claim, checks, spec.effect, spec.unit)
+    replica_runs = [[runs[n].replica(k) for n in names] for k in range(count)]
+    return _summarized(claim, spec.check, replica_runs, spec.effect, spec.unit)
 
 
 def _attack_noise(pair: Sequence[str], attacks: Mapping | None) -> list[Verdict]:
-    """Dropout vs the attack's noise per method: replica k of each run of `pair` together
+    """Dropout vs the attack's noise per method, replica k of the runs of `pair` together
     (`attacks`: run name -> its replicas' attack summaries in order)."""
     found = []
-    for method in ATTACK_NOISE_METHODS:
+    for method in claims.ATTACK_NOISE_METHODS:
         claim = (
             f"Dropout raises the ℓ1 noise a targeted attack needs ({method}; beyond the exercise)"
         )
         summaries = [(attacks or {}).get(run) or [] for run in pair]
         if not all(summaries):
-            missing = f"missing: {ATTACK_REPLICAS_RUN} (make study)"
+            missing = f"missing: {claims.ATTACK_REPLICAS_RUN} (make study)"
             found.append(Verdict(claim, NOT_CHECKED_MISSING_RUN, missing))
             continue
-        try:
-            checks = [check_attack_noise(b, d, method) for b, d in zip(*summaries)]
-        except MissingData as e:
-            found.append(Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e)))
-            continue
-        found.append(summarize_checks(claim, checks, "dropout changes the median ℓ1 by", "%"))
+        check = functools.partial(claims.check_attack_noise, method=method)
+        effect = "dropout changes the median ℓ1 by"
+        found.append(_summarized(claim, check, zip(*summaries), effect, "%"))
     return found
 
 
@@ -247,11 +235,14 @@ def check_claims(
                 names = d.runs if spec.paired else (d.name,)
                 verdicts.append(_checked(spec.text.format(label=d.label), runs, names, spec))
     verdicts += noise
-    claim = f"Adversarial examples reach p(target) ≥ {ADVERSARIAL_P_TARGET}"
+    claim = f"Adversarial examples reach p(target) ≥ {claims.ADVERSARIAL_P_TARGET}"
     if adversarial is None:
-        return [*verdicts, Verdict(claim, NOT_CHECKED_MISSING_RUN, f"missing: {ADVERSARIAL_RUN}")]
+        return [
+            *verdicts,
+            Verdict(claim, NOT_CHECKED_MISSING_RUN, f"missing: {claims.ADVERSARIAL_RUN}"),
+        ]
     try:
-        check = check_adversarial(adversarial)
+        check = claims.check_adversarial(adversarial)
     except MissingData as e:
         return [*verdicts, Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e))]
     status = f"{HOLDS if check.holds else FAILS} (1 model)"
