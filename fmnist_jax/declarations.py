@@ -6,7 +6,7 @@ An experiment file sets `c.report = {...}` (experiments/mlp.py): `experiment` (i
 the two), `claims` (names of `verdicts.CLAIMS`) and `sweep_rates` (the dropout rates `make sweep`
 trains it at). A block whose `experiment` is another name was inherited from the experiment the
 file starts from, and declares nothing; so does a missing block or field. A run's config.json,
-where it records a block, is read instead of the experiment file.
+where it records the experiment's own block, is read instead of the experiment file.
 """
 
 import dataclasses
@@ -40,10 +40,15 @@ class Declared:
         return (self.dropout_of, self.name) if self.dropout_of else (self.name,)
 
 
-def declared(name: str, config: Mapping) -> Declared:
-    """The report block of experiment `name`'s config, if its own."""
+def _own_block(name: str, config: Mapping) -> dict | None:
     block = dict(config.get("report") or {})
-    if block.get("experiment") != name:
+    return block if block.get("experiment") == name else None
+
+
+def declared(name: str, config: Mapping) -> Declared:
+    """What experiment `name`'s config declares in its own report block."""
+    block = _own_block(name, config)
+    if block is None:
         return Declared(name)
     text = {f: str(block.get(f) or "") for f in ("label", "figure", "title", "dropout_of")}
     lists = {f: _words(block.get(f)) for f in ("claims", "sweep_rates")}
@@ -57,12 +62,12 @@ def _figure_number(d: Declared | None) -> float:
 
 def experiments(runs: Mapping | None = None) -> list[Declared]:
     """Every experiment's declarations, from its run in `runs` (name -> Run or None) where that
-    recorded them, else from its file. Ordered by their figure's number (that of the experiment
+    recorded its own, else from its file. Ordered by their figure's number (that of the experiment
     they add dropout to, then theirs), the rest by name: the report's order."""
     found = {}
     for name in config_lib.experiment_names():
         run = (runs or {}).get(name)
-        recorded = run is not None and "report" in run.config
+        recorded = run is not None and _own_block(name, run.config) is not None
         found[name] = declared(name, run.config if recorded else config_lib.load_experiment(name))
     for d in found.values():
         if d.dropout_of and d.dropout_of not in found:

@@ -221,12 +221,11 @@ def fig7_caption(adversarial: Mapping | None) -> str:
 def adversarial_section(adversarial: Mapping | None, runs_dir: Path, out_dir: Path) -> str:
     """The attack's per-method table (or a note) and Figure 7."""
     adv_dir = runs_dir / ADVERSARIAL_RUN
-    if adversarial is None:
-        table = f"*Not run yet: no {adv_dir / rundir.SUMMARY_FILE}.*"
-    else:
-        table = adversarial_table(adversarial)
-    caption = fig7_caption(adversarial)
-    fig7 = _image(adv_dir / "figure.png", caption, out_dir, f"no {adv_dir / 'figure.png'}")
+    missing = f"*Not run yet: no {adv_dir / rundir.SUMMARY_FILE}.*"
+    table = missing if adversarial is None else adversarial_table(adversarial)
+    fig7 = _image(
+        adv_dir / "figure.png", fig7_caption(adversarial), out_dir, f"no {adv_dir / 'figure.png'}"
+    )
     return table + "\n\n" + fig7
 
 

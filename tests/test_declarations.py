@@ -87,6 +87,11 @@ def test_a_runs_recorded_block_is_read_before_the_experiment_file():
     assert (mlp.figure, mlp.claims) == ("other.png", ())
     # figure 9: after the others, its dropout variant with it
     assert [d.name for d in found][-2:] == ["mlp", "mlp_dropout"]
+    # A block the run did not declare as its own (cnn's config trained in cnn_dropout's folder)
+    # leaves the experiment file's.
+    other = Run(Path("cnn_dropout"), {"report": {"experiment": "cnn", "figure": "x.png"}}, [], None)
+    found = declarations.experiments({"cnn_dropout": other})
+    assert [d.figure for d in found if d.name == "cnn_dropout"] == ["fig6_cnn_dropout.png"]
 
 
 @pytest.mark.parametrize(

@@ -73,19 +73,13 @@ def draw_series(ax, run: Run, key: str, color: str, label: str, smoothing: float
     ax.plot(x, mean, color=color, linewidth=1.8, label=label)
 
 
-def _series_label(collection: str, run: Run, with_dropout: bool) -> str:
-    if not with_dropout:
-        return collection
-    rate = dropout_rate(run)
-    return f"{collection}, dropout {rate:g}" if rate else f"{collection}, no dropout"
-
-
 def _panel(ax, runs: Sequence[Run], tag: str, smoothing: float, compare: bool) -> None:
     """One panel: `tag` for train and test of each run (the second run, if any, is dropout)."""
     for dropout_index, run in enumerate(runs):
+        rate = f"dropout {dropout_rate(run):g}" if dropout_rate(run) else "no dropout"
         for collection in COLLECTIONS:
+            label = f"{collection}, {rate}" if compare else collection
             color = COLORS[(collection, dropout_index > 0)]
-            label = _series_label(collection, run, compare)
             draw_series(ax, run, f"{collection}_{tag}", color, label, smoothing)
     ax.set_xlabel("iteration (training step)")
     ax.set_ylabel(tag)
