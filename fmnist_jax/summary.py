@@ -93,7 +93,7 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
     where and with what it ran."""
     results = replica_results(config, history)
     pop = population.is_population(config)
-    summary = {
+    return {
         "name": config.name,
         "model": config.model,
         "dropout_rate": None if pop else config.dropout_rate,
@@ -116,7 +116,6 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
         "versions": versions(),
         "runtime": runtime.process_settings(),
     }
-    return summary
 
 
 def timing(config, initial_step: int, wall: float, eval_time: float, first: tuple) -> dict:

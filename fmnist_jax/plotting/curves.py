@@ -73,15 +73,15 @@ def draw_series(ax, run: Run, key: str, color: str, label: str, smoothing: float
     ax.plot(x, mean, color=color, linewidth=1.8, label=label)
 
 
-def _panel(ax, runs: Sequence[Run], tag: str, smoothing: float, compare: bool) -> None:
-    """One panel: `tag` for train and test of each run (the second run, if any, is dropout)."""
+def _panel(ax, runs: Sequence[Run], tag: str, smoothing: float, x_scale=1.0, xlabel=None):
+    """`tag` for train and test of each run (the second, if any, with dropout)."""
     for dropout_index, run in enumerate(runs):
         rate = f"dropout {dropout_rate(run):g}" if dropout_rate(run) else "no dropout"
         for collection in COLLECTIONS:
-            label = f"{collection}, {rate}" if compare else collection
+            label = f"{collection}, {rate}" if len(runs) > 1 else collection
             color = COLORS[(collection, dropout_index > 0)]
-            draw_series(ax, run, f"{collection}_{tag}", color, label, smoothing)
-    ax.set_xlabel("iteration (training step)")
+            draw_series(ax, run, f"{collection}_{tag}", color, label, smoothing, x_scale)
+    ax.set_xlabel(xlabel or "iteration (training step)")
     ax.set_ylabel(tag)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -101,7 +101,7 @@ def plot_accuracy_and_loss(
     orange), or a run without and one with dropout (plus green, pink)."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     for ax, tag, letter in zip(fig.subplots(1, 2), ("accuracy", "loss"), "ab", strict=True):
-        _panel(ax, runs, tag, smoothing, compare=len(runs) > 1)
+        _panel(ax, runs, tag, smoothing)
         ax.set_title(f"({letter}) {tag}")
     fig.suptitle(f"{title} (TensorBoard smoothing {smoothing:g}, {_band_note(runs)})")
     return fig
@@ -114,13 +114,9 @@ def plot_loss(
     per_epoch = steps_per_epoch(run)
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    for collection in COLLECTIONS:
-        color = COLORS[(collection, False)]
-        draw_series(ax, run, f"{collection}_loss", color, collection, smoothing, per_epoch or 1)
-    ax.set_xlabel("epoch" if per_epoch else "iteration (training step; steps per epoch unknown)")
+    unknown = "iteration (training step; steps per epoch unknown)"
+    _panel(ax, [run], "loss", smoothing, per_epoch or 1, "epoch" if per_epoch else unknown)
     ax.set_ylabel("mean loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
     ax.set_title(f"{title} (smoothing {smoothing:g}, {_band_note([run])})")
     return fig
 
