@@ -176,14 +176,8 @@ def claims_table(verdicts: Sequence[Verdict]) -> str:
 def adversarial_table(adversarial: Mapping) -> str:
     """One row per method, one column per numeric field any method reports."""
     methods = {name: result or {} for name, result in (adversarial.get("methods") or {}).items()}
-    fields = list(
-        dict.fromkeys(
-            k
-            for result in methods.values()
-            for k, v in result.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        )
-    )
+    numeric = (k for r in methods.values() for k, v in r.items() if _fmt(v, "number") != "—")
+    fields = list(dict.fromkeys(numeric))
     if not fields:
         return f"*{ADVERSARIAL_RUN}/summary.json lists no per-method numbers.*"
     rows = [[name] + [_fmt(r.get(f), "number") for f in fields] for name, r in methods.items()]
