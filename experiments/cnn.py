@@ -5,6 +5,9 @@ batch 64, 15,000 steps (16 epochs). Expected: test accuracy about 91-92 % (offli
 test loss reaches its minimum after a few thousand steps and then rises while the training loss
 keeps falling (the exercise sees the turn near 10,000 iterations).
 
+`c.report` declares Figure 4, the over-fitting and turn claims and the dropout-rate sweep
+(fmnist_jax/declarations.py); an experiment starting from this one declares its own or none.
+
     make cnn            # = python -m fmnist_jax.main --config experiments/cnn.py --workdir runs/cnn
     python -m fmnist_jax.main --config experiments/cnn.py:test --workdir /tmp/cnn  # CPU smoke test
 """
@@ -24,4 +27,12 @@ def get_config(variant: str = ""):
     # the per-step loop end to end here (1,000 steps of cnn_dropout: 16.3 s against 20.4 s),
     # since `layers.conv` keeps XLA:CPU's convolutions on Eigen inside loops too.
     c.steps_per_chunk = 250
+    c.report = {  # what the report does with it: fmnist_jax/declarations.py
+        "experiment": "cnn",
+        "label": "ConvNet",
+        "figure": "fig4_cnn.png",
+        "title": "Figure 4: ConvNet",
+        "claims": "overfits,turn_step",
+        "sweep_rates": "0,0.1,0.25,0.4,0.5",
+    }
     return with_variant(c, variant)

@@ -6,6 +6,8 @@ Plain SGD, lr 1e-4 (the exercise's), batch 32, 60 epochs; one evaluation per epo
 logged training loss is the mean loss over that epoch's mini-batches (the exercise's Figure 2).
 Expected: the loss falls smoothly from about 20 towards the noise floor 0.25.
 
+`c.report` declares its figure, Figure 2 (fmnist_jax/declarations.py).
+
     make linreg         # -> runs/linreg
 """
 
@@ -28,4 +30,9 @@ def get_config(variant: str = ""):
     # Each epoch as one program on data held on the device (fmnist_jax/feeds.py): 1.8x the
     # per-step loop here, the same metrics bit for bit.
     c.steps_per_chunk = steps_per_epoch
+    c.report = {  # what the report does with it: fmnist_jax/declarations.py
+        "experiment": "linreg",
+        "figure": "fig2_linreg_loss.png",
+        "title": "Figure 2: linear regression loss",
+    }
     return with_variant(c, variant)

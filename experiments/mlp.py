@@ -5,6 +5,9 @@ flatten -> Dense 512 -> ReLU -> Dense 10. The exercise does not give the width: 
 describes shows clearly. Adam 1e-3, batch 64, 20,000 steps (21 epochs). Expected: test
 accuracy about 89 % (offline copy); test loss minimal after a few thousand steps, then rising.
 
+`c.report` declares Figure 3, the over-fitting claim and the dropout-rate sweep
+(fmnist_jax/declarations.py); an experiment starting from this one declares its own or none.
+
     make mlp            # -> runs/mlp
 """
 
@@ -24,4 +27,12 @@ def get_config(variant: str = ""):
     # Each evaluation interval as one program on data held on the device: 1.47x the per-step
     # loop's speed here (fmnist_jax/feeds.py; metrics equal to float rounding, ~4e-7).
     c.steps_per_chunk = 250
+    c.report = {  # what the report does with it: fmnist_jax/declarations.py
+        "experiment": "mlp",
+        "label": "MLP",
+        "figure": "fig3_mlp.png",
+        "title": "Figure 3: Multi-Layer-Perceptron",
+        "claims": "overfits",
+        "sweep_rates": "0,0.1,0.25,0.4,0.5",
+    }
     return with_variant(c, variant)

@@ -2,13 +2,10 @@
 
     python -m fmnist_jax.report --runs runs --figures figures --out REPORT.md
 
-Everything is read back from what the runs left in their workdirs, through `fmnist_jax.rundir`
-(`summary.json`, `metrics.jsonl`, `runs/adversarial/summary.json` and `figure.png`,
-`runs/theory.json` from `make theory`, `runs/sweep/sweep.json` from `make sweep`,
-`runs/adversarial_replicas/` from `make adversarial-replicas`); nothing is
-rerun and no TensorFlow is imported. The claims are checked by `fmnist_jax.verdicts` on every
-replica: each is marked "holds in k of R" with the effect's interval, or "not checked" with the
-reason. A number of a run with several replicas is their mean with its 95 % interval.
+Everything is read back from what the runs left (`fmnist_jax.rundir`): each experiment's
+workdir, the attack's, `make theory`'s and `make sweep`'s; nothing is rerun, nothing is drawn (no
+matplotlib) and no TensorFlow is imported. What each experiment contributes is what it declares
+(`fmnist_jax.declarations`). A number of several replicas is their mean with its 95 % interval.
 """
 
 import os
@@ -18,30 +15,28 @@ from pathlib import Path
 
 from absl import flags
 
-from fmnist_jax import claims, cli, replicas, rundir, splits, verdicts
+from fmnist_jax import claims, cli, declarations, replicas, rundir, splits, verdicts
 from fmnist_jax.claims import ADVERSARIAL_RUN
-from fmnist_jax.plotting.curves import FIGURES
+from fmnist_jax.config import experiment_names
 from fmnist_jax.rundir import Run
 from fmnist_jax.verdicts import Verdict
-
-RUN_NAMES = ("linreg", "mlp", "mlp_dropout", "cnn", "cnn_dropout")
 
 LEGENDS = {  # a figure's colours, by how many runs it draws (plotting.curves.COLORS)
     1: "blue = train, orange = test",
     2: "blue / orange = train / test without dropout, green / pink = with dropout",
 }
 THEORY_FILE = "theory.json"  # written by `make theory` into the runs folder
-SWEEP_DIR = "sweep"  # `make sweep`'s folder in the runs folder: sweep.json, sweep.png
+SWEEP_DIR = "sweep"  # `make sweep`'s folder in the runs folder
 
 
 def load_runs(runs_dir: str | os.PathLike) -> dict[str, Run | None]:
-    """Every finished run of RUN_NAMES (None for those without a summary.json), read with
-    `rundir.read_run`: RunError for a finished run whose files are invalid."""
+    """Each experiment's run in the report's order, None where it has no summary.json;
+    RunError for a finished run whose files are invalid."""
     runs = {}
-    for name in RUN_NAMES:
+    for name in experiment_names():
         path = Path(runs_dir) / name
         runs[name] = rundir.read_run(path) if (path / rundir.SUMMARY_FILE).is_file() else None
-    return runs
+    return {d.name: runs[d.name] for d in declarations.experiments(runs)}
 
 
 def load_adversarial(runs_dir: str | os.PathLike) -> dict | None:
@@ -50,10 +45,10 @@ def load_adversarial(runs_dir: str | os.PathLike) -> dict | None:
 
 
 def load_attack_replicas(runs_dir: str | os.PathLike) -> dict[str, list[dict]]:
-    """The attack summaries of every replica of the ConvNet runs (`make study`): run name ->
-    the summary.json of <runs>/adversarial_replicas/<run>/<k> for k = 0, 1, ... while present."""
+    """`make study`'s attacks: experiment -> the summary.json of
+    <runs>/adversarial_replicas/<experiment>/<k> for k = 0, 1, ... while present."""
     folder, found = Path(runs_dir) / claims.ATTACK_REPLICAS_RUN, {}
-    for run in claims.ATTACK_REPLICA_RUNS:
+    for run in experiment_names():
         found[run] = []
         while s := rundir.read_json(folder / run / str(len(found[run])) / rundir.SUMMARY_FILE):
             found[run].append(s)
@@ -61,7 +56,7 @@ def load_attack_replicas(runs_dir: str | os.PathLike) -> dict[str, list[dict]]:
 
 
 def _fmt(value, kind: str = "loss") -> str:
-    """Formats a number for a table: accuracies as %, losses to 4 decimals, steps with commas."""
+    """A number for a table: accuracies as %, losses to 4 decimals, steps with commas."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "—"
     if kind == "accuracy":
@@ -72,58 +67,46 @@ def _fmt(value, kind: str = "loss") -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    lines = ["| " + " | ".join(line) + " |" for line in [header, *rows]]
+    return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
 
 
-RESULTS_HEADER = (
-    "run",
-    "model",
-    "dropout",
-    "replicas",
-    "steps",
-    "final test acc",
-    "best test acc (step)",
-    "final test loss",
-    "min test loss (step)",
-    "final train loss",
-    "final gap (test − train)",
-)
+def _mean_interval(mean: float, low: float, high: float, kind: str) -> str:
+    return f"{_fmt(mean, kind)} [{_fmt(low, kind)}, {_fmt(high, kind)}]"
 
 
 def _stat(s: Mapping, key: str, kind: str) -> str:
     """A result of summary.json: the value of a run of one, else the mean over the replicas
-    with its 95 % interval, `93.40% [93.10%, 93.70%]`."""
+    with its 95 % interval."""
     stats = (s.get("statistics") or {}).get(key)
-    results = s.get("replicas") or [s]
     if stats is None or stats.get("n", 1) <= 1:
-        return _fmt(results[0].get(key), kind)
-    low, high = stats["interval"]
-    return f"{_fmt(stats['mean'], kind)} [{_fmt(low, kind)}, {_fmt(high, kind)}]"
+        return _fmt((s.get("replicas") or [s])[0].get(key), kind)
+    return _mean_interval(stats["mean"], *stats["interval"], kind)
 
 
 def _at_step(s: Mapping, key: str, kind: str) -> str:
     value = _stat(s, key, kind)
-    step = _stat(s, key + "_step", "step")
-    return value if value == "—" else f"{value} (step {step})"
+    return value if value == "—" else f"{value} (step {_stat(s, key + '_step', 'step')})"
 
 
 def _gap(s: Mapping) -> str:
-    gaps = []
-    for result in s.get("replicas") or [s]:
-        try:
-            gaps.append(claims.final_gap(result))
-        except claims.MissingData:
-            return "—"
+    try:
+        gaps = [claims.final_gap(result) for result in s.get("replicas") or [s]]
+    except claims.MissingData:
+        return "—"
     if len(gaps) == 1:
         return _fmt(gaps[0])
-    low, high = replicas.interval(gaps)
-    return f"{_fmt(sum(gaps) / len(gaps))} [{_fmt(low)}, {_fmt(high)}]"
+    return _mean_interval(sum(gaps) / len(gaps), *replicas.interval(gaps), "loss")
+
+
+RESULTS_HEADER = (
+    "run", "model", "dropout", "replicas", "steps", "final test acc", "best test acc (step)",
+    "final test loss", "min test loss (step)", "final train loss", "final gap (test − train)",
+)  # fmt: skip
 
 
 def summary_row(name: str, s: Mapping) -> list[str]:
-    """One row of the results table (columns RESULTS_HEADER) from a run's summary.json."""
+    """One row of the results table (RESULTS_HEADER) from a run's summary.json."""
     return [
         name,
         str(s.get("model", "?")),
@@ -139,9 +122,12 @@ def summary_row(name: str, s: Mapping) -> list[str]:
     ]
 
 
+def _finished(runs: Mapping[str, Run | None]) -> dict[str, dict]:
+    return {name: run.summary for name, run in runs.items() if run is not None}
+
+
 def results_table(runs: Mapping[str, Run | None]) -> str:
-    """One row per finished run: accuracies, losses and the final train–test loss gap."""
-    rows = [summary_row(name, run.summary) for name, run in runs.items() if run is not None]
+    rows = [summary_row(name, s) for name, s in _finished(runs).items()]
     return _table(RESULTS_HEADER, rows) if rows else "*No finished run (no summary.json) found.*"
 
 
@@ -151,13 +137,9 @@ DATA_KEYS = ("source", "location", "num_train", "num_test", "split")
 def data_section(runs: Mapping[str, Run | None]) -> str:
     """One line per distinct data source: its provenance, size, location and the runs using it."""
     groups: dict[tuple, list[str]] = {}
-    for name, run in runs.items():
-        if run is not None:
-            data = run.summary.get("data") or {}
-            key = tuple((k, data[k]) for k in DATA_KEYS if k in data)
-            groups.setdefault(key, []).append(name)
-    if not groups:
-        return "*No finished run: data source unknown.*"
+    for name, s in _finished(runs).items():
+        data = s.get("data") or {}
+        groups.setdefault(tuple((k, data[k]) for k in DATA_KEYS if k in data), []).append(name)
     lines = []
     for key, names in groups.items():
         data = dict(key)
@@ -166,16 +148,13 @@ def data_section(runs: Mapping[str, Run | None]) -> str:
             f"{_fmt(data.get('num_train'), 'step')} train / {_fmt(data.get('num_test'), 'step')}"
             f" test examples from `{data.get('location')}`."
         )
-    return "\n".join(lines)
+    return "\n".join(lines) or "*No finished run: data source unknown.*"
 
 
 def device_section(runs: Mapping[str, Run | None]) -> str:
     """Where each run ran, how fast, and the versions of the stack."""
     rows, versions = [], {}
-    for name, run in runs.items():
-        if run is None:
-            continue
-        s = run.summary
+    for name, s in _finished(runs).items():
         device = f"{s.get('device_kind', '?')} × {s.get('device_count', '?')}"
         speed = [_fmt(s.get("wall_time_s"), "number"), _fmt(s.get("images_per_sec"), "number")]
         count = str(s.get("num_replicas", 1))
@@ -185,30 +164,23 @@ def device_section(runs: Mapping[str, Run | None]) -> str:
     if not rows:
         return "*No finished run.*"
     header = ["run", "backend", "device × count", "replicas", "wall time (s)", "images/s (all)"]
-    table = _table(header, rows)
     version_lines = [f"- {line} ({', '.join(names)})" for line, names in versions.items()]
-    return table + "\n\nVersions:\n\n" + "\n".join(version_lines)
+    return _table(header, rows) + "\n\nVersions:\n\n" + "\n".join(version_lines)
 
 
 def claims_table(verdicts: Sequence[Verdict]) -> str:
-    """The claims of the exercise, each with its verdict and the numbers behind it."""
     rows = [[v.claim, f"**{v.status}**", v.evidence] for v in verdicts]
     return _table(["claim (exercise)", "verdict", "numbers"], rows)
 
 
 def adversarial_table(adversarial: Mapping) -> str:
     """One row per method, one column per numeric field any method reports."""
-    methods = adversarial.get("methods") or {}
-    fields = []
-    for result in methods.values():
-        for key, value in (result or {}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool) and key not in fields:
-                fields.append(key)
+    methods = {name: result or {} for name, result in (adversarial.get("methods") or {}).items()}
+    numeric = (k for r in methods.values() for k, v in r.items() if _fmt(v, "number") != "—")
+    fields = list(dict.fromkeys(numeric))
     if not fields:
         return f"*{ADVERSARIAL_RUN}/summary.json lists no per-method numbers.*"
-    rows = [
-        [name] + [_fmt((r or {}).get(f), "number") for f in fields] for name, r in methods.items()
-    ]
+    rows = [[name] + [_fmt(r.get(f), "number") for f in fields] for name, r in methods.items()]
     return _table(["method", *fields], rows)
 
 
@@ -219,13 +191,14 @@ def _image(path: Path | None, caption: str, out_dir: Path, missing: str) -> str:
     return f"**{caption}**\n\n![{caption}]({link})"
 
 
-def figures_section(figures_dir: Path, out_dir: Path) -> str:
-    """Figures 2–6, linked relative to the report's folder (a note where one is missing)."""
+def figures_section(figures_dir: Path, out_dir: Path, runs: Mapping | None = None) -> str:
+    """The declared figures, linked relative to the report's folder (a note where one is
+    missing); `runs` as `declarations.experiments` reads them."""
     blocks = []
-    for file_name, names, title in FIGURES.values():
-        missing = f"not drawn yet: needs runs {', '.join(names)}, then `make figures`"
-        caption = f"{title}; {LEGENDS[len(names)]}."
-        blocks.append(_image(figures_dir / file_name, caption, out_dir, missing))
+    for d in declarations.figures(declarations.experiments(runs)):
+        missing = f"not drawn yet: needs runs {', '.join(d.runs)}, then `make figures`"
+        caption = f"{d.title}; {LEGENDS[len(d.runs)]}."
+        blocks.append(_image(figures_dir / d.figure, caption, out_dir, missing))
     return "\n\n".join(blocks)
 
 
@@ -242,18 +215,16 @@ def fig7_caption(adversarial: Mapping | None) -> str:
 def adversarial_section(adversarial: Mapping | None, runs_dir: Path, out_dir: Path) -> str:
     """The attack's per-method table (or a note) and Figure 7."""
     adv_dir = runs_dir / ADVERSARIAL_RUN
-    if adversarial is None:
-        table = f"*Not run yet: no {adv_dir / rundir.SUMMARY_FILE}.*"
-    else:
-        table = adversarial_table(adversarial)
-    caption = fig7_caption(adversarial)
-    fig7 = _image(adv_dir / "figure.png", caption, out_dir, f"no {adv_dir / 'figure.png'}")
+    missing = f"*Not run yet: no {adv_dir / rundir.SUMMARY_FILE}.*"
+    table = missing if adversarial is None else adversarial_table(adversarial)
+    fig7 = _image(
+        adv_dir / "figure.png", fig7_caption(adversarial), out_dir, f"no {adv_dir / 'figure.png'}"
+    )
     return table + "\n\n" + fig7
 
 
 def theory_section(theory: Mapping | None) -> str:
-    """Exercise §1 from `make theory`'s runs/theory.json, as `theory.format_report` prints it
-    (a note when it has not run)."""
+    """Exercise §1 from `make theory`'s runs/theory.json (a note when it has not run)."""
     from fmnist_jax.theory import format_report
 
     if theory is None:
@@ -288,18 +259,17 @@ def render_report(
     attacks: Mapping[str, Sequence[Mapping]] | None = None,
 ) -> str:
     """The whole report as markdown; image links are relative to `out_dir`."""
+    theory = rundir.read_json(runs_dir / THEORY_FILE)
     sections = [
         "# Fashion-MNIST ConvNets: reproduction report",
-        (
-            f"Generated by `python -m fmnist_jax.report` from `{runs_dir}` and `{figures_dir}`; "
-            "every number is read from the runs' `summary.json` and `metrics.jsonl`."
-        ),
+        f"Generated by `python -m fmnist_jax.report` from `{runs_dir}` and `{figures_dir}`;"
+        + " every number is read from the runs' `summary.json` and `metrics.jsonl`.",
         "## Data\n\n" + data_section(runs),
-        "## Theory (exercise §1)\n\n" + theory_section(rundir.read_json(runs_dir / THEORY_FILE)),
+        "## Theory (exercise §1)\n\n" + theory_section(theory),
         "## Claims of the exercise\n\n"
         + claims_table(verdicts.check_claims(runs, adversarial, attacks)),
         "## Results\n\n" + results_table(runs),
-        "## Figures\n\n" + figures_section(figures_dir, out_dir),
+        "## Figures\n\n" + figures_section(figures_dir, out_dir, runs),
         "## Adversarial examples\n\n" + adversarial_section(adversarial, runs_dir, out_dir),
         "## Dropout-rate sweep (exercise §2.4)\n\n" + sweep_section(runs_dir, out_dir),
         "## Device and versions\n\n" + device_section(runs),
@@ -313,9 +283,8 @@ def write_report(
     """Reads the runs, checks the claims and writes the markdown report to `out`."""
     runs_dir, figures_dir, out = Path(runs_dir), Path(figures_dir), Path(out)
     runs = load_runs(runs_dir)
-    for name, run in runs.items():
-        if run is None:
-            print(f"warning: run {runs_dir / name} missing (no summary.json)", file=sys.stderr)
+    for name in (name for name, run in runs.items() if run is None):
+        print(f"warning: run {runs_dir / name} missing (no summary.json)", file=sys.stderr)
     adversarial, attacks = load_adversarial(runs_dir), load_attack_replicas(runs_dir)
     text = render_report(runs, adversarial, figures_dir, runs_dir, out.parent, attacks)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -333,7 +302,6 @@ def define_flags() -> None:
 
 
 def main() -> None:
-    """Writes the report named by the flags."""
     print(f"wrote {write_report(FLAGS.runs, FLAGS.figures, FLAGS.out)}")
 
 

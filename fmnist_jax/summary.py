@@ -1,13 +1,10 @@
-"""summary.json: the numbers a reader wants from a finished run, from its evaluation history
-and where it ran (backend, devices, processes, data, versions, process settings).
+"""summary.json: a finished run's results and where it ran (backend, devices, data, versions).
 
-Results are per replica (`replicas`: one entry per replica, its seed and the fields of
-`RESULT_FIELDS`) with, for each field, its mean, standard deviation and 95 % interval over the
-replicas (`statistics`, see `replicas.statistics`). A run of one model (one replica, no
-population) also has its `RESULT_FIELDS` at the top level, where a script looks first
-(`summary["final_test_accuracy"]`). A population's `replicas` are its members, each with its
-grid point and values, and `points` gives each grid point's values and statistics over its
-seeds (there is no `statistics` over members of different points)."""
+Results are per replica (`replicas`, each with its seed or population member's values) with each
+field's mean, std and 95 % interval over them (`statistics`); a run of one model also has them
+at the top level (`summary["final_test_accuracy"]`); a population has `points` instead: each
+grid point's values and statistics over its seeds.
+"""
 
 import jax
 
@@ -43,24 +40,21 @@ RESULT_FIELDS = (
 )  # fmt: skip
 
 
-def _results(config, history: list[dict]) -> dict:
+def _results(history: list[dict]) -> dict:
     last = history[-1]
     min_loss = min(history, key=lambda r: r["test_loss"])
-    results = {
+    scored = [r for r in history if r.get("test_accuracy") is not None]
+    best = max(scored, key=lambda r: r["test_accuracy"]) if scored else {}
+    return {
         "final_test_loss": last["test_loss"],
         "min_test_loss": min_loss["test_loss"],
         "min_test_loss_step": min_loss["step"],
         "final_train_loss": last["train_loss"],
         "final_test_accuracy": last.get("test_accuracy"),
-        "best_test_accuracy": None,
-        "best_test_accuracy_step": None,
+        "best_test_accuracy": best.get("test_accuracy"),
+        "best_test_accuracy_step": best.get("step"),
         "final_train_accuracy": last.get("train_accuracy"),
     }
-    if config.model != "linear_regression":
-        best = max(history, key=lambda r: r["test_accuracy"])
-        results["best_test_accuracy"] = best["test_accuracy"]
-        results["best_test_accuracy_step"] = best["step"]
-    return results
 
 
 def replica_results(config, history: list[dict]) -> list[dict]:
@@ -72,7 +66,7 @@ def replica_results(config, history: list[dict]) -> list[dict]:
         {
             "replica": m,
             **({k: v for k, v in who.items() if k != "replica"} if pop else {"seed": who["seed"]}),
-            **_results(config, [r for r in history if r["replica"] == m]),
+            **_results([r for r in history if r["replica"] == m]),
         }
         for m, who in enumerate(identities)
     ]
@@ -99,7 +93,7 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
     where and with what it ran."""
     results = replica_results(config, history)
     pop = population.is_population(config)
-    summary = {
+    return {
         "name": config.name,
         "model": config.model,
         "dropout_rate": None if pop else config.dropout_rate,
@@ -122,7 +116,6 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
         "versions": versions(),
         "runtime": runtime.process_settings(),
     }
-    return summary
 
 
 def timing(config, initial_step: int, wall: float, eval_time: float, first: tuple) -> dict:

@@ -1,20 +1,12 @@
 """The dropout-rate sweep (exercise §2.4): "different probabilities were taken, but 0.25
 achieved the best performance (although the differences were quite small)".
 
-    python -m fmnist_jax.sweep --runs runs/sweep [--models mlp,cnn] [--rates 0,0.1,0.25,0.4,0.5]
-        [--replicas 3] [--num_train_steps N] [--cnn_train_steps N] [--cnn_replicas R]
+    python -m fmnist_jax.sweep --runs runs/sweep [--models mlp,cnn] [--rates 0,0.25,0.5]
+        [--replicas 3] [--replicas cnn=2] [--num_train_steps N] [--num_train_steps cnn=N]
 
-Each model trains once: its experiment config as a population (fmnist_jax/population.py) of
-every rate x R seeds, one program (`config.grid = "dropout_rate=..."`, `config.num_replicas`),
-into `<runs>/<model>` (rerunning resumes); then `sweep.json` gets each rate's final and minimum
-test loss and final test accuracy over its seeds (mean, 95 % interval) and the verdicts, and
-`sweep.png` draws them against the rate.
-
-Verdicts, per model, on the final test loss (the exercise's "performance"; replicas of two
-rates share their seeds, so rates are compared paired, replica by replica): 0.25 is "the
-best" (lowest mean), "within the noise of the best" (the paired difference's 95 % interval
-contains 0) or "worse than the best"; the differences are "small" when the mean final test
-accuracies of the rates tried other than 0 lie within SMALL_SPREAD of each other.
+Every experiment declaring `report.sweep_rates` trains once, as a population of its rates x R
+seeds (fmnist_jax/population.py) into `<runs>/<experiment>`; `sweep.json` and `sweep.png` give
+each rate's numbers over its seeds and the verdicts (`model_verdict`), rates paired by seed.
 """
 
 import math
@@ -22,16 +14,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from fmnist_jax import cli, replicas, rundir
+from absl import flags
+
+from fmnist_jax import cli, declarations, plotting, replicas, rundir
 from fmnist_jax.errors import UsageError
 
-RATES = (0.0, 0.1, 0.25, 0.4, 0.5)
-MODELS = ("mlp", "cnn")
+FLAGS = flags.FLAGS
+
 EXERCISE_RATE = 0.25
 FIELDS = ("final_test_loss", "min_test_loss", "final_test_accuracy")
-# "Quite small" differences: the dropout rates' mean final test accuracies within one
-# percentage point (about twice the eval-to-eval jitter of a final accuracy).
-SMALL_SPREAD = 0.01
+SMALL_SPREAD = 0.01  # one accuracy point: about twice the jitter of a final accuracy
 RESULT_FILE, FIGURE_FILE = "sweep.json", "sweep.png"
 CAPTION = (
     "Dropout-rate sweep: final and minimum test loss and final test accuracy against the rate"
@@ -40,7 +32,7 @@ CAPTION = (
 
 
 def sweep_config(model: str, rates, num_replicas: int, num_train_steps=None, synthetic=False):
-    """The experiment `model`'s config as a population of the dropout `rates` x `num_replicas`
+    """Experiment `model`'s config as a population of the dropout `rates` x `num_replicas`
     seeds (`synthetic`: on random images, for smoke tests)."""
     from fmnist_jax import config as config_lib
     from fmnist_jax import population
@@ -58,31 +50,28 @@ def sweep_config(model: str, rates, num_replicas: int, num_train_steps=None, syn
     return c
 
 
-def train_all(runs_dir: Path, models, rates, num_replicas: dict, steps=None, **overrides):
-    """Trains (or resumes, or skips when finished) each model's population of rates x seeds;
-    `num_replicas` and `steps` map a model to its seeds and steps (0 or absent: the
-    experiment's)."""
+def train_all(runs_dir: Path, plan: Mapping[str, tuple], synthetic: bool = False) -> None:
+    """Trains (or resumes, or skips when finished) each experiment's population: `plan` maps
+    it to (rates, seeds, steps; 0: the experiment's)."""
     from fmnist_jax import train
 
-    for model in models:
-        count = num_replicas[model]
-        config = sweep_config(model, rates, count, (steps or {}).get(model) or None, **overrides)
+    for model, (rates, count, steps) in plan.items():
+        config = sweep_config(model, rates, count, steps or None, synthetic)
         print(f"sweep: {model}, {len(rates)} rates x {count} seeds, one program", flush=True)
         train.train_and_evaluate(config, runs_dir / model)
 
 
-def _paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
-    """Statistics of b − a, replica by replica."""
-    return replicas.statistics([y - x for x, y in zip(a, b, strict=False)])
-
-
 def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
-    """The verdicts for one model from {rate: {field: per-replica values}}."""
+    """From {rate: {field: per-seed values}}: 0.25 is "the best" (lowest mean final test loss),
+    "within the noise of the best" (the paired difference's interval holds 0) or "worse than
+    the best"; the differences are "small" when the mean final test accuracies of the rates
+    other than 0 lie within SMALL_SPREAD."""
     loss = {rate: values["final_test_loss"] for rate, values in per_rate.items()}
     best = min(loss, key=lambda r: sum(loss[r]) / len(loss[r]))
     verdict = {"best_rate": best}
     if EXERCISE_RATE in loss:
-        diff = _paired_difference(loss[best], loss[EXERCISE_RATE])
+        pairs = zip(loss[best], loss[EXERCISE_RATE], strict=False)
+        diff = replicas.statistics([exercise - lowest for lowest, exercise in pairs])
         low, high = diff["interval"] if diff else (math.nan, math.nan)
         if best == EXERCISE_RATE:
             status = "the best"
@@ -90,13 +79,8 @@ def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
             status = "within the noise of the best"
         else:
             status = "worse than the best"
-        verdict.update(
-            {
-                "exercise_rate": status,
-                "difference_to_best": diff,
-                "difference_interval": [low, high],
-            }
-        )
+        verdict["exercise_rate"] = status
+        verdict["difference_to_best"], verdict["difference_interval"] = diff, [low, high]
     accuracy = {
         rate: sum(v["final_test_accuracy"]) / len(v["final_test_accuracy"])
         for rate, v in per_rate.items()
@@ -108,11 +92,11 @@ def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
     return verdict
 
 
-def collect(runs_dir: Path, models, rates) -> dict:
-    """sweep.json's content from the finished runs: per model and rate, each field's
-    per-replica values and statistics, and the model's verdicts."""
-    result = {"rates": list(rates), "models": {}}
-    for model in models:
+def collect(runs_dir: Path, plan: Mapping[str, Sequence[float]]) -> dict:
+    """sweep.json's content from the finished runs of `plan` (experiment -> rates): per
+    experiment and rate, each field's statistics over the seeds, and the verdicts."""
+    result = {"rates": sorted({r for rates in plan.values() for r in rates}), "models": {}}
+    for model, rates in plan.items():
         run = rundir.read_run(runs_dir / model)
         if run.summary is None:
             raise UsageError(f"{run.path} has not finished: run the sweep again to resume")
@@ -143,21 +127,15 @@ def format_markdown(result: Mapping) -> str:
         low, high = stats["interval"]
         return f"{stats['mean'] * scale:.4g}{unit} [{low * scale:.4g}, {high * scale:.4g}]"
 
-    lines = [
-        (
-            "| model | steps | rate | replicas | final test loss | min test loss |"
-            " final test accuracy |"
-        ),
-        "|---|---|---|---|---|---|---|",
-    ]
-    steps = result.get("num_train_steps") or {}
-    verdicts = []
+    header = ["model", "steps", "rate", "replicas", *(f.replace("_", " ") for f in FIELDS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    steps, verdicts = result.get("num_train_steps") or {}, []
     for model, m in result["models"].items():
+        count = f"{steps[model]:,}" if model in steps else "?"
         for rate, stats in m["rates"].items():
+            cells = [cell(stats[f], f.endswith("accuracy")) for f in FIELDS]
             lines.append(
-                f"| {model} | {steps.get(model, '?'):,} | {rate} | {m['num_replicas']} |"
-                f" {cell(stats['final_test_loss'])} |"
-                f" {cell(stats['min_test_loss'])} | {cell(stats['final_test_accuracy'], True)} |"
+                f"| {model} | {count} | {rate} | {m['num_replicas']} | {' | '.join(cells)} |"
             )
         verdicts.append(f"- **{model}**: {verdict_line(m['verdict'])}")
     return "\n".join(lines) + "\n\n" + "\n".join(verdicts)
@@ -207,40 +185,55 @@ def plot(result: Mapping):
     return fig
 
 
-def _floats(text: str) -> list[float]:
+def _floats(text: str, where: str = "--rates") -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"--rates {text!r}: give comma-separated numbers in [0, 1)") from None
+        values = []
     if not values or any(not 0 <= v < 1 for v in values):
-        raise UsageError(f"--rates {text!r}: give comma-separated numbers in [0, 1)")
+        raise UsageError(f"{where} {text!r}: give comma-separated numbers in [0, 1)")
     return values
 
 
-def main() -> None:
-    from absl import flags
+def per_experiment(
+    flag: str, values: Sequence[str], names: Sequence[str], default: int, least: int
+):
+    """Each experiment's value of a flag given (comma-separated or repeated; a later one wins) as
+    N for all or <experiment>=N for one, which wins over N; else `default`."""
+    found = {"": default}
+    for item in (i.strip() for v in values for i in v.split(",") if i.strip()):
+        name, _, number = item.rpartition("=")
+        if name not in ("", *names) or not number.isdigit() or int(number) < least:
+            raise UsageError(f"--{flag} {item!r}: give N or <experiment>=N for {', '.join(names)}")
+        found[name] = int(number)
+    return {name: found.get(name, found[""]) for name in names}
 
-    f = flags.FLAGS
-    models = [m.strip() for m in f.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not models:
-        raise UsageError(f"--models {f.models!r}: choose from {', '.join(MODELS)}")
-    if f.replicas < 1 or f.cnn_replicas < 0:
-        raise UsageError(
-            f"--replicas must be at least 1 (--cnn_replicas 0 or more), got {f.replicas}"
-        )
-    rates, runs_dir = _floats(f.rates), Path(f.runs)
-    steps = {m: f.num_train_steps for m in models}
-    counts = {m: f.replicas for m in models}
-    if "cnn" in steps:
-        steps["cnn"] = f.cnn_train_steps or steps["cnn"]
-        counts["cnn"] = f.cnn_replicas or counts["cnn"]
-    train_all(runs_dir, models, rates, counts, steps, synthetic=f.synthetic)
-    result = collect(runs_dir, models, rates)
+
+def plan(f) -> dict[str, tuple]:
+    """experiment -> (rates, seeds, steps) from the flags `f` and the declarations."""
+    declared = {d.name: d.sweep_rates for d in declarations.experiments() if d.sweep_rates}
+    models = [m.strip() for m in f.models.split(",") if m.strip()] or list(declared)
+    if any(m not in declared for m in models) or not models:
+        raise UsageError(f"--models {f.models!r}: choose from {', '.join(declared)}")
+    counts = per_experiment("replicas", f.replicas, list(declared), 3, least=1)
+    steps = per_experiment("num_train_steps", f.num_train_steps, list(declared), 0, least=0)
+    found = {}
+    for m in models:
+        where = f"experiment {m!r}: report.sweep_rates"
+        rates = _floats(f.rates) if f.rates else _floats(",".join(declared[m]), where)
+        found[m] = (rates, counts[m], steps[m])
+    return found
+
+
+def main() -> None:
+    plotting.require_matplotlib()
+    runs_dir, todo = Path(FLAGS.runs), plan(FLAGS)
+    train_all(runs_dir, todo, FLAGS.synthetic)
+    result = collect(runs_dir, {m: rates for m, (rates, _, _) in todo.items()})
     result["num_train_steps"] = {
-        m: rundir.read_run(runs_dir / m).config["num_train_steps"] for m in models
+        m: rundir.read_run(runs_dir / m).config["num_train_steps"] for m in todo
     }
-    result["synthetic"] = f.synthetic
+    result["synthetic"] = FLAGS.synthetic
     rundir.write_json(runs_dir / RESULT_FILE, result)
     plot(result).savefig(runs_dir / FIGURE_FILE, dpi=120)
     print(format_markdown(result))
@@ -248,15 +241,11 @@ def main() -> None:
 
 
 def define_flags() -> None:
-    from absl import flags
-
     flags.DEFINE_string("runs", "runs/sweep", "Folder for the sweep's runs, sweep.json and .png.")
-    flags.DEFINE_string("models", ",".join(MODELS), "Models to sweep: mlp, cnn.")
-    flags.DEFINE_string("rates", ",".join(f"{r:g}" for r in RATES), "Dropout rates.")
-    flags.DEFINE_integer("replicas", 3, "Replicas per rate (one program each).")
-    flags.DEFINE_integer("num_train_steps", 0, "Override every run's steps (0: the experiment's).")
-    flags.DEFINE_integer("cnn_train_steps", 0, "Override the ConvNet runs' steps (0: as above).")
-    flags.DEFINE_integer("cnn_replicas", 0, "The ConvNet runs' replicas (0: --replicas).")
+    flags.DEFINE_string("models", "", "Experiments to sweep (default: those declaring rates).")
+    flags.DEFINE_string("rates", "", "Dropout rates (default: each experiment's declared).")
+    flags.DEFINE_multi_string("replicas", [], "Seeds per rate (3): N, or <experiment>=N.")
+    flags.DEFINE_multi_string("num_train_steps", [], "Steps (0: the experiment's), as above.")
     flags.DEFINE_bool("synthetic", False, "Random images instead of Fashion-MNIST (smoke tests).")
 
 

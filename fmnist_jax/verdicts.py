@@ -1,39 +1,20 @@
 """Each claim of the exercise over replicas: "holds in k of R" with the effect's interval.
 
-`check_claims` runs the checks of `fmnist_jax.claims` on each replica of the runs present
-(replica k of a run without dropout paired with replica k of the run with, which shares its
-seed) and gives a `Verdict` each: one word read off the mean effect's 95 % interval over the R
-replicas against the claim's threshold ("holds", "does not hold", "undecided" with the
-replicas the spread would need), with "holds in k of R" beside it ("holds (1 run)" / "does
-not hold (1 run)" for one), or "not checked (...)" with the reason: a run that is missing, or a
-field or curve it lacks (`MissingData`). Anything else raised by a check is a bug and is not caught.
+`check_claims` runs the checks of `fmnist_jax.claims` that each experiment declares (its
+`report.claims`) on every replica, replica k of the run without dropout paired with replica k
+with (they share a seed). The verdict's word reads the mean effect's 95 % interval against the
+claim's region; a missing run or `MissingData` makes it "not checked"; anything else is a bug.
 """
 
 import dataclasses
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
-from fmnist_jax import replicas
-from fmnist_jax.claims import (
-    ADVERSARIAL_P_TARGET,
-    ADVERSARIAL_RUN,
-    ATTACK_NOISE_METHODS,
-    ATTACK_REPLICA_RUNS,
-    ATTACK_REPLICAS_RUN,
-    EXERCISE_CNN_TURN_STEP,
-    Check,
-    MissingData,
-    check_adversarial,
-    check_attack_noise,
-    check_dropout_gap,
-    check_dropout_test_loss,
-    check_overfits,
-    check_same_accuracy,
-    check_slight_rise,
-    check_train_test_same,
-    check_turn_step,
-    curve,
-)
+from fmnist_jax import claims, declarations, replicas
+from fmnist_jax.claims import Check, MissingData
+from fmnist_jax.errors import ConfigError
 from fmnist_jax.rundir import Run
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
@@ -43,8 +24,7 @@ NOT_CHECKED_INCOMPLETE = "not checked (incomplete data)"
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """One claim of the exercise: its status ("holds in k of R", "holds (1 run)", "not checked
-    (...)"), the evidence, and in how many of how many replicas it held (0 of 0: not checked)."""
+    """A claim, its status, the evidence, and in how many of how many replicas it held."""
 
     claim: str
     status: str
@@ -64,8 +44,7 @@ def _fmt_effect(value: float, unit: str) -> str:
 
 
 def decide(interval: Sequence[float], region: Sequence[float]) -> str:
-    """HOLDS when the mean effect's interval lies inside the claim's `region`, FAILS when it
-    lies wholly outside, else UNDECIDED."""
+    """HOLDS when the interval lies inside `region`, FAILS when wholly outside, else UNDECIDED."""
     (low, high), (start, end) = interval, region
     if start <= low and high <= end:
         return HOLDS
@@ -75,30 +54,24 @@ def decide(interval: Sequence[float], region: Sequence[float]) -> str:
 
 
 def replicas_needed(stats: Mapping, region: Sequence[float], limit: int = 1000) -> int | None:
-    """The fewest replicas whose 95 % interval, at the observed mean and spread, would clear
-    the region's nearest end (None: more than `limit`, or no spread to extrapolate from)."""
+    """The fewest replicas whose interval, at the observed mean and spread, would clear the
+    region's nearest end (None: more than `limit`, or no spread)."""
     ends = [e for e in region if math.isfinite(e)]
     if not ends or stats["std"] == 0:
         return None
     distance = min(abs(stats["mean"] - e) for e in ends)
     for n in range(2, limit + 1):
-        if replicas.t_quantile(replicas.INTERVAL_LEVEL, n - 1) * stats["std"] / math.sqrt(n) < (
-            distance
-        ):
+        half = replicas.t_quantile(replicas.INTERVAL_LEVEL, n - 1) * stats["std"] / math.sqrt(n)
+        if half < distance:
             return n
     return None
 
 
 def summarize_checks(claim: str, checks: Sequence[Check], effect: str, unit: str) -> Verdict:
-    """The verdict of one claim checked on R replicas. Its word reads the mean effect's 95 %
-    interval against the claim's region (`decide`): "holds", "does not hold" or "undecided",
-    with how many of the R replicas hold ("k of R hold"), and for "undecided" how many replicas the
-    observed spread would need to decide it. One replica: "holds (1 run)" / "does not hold (1 run)".
-    """
+    """The verdict of one claim checked on R replicas ("holds (1 run)" for one)."""
     held, total = sum(c.holds for c in checks), len(checks)
     if total == 1:
-        status = f"{HOLDS if held else FAILS} (1 run)"
-        return Verdict(claim, status, checks[0].evidence, held, total)
+        return Verdict(claim, f"{HOLDS if held else FAILS} (1 run)", checks[0].evidence, held, 1)
     stats = replicas.statistics([c.effect for c in checks])
     low, high = stats["interval"]
     word = decide((low, high), checks[0].region)
@@ -125,135 +98,152 @@ def summarize_checks(claim: str, checks: Sequence[Check], effect: str, unit: str
     return Verdict(claim, f"{word} ({held} of {total} hold)", evidence, held, total)
 
 
-def _checked(claim, runs, names, check, effect: str, unit: str) -> Verdict:
-    """`check(*replica runs)` on each replica (replica k of every run in `names` together)
-    once every run is present and finished, else "not checked"."""
-    missing = [n for n in names if runs.get(n) is None or runs[n].summary is None]
-    if missing:
-        return Verdict(claim, NOT_CHECKED_MISSING_RUN, "missing: " + ", ".join(missing))
-    count = min(runs[n].num_replicas for n in names)
+class Claim(NamedTuple):
+    """A claim an experiment may declare: its text ({label}: the experiment's), whether it reads
+    the run without dropout beside the experiment's (`paired`), its check on one replica of
+    each, what its effect is and the effect's unit."""
+
+    text: str
+    paired: bool
+    check: Callable[..., Check]
+    effect: str
+    unit: str
+
+
+CLAIMS = {
+    "overfits": Claim(
+        "The {label} without dropout over-fits (train loss falls, test loss rises)",
+        False,
+        lambda base: claims.check_overfits(base.summary, claims.curve(base, "train_loss")),
+        "final test loss above its minimum by",
+        "%",
+    ),
+    "turn_step": Claim(
+        f"The {{label}}'s test loss turns after about {claims.EXERCISE_CNN_TURN_STEP:,} iterations",
+        False,
+        lambda base: claims.check_turn_step(
+            claims.curve(base, "test_loss"), base.summary.get("steps_per_epoch")
+        ),
+        "turn at step",
+        "step",
+    ),
+    "dropout_gap": Claim(
+        "Dropout 0.25 reduces the {label}'s final train–test loss gap",
+        True,
+        lambda base, drop: claims.check_dropout_gap(base.summary, drop.summary),
+        "dropout changes the final test − train loss gap by",
+        "nats",
+    ),
+    "dropout_test_loss": Claim(
+        "Dropout lowers the {label}'s final test loss",
+        True,
+        lambda base, drop: claims.check_dropout_test_loss(base.summary, drop.summary),
+        "dropout changes the final test loss by",
+        "nats",
+    ),
+    "same_accuracy": Claim(
+        "With dropout the {label}'s test accuracy remains about the same",
+        True,
+        lambda base, drop: claims.check_same_accuracy(base.summary, drop.summary),
+        "dropout changes the final test accuracy by",
+        "points",
+    ),
+    "slight_rise": Claim(
+        "With dropout the {label}'s test accuracy rises slightly",
+        True,
+        lambda base, drop: claims.check_slight_rise(base.summary, drop.summary),
+        "dropout changes the final test accuracy by",
+        "points",
+    ),
+    "train_test_same": Claim(
+        "With dropout the {label}'s train and test accuracy are quite the same",
+        False,
+        lambda drop: claims.check_train_test_same(drop.summary),
+        "final train − test accuracy",
+        "points",
+    ),
+}
+# Dropout against the attack's noise, one claim per method, on `make study`'s attacks of every
+# replica of the paired runs (checked after every claim of CLAIMS).
+ATTACK_NOISE = "attack_noise"
+
+
+def _claim(d: declarations.Declared, name: str) -> Claim | None:
+    """CLAIMS[name] for experiment `d` (None for ATTACK_NOISE); ConfigError when it cannot be."""
+    if name != ATTACK_NOISE and name not in CLAIMS:
+        known = ", ".join([*CLAIMS, ATTACK_NOISE])
+        raise ConfigError(
+            f"experiment {d.name!r}: unknown claim {name!r} in report.claims; {known}"
+        )
+    if (name == ATTACK_NOISE or CLAIMS[name].paired) and not d.dropout_of:
+        raise ConfigError(f"experiment {d.name!r}: claim {name!r} needs report.dropout_of")
+    return CLAIMS.get(name)
+
+
+def _summarized(claim: str, check: Callable, arguments, effect: str, unit: str) -> Verdict:
+    """`check(*a)` for each `a` of `arguments` (one per replica), summarized; "not checked"
+    with the reason of a MissingData."""
     try:
-        checks = [check(*(runs[n].replica(k) for n in names)) for k in range(count)]
+        checks = [check(*a) for a in arguments]
     except MissingData as e:
         return Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e))
     return summarize_checks(claim, checks, effect, unit)
 
 
-# The claims about one model, in the report's order: (models it is made for, the claim with
-# {label} for "MLP" or "ConvNet", the runs it reads ({m}: the model's run name), the check on
-# replica k of each, what its effect is, and the effect's unit).
-MODEL_CLAIMS = (
-    (
-        ("mlp", "cnn"),
-        "The {label} without dropout over-fits (train loss falls, test loss rises)",
-        ("{m}",),
-        lambda base: check_overfits(base.summary, curve(base, "train_loss")),
-        "final test loss above its minimum by",
-        "%",
-    ),
-    (
-        ("cnn",),
-        f"The ConvNet's test loss turns after about {EXERCISE_CNN_TURN_STEP:,} iterations",
-        ("{m}",),
-        lambda base: check_turn_step(curve(base, "test_loss"), base.summary.get("steps_per_epoch")),
-        "turn at step",
-        "step",
-    ),
-    (
-        ("mlp", "cnn"),
-        "Dropout 0.25 reduces the {label}'s final train–test loss gap",
-        ("{m}", "{m}_dropout"),
-        lambda base, drop: check_dropout_gap(base.summary, drop.summary),
-        "dropout changes the final test − train loss gap by",
-        "nats",
-    ),
-    (
-        ("mlp", "cnn"),
-        "Dropout lowers the {label}'s final test loss",
-        ("{m}", "{m}_dropout"),
-        lambda base, drop: check_dropout_test_loss(base.summary, drop.summary),
-        "dropout changes the final test loss by",
-        "nats",
-    ),
-    (
-        ("mlp",),
-        "With dropout the MLP's test accuracy remains about the same",
-        ("{m}", "{m}_dropout"),
-        lambda base, drop: check_same_accuracy(base.summary, drop.summary),
-        "dropout changes the final test accuracy by",
-        "points",
-    ),
-    (
-        ("cnn",),
-        "With dropout the ConvNet's test accuracy rises slightly",
-        ("{m}", "{m}_dropout"),
-        lambda base, drop: check_slight_rise(base.summary, drop.summary),
-        "dropout changes the final test accuracy by",
-        "points",
-    ),
-    (
-        ("cnn",),
-        "With dropout the ConvNet's train and test accuracy are quite the same",
-        ("{m}_dropout",),
-        lambda drop: check_train_test_same(drop.summary),
-        "final train − test accuracy",
-        "points",
-    ),
-)
+def _checked(claim: str, runs: Mapping, names: Sequence[str], spec: Claim) -> Verdict:
+    """`spec.check` on replica k of every run in `names` together, for each k."""
+    missing = [n for n in names if runs.get(n) is None or runs[n].summary is None]
+    if missing:
+        return Verdict(claim, NOT_CHECKED_MISSING_RUN, "missing: " + ", ".join(missing))
+    count = min(runs[n].num_replicas for n in names)
+    replica_runs = [[runs[n].replica(k) for n in names] for k in range(count)]
+    return _summarized(claim, spec.check, replica_runs, spec.effect, spec.unit)
 
 
-def _model_claims(runs: Mapping[str, Run | None], model: str, label: str) -> list[Verdict]:
-    """The over-fitting, dropout and accuracy claims (MODEL_CLAIMS) for one model ("mlp" or
-    "cnn")."""
-    return [
-        _checked(claim.format(label=label), runs, [n.format(m=model) for n in names], check, *unit)
-        for models, claim, names, check, *unit in MODEL_CLAIMS
-        if model in models
-    ]
-
-
-def _attack_noise_claims(attacks: Mapping[str, Sequence[Mapping]] | None) -> list[Verdict]:
-    """Dropout vs the attack's noise, one claim per method: replica k of the ConvNet without
-    dropout paired with replica k with dropout (`attacks`: run name -> the attack summaries
-    of its replicas in order; None or a run without any: not run)."""
+def _attack_noise(pair: Sequence[str], attacks: Mapping | None) -> list[Verdict]:
+    """Dropout vs the attack's noise per method, replica k of the runs of `pair` together
+    (`attacks`: run name -> its replicas' attack summaries in order)."""
     found = []
-    for method in ATTACK_NOISE_METHODS:
+    for method in claims.ATTACK_NOISE_METHODS:
         claim = (
             f"Dropout raises the ℓ1 noise a targeted attack needs ({method}; beyond the exercise)"
         )
-        pairs = [(attacks or {}).get(run) or [] for run in ATTACK_REPLICA_RUNS]
-        if not all(pairs):
-            missing = f"missing: {ATTACK_REPLICAS_RUN} (make study)"
+        summaries = [(attacks or {}).get(run) or [] for run in pair]
+        if not all(summaries):
+            missing = f"missing: {claims.ATTACK_REPLICAS_RUN} (make study)"
             found.append(Verdict(claim, NOT_CHECKED_MISSING_RUN, missing))
             continue
-        try:
-            checks = [check_attack_noise(b, d, method) for b, d in zip(*pairs)]
-        except MissingData as e:
-            found.append(Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e)))
-            continue
-        found.append(summarize_checks(claim, checks, "dropout changes the median ℓ1 by", "%"))
+        check = functools.partial(claims.check_attack_noise, method=method)
+        effect = "dropout changes the median ℓ1 by"
+        found.append(_summarized(claim, check, zip(*summaries), effect, "%"))
     return found
 
 
 def check_claims(
-    runs: Mapping[str, Run | None],
-    adversarial: Mapping | None,
-    attacks: Mapping[str, Sequence[Mapping]] | None = None,
+    runs: Mapping[str, Run | None], adversarial: Mapping | None, attacks: Mapping | None = None
 ) -> list[Verdict]:
-    """Every claim of the exercise, checked on the runs present (None: missing) and the
-    attack's summary.json (None: not run; the attack is of one model, replica 0), with the
-    dropout-vs-attack-noise claims (`attacks`, see `_attack_noise_claims`) before it."""
-    verdicts = _model_claims(runs, "mlp", "MLP") + _model_claims(runs, "cnn", "ConvNet")
-    verdicts += _attack_noise_claims(attacks)
-    claim = f"Adversarial examples reach p(target) ≥ {ADVERSARIAL_P_TARGET}"
+    """Every declared claim on the runs present (None: missing), then those on the attacks of
+    every replica (`attacks`, see `_attack_noise`), then the attack's own (`adversarial`: its
+    summary.json, None when it has not run)."""
+    verdicts, noise = [], []
+    for d in declarations.experiments(runs):
+        for name in d.claims:
+            spec = _claim(d, name)
+            if spec is None:
+                noise += _attack_noise(d.runs, attacks)
+            else:
+                names = d.runs if spec.paired else (d.name,)
+                verdicts.append(_checked(spec.text.format(label=d.label), runs, names, spec))
+    verdicts += noise
+    claim = f"Adversarial examples reach p(target) ≥ {claims.ADVERSARIAL_P_TARGET}"
     if adversarial is None:
-        verdicts.append(Verdict(claim, NOT_CHECKED_MISSING_RUN, f"missing: {ADVERSARIAL_RUN}"))
-        return verdicts
+        return [
+            *verdicts,
+            Verdict(claim, NOT_CHECKED_MISSING_RUN, f"missing: {claims.ADVERSARIAL_RUN}"),
+        ]
     try:
-        check = check_adversarial(adversarial)
+        check = claims.check_adversarial(adversarial)
     except MissingData as e:
-        verdicts.append(Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e)))
-        return verdicts
+        return [*verdicts, Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e))]
     status = f"{HOLDS if check.holds else FAILS} (1 model)"
-    verdicts.append(Verdict(claim, status, check.evidence, int(check.holds), 1))
-    return verdicts
+    return [*verdicts, Verdict(claim, status, check.evidence, int(check.holds), 1)]

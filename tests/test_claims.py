@@ -190,7 +190,7 @@ def test_a_bug_in_a_claim_check_raises(monkeypatch, bug):
     def broken(*args, **kwargs):
         raise bug("a bug in the check")
 
-    monkeypatch.setattr(verdicts, "check_dropout_gap", broken)
+    monkeypatch.setattr(claims, "check_dropout_gap", broken)
     runs = {"mlp": run(summary()), "mlp_dropout": dropout_run()}
     with pytest.raises(bug, match="a bug in the check"):
         verdicts.check_claims(runs, ADVERSARIAL)

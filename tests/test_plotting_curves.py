@@ -111,7 +111,7 @@ def test_a_step_logged_again_after_a_resume_is_drawn_once_with_its_later_value(t
     rundir.write_config(workdir, {})
     for step, loss in ((10, 1.0), (20, 0.8), (20, 0.5), (30, 0.4)):  # 20 again after a resume
         rundir.append_record(workdir, {"step": step, "replica": 0, "train_loss": loss})
-    fig = curves.plot_linreg_loss(rundir.read_run(workdir), smoothing=0.0)
+    fig = curves.plot_loss(rundir.read_run(workdir), smoothing=0.0)
     raw = fig.get_axes()[0].get_lines()[0]
     np.testing.assert_array_equal(raw.get_xdata(), [10, 20, 30])
     np.testing.assert_allclose(raw.get_ydata(), [1.0, 0.5, 0.4])
@@ -152,7 +152,7 @@ def test_dropout_figure_has_four_curves_in_the_shared_colours(runs_dir):
 
 
 def test_linreg_figure_is_per_epoch(runs_dir):
-    fig = curves.plot_linreg_loss(rundir.read_run(runs_dir / "linreg"))
+    fig = curves.plot_loss(rundir.read_run(runs_dir / "linreg"))
     (ax,) = fig.get_axes()
     assert len(ax.get_lines()) == 4
     assert ax.get_xlabel() == "epoch"
@@ -163,7 +163,7 @@ def test_make_figures_writes_pngs_and_skips_runs_missing_or_without_evaluations(
     runs_dir, tmp_path, capsys
 ):
     written = curves.make_figures(runs_dir, tmp_path, smoothing=0.3)
-    assert sorted(written) == ["fig2", "fig3", "fig5"]
+    assert sorted(written) == ["linreg", "mlp", "mlp_dropout"]
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert names == ["fig2_linreg_loss.png", "fig3_mlp.png", "fig5_mlp_dropout.png"]
     assert all((tmp_path / n).read_bytes()[:8] == PNG_MAGIC for n in names)

@@ -13,6 +13,7 @@ import pytest
 from fmnist_jax import report, rundir, splits
 from fmnist_jax.errors import RunError
 from tests.conftest import REPO
+from tests.test_declarations import add_cnn_bn, experiments_copy
 
 STEPS = np.arange(1000, 20001, 1000)
 V_LOSS = np.abs(STEPS - 10_000) / 10_000 + 0.3  # lowest at step 10,000
@@ -241,6 +242,22 @@ def test_the_theory_section_shows_make_theorys_numbers():
     assert "Not run yet" in report.theory_section(None)
 
 
+def sections(text: str) -> dict[str, str]:
+    return {part.split("\n", 1)[0]: part for part in text.split("\n## ")}
+
+
+def test_a_new_experiment_adds_its_row_and_changes_no_claim_or_figure(tmp_path, monkeypatch):
+    runs, figures = write_runs(tmp_path)
+    before = sections(report.write_report(runs, figures, tmp_path / "before.md").read_text())
+    add_cnn_bn(experiments_copy(tmp_path, monkeypatch))
+    write_run(runs / "cnn_bn", tmp_path / "data", model="cnn")
+    after = sections(report.write_report(runs, figures, tmp_path / "after.md").read_text())
+    for name in ("Claims of the exercise", "Figures", "Adversarial examples"):
+        assert after[name] == before[name]
+    rows = after["Results"].splitlines()
+    assert rows[:-1] == before["Results"].splitlines() and rows[-1].startswith("| cnn_bn | cnn |")
+
+
 # --------------------------------------------------------------------------- no TensorFlow, CLI
 
 
@@ -264,7 +281,7 @@ def test_figures_and_report_import_no_tensorflow(tmp_path):
         runs, figures = write_runs(root)
         write_run(runs / "linreg", accuracy=False)
         written = curves.make_figures(runs, figures)
-        assert sorted(written) == ["fig2", "fig3", "fig4"], written
+        assert sorted(written) == ["cnn", "linreg", "mlp"], written
         text = report.write_report(runs, figures, root / "REPORT.md").read_text()
         assert "](figures/fig4_cnn.png)" in text
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorboard"))
@@ -294,6 +311,30 @@ def test_cli_writes_the_report_and_warns_of_missing_runs(tmp_path):
     assert result.stdout.strip() == f"wrote {out}"
     assert f"warning: run {runs / 'cnn_dropout'} missing (no summary.json)" in result.stderr
     assert out.read_text().startswith("# Fashion-MNIST ConvNets: reproduction report")
+
+
+BLOCK_MATPLOTLIB = """
+import runpy, sys
+sys.modules["matplotlib"] = None  # as if it were not installed
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_without_matplotlib_the_report_is_written_and_the_figures_are_one_line(tmp_path):
+    runs, figures = write_runs(tmp_path)
+    out = tmp_path / "REPORT.md"
+    flags = ("--runs", str(runs), "--figures", str(figures), "--out", str(out))
+    result = python("-c", BLOCK_MATPLOTLIB, "fmnist_jax.report", *flags)
+    assert result.returncode == 0, result.stderr
+    assert "](figures/fig3_mlp.png)" in out.read_text()
+    figures_out = tmp_path / "new"
+    flags = ("--runs", str(runs), "--out", str(figures_out))
+    result = python("-c", BLOCK_MATPLOTLIB, "fmnist_jax.plotting", *flags)
+    assert result.returncode == 2 and not figures_out.exists()
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: the figures need matplotlib")
+    assert "pip install matplotlib" in line
 
 
 def test_cli_turns_an_invalid_run_into_one_line_and_exit_2(tmp_path):

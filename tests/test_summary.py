@@ -53,3 +53,17 @@ def test_versions_name_tensorflow_tfds_and_the_installed_plugins(monkeypatch):
     monkeypatch.setattr(runtime, "installed_plugins", lambda: ["jax-cuda12-plugin"])
     monkeypatch.setattr(summary, "_version", lambda name: "0.10.2" if "cuda" in name else "1")
     assert summary.versions()["jax-cuda12-plugin"] == "0.10.2"
+
+
+def test_best_accuracy_is_read_from_the_history_whatever_the_model():
+    records = [
+        {"step": s, "test_loss": l, "train_loss": 0.5, "test_accuracy": a, "train_accuracy": 0.9}
+        for s, l, a in ((10, 0.4, 0.80), (20, 0.3, 0.85), (30, 0.35, 0.85))
+    ]
+    results = summary._results(records)
+    assert (results["best_test_accuracy"], results["best_test_accuracy_step"]) == (0.85, 20)
+    assert (results["min_test_loss"], results["min_test_loss_step"]) == (0.3, 20)
+    no_accuracy = [{"step": 10, "test_loss": 0.4, "train_loss": 0.5}]  # a regression's records
+    results = summary._results(no_accuracy)
+    assert results["best_test_accuracy"] is None and results["best_test_accuracy_step"] is None
+    assert results["final_test_accuracy"] is None

@@ -2,13 +2,16 @@
 and the command line end to end on the :test-sized MLP."""
 
 import json
+import re
 import subprocess
 import sys
+import types
 from importlib.metadata import version
 
 import pytest
 
 from fmnist_jax import rundir, runtime, sweep
+from fmnist_jax.errors import UsageError
 from tests.conftest import REPO
 
 
@@ -60,6 +63,35 @@ def test_0_25_worse_than_the_best_and_large_differences():
     line = sweep.verdict_line(v)
     assert "0.25 is worse than the best (+0.0517 [+0.0445, +0.0588] nats" in line
     assert "span 2.00 points: not small" in line
+
+
+def flags(models="", rates="", replicas=(), steps=()):
+    return types.SimpleNamespace(
+        models=models, rates=rates, replicas=list(replicas), num_train_steps=list(steps)
+    )
+
+
+def test_the_plan_sweeps_the_experiments_declaring_rates_with_their_sizes():
+    declared = (0.0, 0.1, 0.25, 0.4, 0.5)
+    assert sweep.plan(flags()) == {"mlp": (list(declared), 3, 0), "cnn": (list(declared), 3, 0)}
+    f = flags("cnn", "0,0.25", ["2", "cnn=1"], ["cnn=3000"])
+    assert sweep.plan(f) == {"cnn": ([0.0, 0.25], 1, 3000)}
+    f = flags(replicas=["cnn=2,5", "4"], steps=["100", "mlp=0"])  # one experiment's wins
+    assert sweep.plan(f) == {"mlp": (list(declared), 4, 0), "cnn": (list(declared), 2, 100)}
+
+
+@pytest.mark.parametrize(
+    "f, words",
+    [
+        (flags("linreg"), "--models 'linreg': choose from mlp, cnn"),
+        (flags(replicas=["0"]), "--replicas '0': give N or <experiment>=N for mlp, cnn"),
+        (flags(steps=["cnn_bn=5"]), "--num_train_steps 'cnn_bn=5'"),
+        (flags(rates="0,1"), "--rates '0,1': give comma-separated numbers in [0, 1)"),
+    ],
+)
+def test_a_bad_plan_is_a_usage_error(f, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        sweep.plan(f)
 
 
 def test_the_sweep_command_trains_every_rate_and_writes_table_verdict_and_figure(tmp_path):

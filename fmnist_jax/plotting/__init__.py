@@ -1,9 +1,18 @@
-"""The exercise's figures, drawn from what runs left in their workdirs; nothing is rerun.
+"""The figures, drawn from what runs left in their workdirs; nothing is rerun.
 
-    python -m fmnist_jax.plotting --runs runs --out figures [--smoothing 0.6]
-
-`curves`: figures 2–6 (learning curves, TensorBoard-smoothed) from the runs' `metrics.jsonl`;
-`adversarial`: Figure 7 and the attack's curves. Runs are read through `fmnist_jax.rundir`
-(`rundir.read_run`); no TensorFlow is imported. The train loop never imports
-this package.
+`curves`: the learning curves each experiment declares (figures 2-6); `adversarial`: Figure 7 and
+the attack's curves. Both need matplotlib; the train loop never imports this package.
 """
+
+import importlib.util
+
+from fmnist_jax.errors import MissingDependency
+
+
+def require_matplotlib() -> None:
+    """MissingDependency, before any work, where matplotlib is not installed."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingDependency(
+            "the figures need matplotlib, which is not installed: pip install matplotlib"
+            " (or make env)"
+        )

@@ -1,18 +1,18 @@
-"""Figures 2–6 of the exercise as PNGs, drawn from the runs' metrics.jsonl.
+"""The figures experiments declare (the exercise's 2-6), as PNGs from the runs' metrics.jsonl.
 
     python -m fmnist_jax.plotting --runs runs --out figures [--smoothing 0.6]
 
-Reads `<runs>/{linreg,mlp,mlp_dropout,cnn,cnn_dropout}`; a figure whose runs are missing or
-hold no evaluation yet is skipped with a one-line warning. Exit status 0 when a figure was
-drawn, 1 when none could be, 2 on a usage error (one line on stderr).
+A figure whose runs are missing or hold no evaluation yet is skipped with a one-line warning.
+Exit status 0 when a figure was drawn, 1 when none could be, 2 on a usage error or without
+matplotlib (one line on stderr).
 """
 
 import sys
 
 from absl import flags
 
-from fmnist_jax import cli
-from fmnist_jax.plotting import curves
+from fmnist_jax import cli, plotting
+from fmnist_jax.smoothing import DEFAULT_SMOOTHING
 
 EXIT_NO_FIGURE = 1
 
@@ -24,7 +24,7 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "figures", "Folder the PNGs are written to.")
     flags.DEFINE_float(
         "smoothing",
-        curves.DEFAULT_SMOOTHING,
+        DEFAULT_SMOOTHING,
         "TensorBoard smoothing weight of the bold curves, in [0, 1].",
         lower_bound=0.0,
         upper_bound=1.0,
@@ -33,6 +33,9 @@ def define_flags() -> None:
 
 def main() -> None:
     """Writes the figures and names each file written."""
+    plotting.require_matplotlib()
+    from fmnist_jax.plotting import curves
+
     written = curves.make_figures(FLAGS.runs, FLAGS.out, FLAGS.smoothing)
     for path in written.values():
         print(f"wrote {path}")
