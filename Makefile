@@ -20,17 +20,16 @@ export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 EXPERIMENTS = linreg mlp mlp-dropout cnn cnn-dropout
 
 # Replicas per experiment (models differing only in their seeds, trained as one program; the
-# claims in REPORT.md are "holds in k of R"). Sized so that `make reproduce` stays within 30
-# minutes on a 2-core CPU: a ConvNet replica costs 3-7 min there, an MLP's 20-40 s (fresh clone
-# of 1cf6f95 on the slower 2-core VM, 2026-12-06: the whole target 21.3 min).
-# `make reproduce REPLICAS=8` sets them all (on an accelerator); each can be set on its own.
+# claims in REPORT.md are "holds in k of R"), sized so that `make reproduce` stays within 30
+# minutes on a 2-core CPU (README.md gives each target's cost). `make reproduce REPLICAS=8` sets
+# them all (on an accelerator); each can be set on its own.
 REPLICAS ?=
 LINREG_REPLICAS ?= $(or $(REPLICAS),5)
 MLP_REPLICAS ?= $(or $(REPLICAS),3)
 CNN_REPLICAS ?= $(or $(REPLICAS),1)
 SWEEP_REPLICAS ?= $(or $(REPLICAS),3)
-# Extra sweep flags, e.g. SWEEP_ARGS="--cnn_train_steps=3000 --cnn_replicas=2" (the ConvNet's 15,000 steps x 5
-# rates x 3 seeds, one program, take 1-2.5 h on a 2-core CPU) or "--models=mlp".
+# Extra sweep flags, e.g. SWEEP_ARGS="--num_train_steps=cnn=3000 --replicas=cnn=2" or
+# "--models=mlp" (docs/populations.md gives the sweep's costs).
 SWEEP_ARGS ?=
 
 # The interpreters the environments are built with: the first of these candidates whose version
@@ -44,9 +43,8 @@ BASE_PYTHON ?= $(call find_python,$(PYTHON_CANDIDATES),3.11)
 LATEST_BASE_PYTHON ?= $(call find_python,$(PYTHON_CANDIDATES),3.12)
 # What the newest stack runs: the suite less five tests of process behaviour (kill and rerun,
 # SIGTERM, dead or missing peers, the attack's command line end to end) that use no jax API the
-# rest misses; they are a quarter of the suite's time (12.5 of 51 min on 2026-12-06, load 10-15),
-# so `.ci/run` (make test, then make test-latest) stays well under 45 minutes (the rest: 9.7 min
-# at load 3-7, plus ~4 min for the first install of .venv-latest).
+# rest misses and take a quarter of the suite's time, so that `.ci/run` stays well within its
+# limit.
 LATEST_TESTS ?= tests \
 	--deselect tests/test_main.py::test_kill_during_training_then_rerun_resumes_exactly \
 	--deselect tests/test_preemption.py::test_sigterm_saves_the_step_reached_and_the_rerun_equals_a_straight_run \

@@ -23,9 +23,8 @@ def get_config(variant: str = ""):
     c.num_train_steps = 15_000
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 1_000
-    # 250 steps as one lax.scan over the device-resident split (fmnist_jax/feeds.py): 1.25x
-    # the per-step loop end to end here (1,000 steps of cnn_dropout: 16.3 s against 20.4 s),
-    # since `layers.conv` keeps XLA:CPU's convolutions on Eigen inside loops too.
+    # 250 steps as one program on the device-resident split (fmnist_jax/feeds.py; the speed-up
+    # is in docs/speed-cpu.md).
     c.steps_per_chunk = 250
     c.report = {  # what the report does with it: fmnist_jax/declarations.py
         "experiment": "cnn",

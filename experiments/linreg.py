@@ -27,8 +27,7 @@ def get_config(variant: str = ""):
     c.num_train_steps = 60 * steps_per_epoch
     c.eval_every_steps = steps_per_epoch
     c.checkpoint_every_steps = 10 * steps_per_epoch
-    # Each epoch as one program on data held on the device (fmnist_jax/feeds.py): 1.8x the
-    # per-step loop here, the same metrics bit for bit.
+    # Each epoch as one program on data held on the device (fmnist_jax/feeds.py).
     c.steps_per_chunk = steps_per_epoch
     c.report = {  # what the report does with it: fmnist_jax/declarations.py
         "experiment": "linreg",

@@ -77,7 +77,7 @@ def read_config(workdir: str | Path) -> dict:
 
 # Config fields that do not change the trained model: a resumed run may change them.
 RESUMABLE_FIELDS = (
-    "name", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
+    "name", "report", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
     "max_checkpoints_to_keep", "eval_batch_size", "steps_per_chunk", "replica_map",
     "profile_steps", "profile_first_step", "progress_every_steps", "data_dir", "tfds_data_dir",
 )  # fmt: skip
