@@ -1,24 +1,10 @@
-"""A run directory's TensorBoard event files, for TensorBoard users.
+"""A run directory's TensorBoard event files: CLU writers in `train/` and `test/` with the same
+tags, so TensorBoard overlays them (per replica `replica_<k>/...`, per population member
+`<member name>/...`), and the hyperparameters of each HParams session.
 
-- `train/` and `test/`: CLU writers with the same tags (`loss`, `accuracy`), so TensorBoard
-  overlays them; the (first) train writer also carries CLU's progress scalars
-  (`steps_per_sec`, `uptime`). A run of R > 1 replicas has `replica_<k>/train` and
-  `replica_<k>/test` for each replica instead: separate TensorBoard runs, overlaid; a
-  population's members have `<member name>/train` and `/test`, the name saying its
-  hyperparameters and seed (`population.member_name`).
-- the run's hyperparameters, for TensorBoard's HParams dashboard (whose metrics are the tags
-  of the session's `train/` and `test/`: it lists each session with its test loss and
-  accuracy, tensorboard#3675): one session in the workdir itself, or one per population
-  member in its folder, with the member's grid values and seed.
-
-Event files cannot be truncated, so a resumed run replaces them by a replay of what it keeps:
-the evaluations of metrics.jsonl and the scalars logged between them, which `ProgressWriter`
-records in `scalars.jsonl` as they are written, each up to the checkpoint it resumes from.
-
-Only process 0 writes event files, and only it imports TensorFlow (CLU's writers do); where
-TensorFlow is not installed it says so in one warning line and the run goes on without them
-(every reader reads metrics.jsonl; scalars.jsonl is still kept, so a later run with TensorFlow
-replays everything).
+Event files cannot be truncated, so a resumed run rewrites them from what it keeps: the
+evaluations of metrics.jsonl and the progress scalars `ProgressWriter` records in scalars.jsonl.
+Only process 0 writes them, and only where TensorFlow is installed (else one warning line).
 """
 
 import json
@@ -68,17 +54,10 @@ class NoEvents:
     """Stands in for a CLU writer where no event files are written: on processes other than 0,
     and where TensorFlow is not installed."""
 
-    def write_scalars(self, step: int, scalars) -> None:
-        del step, scalars
+    def _ignore(self, *args) -> None:
+        del args
 
-    def write_hparams(self, hparams) -> None:
-        del hparams
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    write_scalars = write_hparams = flush = close = _ignore
 
 
 def _metric_writers():
@@ -94,11 +73,6 @@ def _metric_writers():
         )
 
     return runtime.import_beside_tensorflow("clu.metric_writers", missing)
-
-
-def _member_folder(record: dict) -> str | None:
-    """A population member's folder (its record names its grid point and seed), else None."""
-    return population.member_name(record) if "point" in record else None
 
 
 def sessions(config: dict) -> dict[str, dict]:
@@ -125,7 +99,10 @@ def folders(config: dict) -> list[str]:
 
 
 def _folder(record: dict, collection: str, writers: dict) -> str:
-    prefix = _member_folder(record) or f"replica_{record['replica']}"
+    """The folder of a record: its population member's (it names a grid point), its replica's,
+    or the plain collection."""
+    point = "point" in record
+    prefix = population.member_name(record) if point else f"replica_{record['replica']}"
     nested = f"{prefix}/{collection}"
     return nested if nested in writers else collection
 

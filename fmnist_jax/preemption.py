@@ -1,13 +1,9 @@
-"""Stopping cleanly when asked: SIGTERM (how Cloud TPU, SLURM and Kubernetes announce a
-pre-emption, before a grace period) and SIGINT (Ctrl-C).
+"""Stopping cleanly on SIGTERM (a scheduler's pre-emption notice) and SIGINT (Ctrl-C).
 
-The loop asks `StopRequest.requested(step)` after every step. One process: handlers for both
-signals (installed while the loop runs, the previous ones restored afterwards) note the signal;
-the loop finishes the step in flight, saves a checkpoint at that step and stops with
-`errors.Interrupted`; a second Ctrl-C stops at once. Several processes: JAX's pre-emption sync
-point (`multihost_utils.reached_preemption_sync_point`, as orbax uses it): JAX's runtime
-catches SIGTERM on any process and every process gets True at the same step, so they all save
-that step together.
+The loop asks `StopRequest.requested(step)` after every step, then saves that step and stops
+with `errors.Interrupted`. One process: signal handlers, installed while the loop runs, note the
+signal (a second Ctrl-C stops at once). Several processes: JAX's pre-emption sync point, which
+answers True on every process at the same step.
 """
 
 import signal
