@@ -11,6 +11,7 @@ once the package is installed. Several processes train one run when each gets th
 workdir resumes. Bad input ends in one line `error: ...` on stderr and exit status 2; --verbose
 shows the traceback instead."""
 
+import dataclasses
 from pathlib import Path
 
 from absl import flags, logging
@@ -28,25 +29,13 @@ def define_flags() -> None:
         "config", None, "Experiment file or name, optionally with :variant.", lock_config=True
     )
     flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and summary.json.")
-    flags.DEFINE_string(
-        "coordinator_address", None, "HOST:PORT of process 0, where the coordinator listens."
-    )
+    flags.DEFINE_string("coordinator_address", None, "HOST:PORT where process 0 listens.")
     flags.DEFINE_integer("num_processes", None, "Processes in the run.")
     flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
-    flags.DEFINE_bool(
-        "distributed", False, "Join a cluster JAX detects itself (Cloud TPU pod slice, SLURM, MPI)."
-    )
-    flags.DEFINE_integer(
-        "initialization_timeout", 300, "Seconds to wait for every process to join."
-    )
-    flags.DEFINE_integer(
-        "heartbeat_timeout_seconds", 100, "Seconds without a sign of a process before it is dead."
-    )
-    flags.DEFINE_string(
-        "coordinator_bind_address",
-        None,
-        "Where process 0 listens (default: --coordinator_address).",
-    )
+    flags.DEFINE_bool("distributed", False, "Join a cluster JAX detects (TPU pod, SLURM, MPI).")
+    flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for all processes.")
+    flags.DEFINE_integer("heartbeat_timeout_seconds", 100, "Seconds before a silent peer is dead.")
+    flags.DEFINE_string("coordinator_bind_address", None, "Where process 0 binds, if not there.")
 
 
 def resolve_experiment(argv: list[str]) -> list[str]:
@@ -88,18 +77,11 @@ def load_config():
 
 
 def launch():
-    """The `distributed.Launch` the flags describe."""
+    """The `distributed.Launch` the flags describe: a flag per field, `auto` is --distributed."""
     from fmnist_jax import distributed
 
-    return distributed.Launch(
-        coordinator_address=FLAGS.coordinator_address,
-        num_processes=FLAGS.num_processes,
-        process_id=FLAGS.process_id,
-        auto=FLAGS.distributed,
-        initialization_timeout=FLAGS.initialization_timeout,
-        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
-        coordinator_bind_address=FLAGS.coordinator_bind_address,
-    )
+    names = [f.name for f in dataclasses.fields(distributed.Launch) if f.name != "auto"]
+    return distributed.Launch(auto=FLAGS.distributed, **{n: FLAGS[n].value for n in names})
 
 
 def main() -> None:
