@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from absl import logging
+from flax import traverse_util
 
 from fmnist_jax import population, runtime
 from fmnist_jax.rundir import COLLECTIONS
@@ -19,32 +20,25 @@ SCALARS_FILE = "scalars.jsonl"  # scalars logged between evaluations (CLU's prog
 EVENTS_GLOB = "events.out.tfevents.*"
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def _flat(d: dict) -> dict:
     """A nested config as TensorBoard hparams: dotted names, values bool, int, float or str."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, bool | int | float | str) else str(v)
-    return out
+    flat = traverse_util.flatten_dict(d, sep=".")
+    return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in flat.items()}
 
 
 class ProgressWriter:
     """A CLU writer that also appends what is written through it to scalars.jsonl, so that a
     resumed run can replay it (the train loop hands it to CLU's `ReportProgress`)."""
 
-    def __init__(self, writer, workdir: Path, collection: str, record: bool = True):
+    def __init__(self, writer, workdir: Path, collection: str):
         self.inner, self._path, self._collection = writer, Path(workdir) / SCALARS_FILE, collection
-        self._record = record
 
     def write_scalars(self, step: int, scalars) -> None:
         self.inner.write_scalars(step, scalars)
-        if self._record:
-            line = {"collection": self._collection, "step": int(step)}
-            line.update({k: float(v) for k, v in scalars.items()})
-            with open(self._path, "a") as f:
-                f.write(json.dumps(line) + "\n")
+        line = {"collection": self._collection, "step": int(step)}
+        line.update({k: float(v) for k, v in scalars.items()})
+        with open(self._path, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -142,12 +136,6 @@ def kept_scalars(workdir: Path, up_to_step: int) -> list[dict]:
     return [lines[k] for k in sorted(lines)]
 
 
-def _replace_event_files(workdir: Path, names: list[str]) -> None:
-    for folder in (workdir, *(workdir / name for name in names)):
-        for old in folder.glob(EVENTS_GLOB):
-            old.unlink()
-
-
 def open_writers(
     workdir: Path, config: dict, history: list[dict], up_to_step: int, just_logging=False
 ) -> dict:
@@ -160,7 +148,9 @@ def open_writers(
     if just_logging:
         return {name: NoEvents() for name in names}
     kept = kept_scalars(workdir, up_to_step)
-    _replace_event_files(workdir, [*names, *sessions(config)])
+    for folder in (workdir, *(workdir / name for name in [*names, *sessions(config)])):
+        for old in folder.glob(EVENTS_GLOB):  # event files cannot be truncated: rewritten
+            old.unlink()
     (workdir / SCALARS_FILE).write_text("".join(json.dumps(e) + "\n" for e in kept))
     metric_writers = _metric_writers()
     if metric_writers is None:
