@@ -28,6 +28,7 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 ENV_DATA_DIR = "FMNIST_DATA_DIR"
+TFDS_NAME = "fashion_mnist"
 DATASETS = ("fashion_mnist", "synthetic", "linear_regression")  # what `load` reads
 
 Split = dict[str, np.ndarray]
@@ -42,13 +43,8 @@ class Dataset:
     split: str | None = None  # Fashion-MNIST's "official" split, "offline-copy", ... (splits.py)
 
     def describe(self) -> dict:
-        return {
-            "source": self.source,
-            "location": self.location,
-            "split": self.split,
-            "num_train": len(self.train["targets"]),
-            "num_test": len(self.test["targets"]),
-        }
+        sizes = {f"num_{name}": len(getattr(self, name)["targets"]) for name in ("train", "test")}
+        return {"source": self.source, "location": self.location, "split": self.split, **sizes}
 
 
 def load_idx(folder: str | os.PathLike) -> Dataset:
@@ -78,9 +74,6 @@ def load_idx(folder: str | os.PathLike) -> Dataset:
         splits[name] = {"inputs": images[..., None], "targets": labels.astype(np.int32)}
     split = splits_lib.idx_split(folder)
     return Dataset(splits["train"], splits["test"], "idx", str(folder.resolve()), split)
-
-
-TFDS_NAME = "fashion_mnist"
 
 
 def _online(url: str, timeout: float = 3.0) -> bool:
@@ -185,7 +178,7 @@ def check_images(images, what: str = "images", floats_only: bool = False) -> Non
         raise ConfigError(
             f"{what} must be floats in [0, 1] (data.to_model_inputs), got {images.dtype}"
         )
-    if kind == "b" or (kind in "iu" and images.dtype != np.uint8):
+    if kind != "f" and images.dtype != np.uint8:
         raise ConfigError(
             f"{what} have dtype {images.dtype}: pass uint8 grey levels (0..255) or floats in [0, 1]"
         )
@@ -197,8 +190,6 @@ def check_images(images, what: str = "images", floats_only: bool = False) -> Non
         if low < 0.0 or high > 1.0:
             hint = " (0..255 floats? divide by 255, or pass uint8)" if high > 1.0 else ""
             raise ConfigError(f"{what} must lie in [0, 1], got {low:g}..{high:g}{hint}")
-    elif kind != "u":
-        raise ConfigError(f"{what} have dtype {images.dtype}: pass uint8 or float images")
 
 
 def check_labels(values, num_classes: int, what: str = "labels") -> None:
