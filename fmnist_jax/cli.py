@@ -140,19 +140,15 @@ def quiet_background_failures() -> None:
     threading.excepthook, sys.unraisablehook = on_thread, on_unraisable
 
 
-def _asked_for_help(argv: Sequence[str]) -> bool:
-    return any(a in HELP_FLAGS or a.startswith("--help") for a in argv[1:])
-
-
 def parse_flags(argv: list[str], prepare: Callable[[list[str]], list[str]] | None = None):
     """absl's parsing with the convention above; `prepare` may rewrite argv first (the train
     command resolves experiment names to their files there)."""
     with reported(verbose="--verbose" in argv, user_error=True):
         try:
-            rest = FLAGS(prepare(argv) if prepare else argv)
+            return FLAGS(prepare(argv) if prepare else argv)
         except SystemExit as e:  # absl's --help prints the flags, then exits 1
-            raise SystemExit(0 if _asked_for_help(argv) else e.code) from None
-        return rest
+            helped = any(a in HELP_FLAGS or a.startswith("--help") for a in argv[1:])
+            raise SystemExit(0 if helped else e.code) from None
 
 
 def run(
@@ -171,8 +167,7 @@ def run(
         define_flags()
     if "verbose" not in FLAGS:
         flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
-    for name in required:
-        flags.mark_flag_as_required(name)
+    flags.mark_flags_as_required(required)
 
     def entry(argv):
         if len(argv) > 1:
