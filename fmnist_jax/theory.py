@@ -113,20 +113,12 @@ def fold_cases() -> dict[str, tuple]:
 
     def convnets(padding: str, relu_padding: str) -> tuple:
         thresholded = folding.ThresholdConvNet(padding=padding, **small)
-        return (
-            thresholded,
-            folding.ReluConvNet(padding=relu_padding, **small),
-            folding.fold_convnet,
-            (3, 11, 11, 1),
-        )
+        relu = folding.ReluConvNet(padding=relu_padding, **small)
+        return thresholded, relu, folding.fold_convnet, (3, 11, 11, 1)
 
+    mlps = folding.ThresholdMLP(**mlp), folding.ReluMLP(**mlp), folding.fold_mlp, (3, 20)
     return {
-        "MLP, 3 hidden layers": (
-            folding.ThresholdMLP(**mlp),
-            folding.ReluMLP(**mlp),
-            folding.fold_mlp,
-            (3, 20),
-        ),
+        "MLP, 3 hidden layers": mlps,
         "ConvNet, VALID": convnets("VALID", "VALID"),
         "ConvNet, SAME, padded with t": convnets("SAME_THRESHOLD", "SAME"),
         COUNTEREXAMPLE: convnets("SAME", "SAME"),
