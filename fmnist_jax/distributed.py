@@ -81,9 +81,8 @@ def initialize(launch: Launch) -> None:
     launch.check()
     if not launch.multi_process or jax.distributed.is_initialized():
         return
-    address = launch.coordinator_address
-    bind = launch.coordinator_bind_address
-    if bind is None and address and launch.process_id == 0:
+    address, bind = launch.coordinator_address, launch.coordinator_bind_address
+    if bind is None and launch.process_id == 0:
         bind = address
     timeout = launch.initialization_timeout
     watchdog = _watchdog(
@@ -174,9 +173,8 @@ def failing_together(name: str):
 
 
 def replica_axis_size(num_replicas: int, num_devices: int, num_processes: int = 1) -> int:
-    """How many devices the mesh's `replica` axis spans: the most that divide both the
-    replicas and the devices (each device then holds whole replicas), 1 with several
-    processes (every process then feeds its rows of every replica's batch)."""
+    """Devices on the mesh's `replica` axis: the most that divide both replicas and devices (each
+    device holds whole replicas); 1 with several processes (each feeds rows of every replica)."""
     return 1 if num_processes > 1 else math.gcd(num_replicas, num_devices)
 
 
@@ -215,11 +213,8 @@ def replicate(tree, sharding: NamedSharding):
     """Host values (the same on every process) as arrays replicated over the global mesh."""
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
-    host = jax.device_get(tree)
-    return jax.tree.map(
-        lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v), np.shape(v)),
-        host,
-    )
+    local = jax.make_array_from_process_local_data
+    return jax.tree.map(lambda v: local(sharding, np.asarray(v), np.shape(v)), jax.device_get(tree))
 
 
 PEER_FAILURE_SIGNS = ("Gloo", "Connection closed", "Connection reset", "unhealthy", "heartbeat")

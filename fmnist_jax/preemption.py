@@ -1,9 +1,7 @@
-"""Stopping cleanly on SIGTERM (a scheduler's pre-emption notice) and SIGINT (Ctrl-C).
-
-The loop asks `StopRequest.requested(step)` after every step, then saves that step and stops
-with `errors.Interrupted`. One process: signal handlers, installed while the loop runs, note the
-signal (a second Ctrl-C stops at once). Several processes: JAX's pre-emption sync point, which
-answers True on every process at the same step.
+"""Stopping cleanly on SIGTERM (a scheduler's pre-emption notice) and SIGINT (Ctrl-C): after
+every step the loop asks `StopRequest.requested(step)`, and if so saves that step and stops with
+`errors.Interrupted`. One process: signal handlers note the signal (a second Ctrl-C stops at
+once). Several processes: JAX's pre-emption sync point, True on every process at the same step.
 """
 
 import signal
@@ -11,6 +9,7 @@ import threading
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class StopRequest:
@@ -45,8 +44,6 @@ class StopRequest:
             return self.signum is not None
         if not self._sync_point:
             return False
-        from jax.experimental import multihost_utils
-
         try:
             reached = multihost_utils.reached_preemption_sync_point(step)
         except RuntimeError as e:  # no pre-emption service in this runtime
