@@ -1,10 +1,6 @@
-"""A run directory's TensorBoard event files: CLU writers in `train/` and `test/` with the same
-tags, so TensorBoard overlays them (per replica `replica_<k>/...`, per population member
-`<member name>/...`), and the hyperparameters of each HParams session.
-
-Event files cannot be truncated, so a resumed run rewrites them from what it keeps: the
-evaluations of metrics.jsonl and the progress scalars `ProgressWriter` records in scalars.jsonl.
-Only process 0 writes them, and only where TensorFlow is installed (else one warning line).
+"""A run directory's TensorBoard event files (process 0, where TensorFlow is installed): CLU
+writers in `train/` and `test/` (per replica or population member in its folder), hparams.
+A resumed run rewrites them from metrics.jsonl and the scalars `ProgressWriter` records.
 """
 
 import json
@@ -139,10 +135,8 @@ def kept_scalars(workdir: Path, up_to_step: int) -> list[dict]:
 def open_writers(
     workdir: Path, config: dict, history: list[dict], up_to_step: int, just_logging=False
 ) -> dict:
-    """CLU writers for each event-file folder (`folders`) holding exactly the kept `history`
-    and progress scalars up to `up_to_step`, and the run's hparams; `just_logging` (processes
-    other than 0) writes no files and imports no TensorFlow (`NoEvents` writers), nor does a
-    process where TensorFlow is not installed."""
+    """A writer for each of `folders`, its event files rewritten to hold the kept `history` and
+    scalars up to `up_to_step`; `NoEvents` writers where `just_logging` or TensorFlow is absent."""
     workdir = Path(workdir)
     names = folders(config)
     if just_logging:

@@ -3,13 +3,10 @@ r"""Train one experiment.
     python -m fmnist_jax.main --config experiments/cnn.py --workdir runs/cnn \
         [--config.num_train_steps=200] [--verbose]
 
-`--config` takes an experiment file (`experiments/cnn.py`, `experiments/cnn.py:test` for its
-CPU smoke test) or an experiment's name (`cnn`, `cnn:test`), which also works from any folder
-once the package is installed. Several processes train one run when each gets the same
-`--coordinator_address=HOST:PORT --num_processes=N` and its own `--process_id=I` (or
-`--distributed` where JAX detects the cluster; see fmnist_jax/distributed.py). Rerunning on the same
-workdir resumes. Bad input ends in one line `error: ...` on stderr and exit status 2; --verbose
-shows the traceback instead."""
+`--config` takes an experiment file or name, with an optional variant (`cnn:test`, its CPU smoke
+test). Rerunning on the same workdir resumes. Several processes train one run with the same
+`--coordinator_address=HOST:PORT --num_processes=N` and each its own `--process_id=I`, or
+`--distributed` (docs/accelerators.md)."""
 
 import dataclasses
 from pathlib import Path
@@ -23,8 +20,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """The train command's flags; the distributed ones are jax.distributed.initialize's
-    arguments (the same command on every process, only --process_id differs)."""
+    """The train command's flags; the distributed ones are jax.distributed.initialize's."""
     config_flags.DEFINE_config_file(
         "config", None, "Experiment file or name, optionally with :variant.", lock_config=True
     )

@@ -88,9 +88,8 @@ def _add_xla_flag(environ: MutableMapping[str, str]) -> bool:
 
 
 def configure_cpu(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Adds `XLA_FLAG` to `environ['XLA_FLAGS']` where it can still take effect (jax not yet
-    imported, a verified jaxlib, no accelerator plugin, not opted out); True if the flag is in
-    place afterwards. Call it before `import jax`."""
+    """Adds `XLA_FLAG` to XLA_FLAGS before `import jax` (with a verified jaxlib, no accelerator
+    plugin, not opted out); True if the flag is in place afterwards."""
     if "jax" in sys.modules:
         return XLA_FLAG in environ.get("XLA_FLAGS", "")
     return _add_xla_flag(environ)

@@ -1,8 +1,5 @@
-"""Which Fashion-MNIST split a folder of IDX files holds, told by the files' sha256.
-
-The official files are Zalando's (the ones tensorflow-datasets downloads and verifies); this
-project's offline copy holds the genuine images in a split of its own. A run records what it
-trained on (`data.Dataset.split`), so a reader can say "official split" or "offline copy".
+"""Which Fashion-MNIST split a folder of IDX files holds, told by the files' sha256: the
+official (Zalando's) files, or this project's offline copy (genuine images, a split of its own).
 """
 
 import hashlib
