@@ -1,13 +1,11 @@
-"""The exercise's 1.1, the parameterized ReLU f(o; t) = max{t, o}: thresholded networks and
-their folding into plain-ReLU networks that compute the same function.
+"""The exercise's 1.1, the parameterized ReLU max{t, o}: thresholded networks, folded into
+plain-ReLU networks of the same function (`fmnist_jax.theory` measures it).
 
-Since max{t, o} = relu(o - t) + t, a network with thresholds computes the same function as a
-plain-ReLU network whose layer biases are shifted: b_l <- b_l - t_l, and the next layer absorbs
-the constant: b_{l+1} <- b_{l+1} + sum_j w_ij t_j. `fold_thresholds` does this on parameters.
-Exact through Dense layers, VALID convolutions, 2x2 max-pooling and flattening; not through a
-zero-padded SAME convolution after a thresholded layer, whose border taps see 0 where the folded
-net needs t (`same_padding_gap`); padding with t ('SAME_THRESHOLD') restores it. With dropout,
-exact at test time only (`ThresholdMLP`). `fmnist_jax.theory` measures it.
+max{t, o} = relu(o - t) + t, so each layer's bias loses t and the next one's gains
+sum_j w_ij t_j (`fold_thresholds`). Exact through Dense, VALID convolutions, 2x2 max-pooling
+and flattening; not through a zero-padded SAME convolution after a thresholded layer, whose
+border sees 0 where t is needed (`same_padding_gap`), unless padded with t ('SAME_THRESHOLD').
+With dropout, exact at test time only (`ThresholdMLP`).
 """
 
 from collections.abc import Sequence
