@@ -12,9 +12,8 @@ The interactive API (see `fmnist_jax.api` and docs/api.md):
     configure_cpu()                                  fast XLA:CPU convolutions (before jax)
     initialize_distributed(coordinator_address, num_processes, process_id)  several processes
 
-Importing the package changes nothing in the process (no environment variable, no backend):
-each name is imported on first use. For CPU speed call `fmnist_jax.configure_cpu()` before
-`import jax` (the command lines apply the same flag through `cli.run`; see `fmnist_jax.runtime`).
+Importing the package changes nothing in the process: each name is imported on first use. Call
+`configure_cpu()` before `import jax` for CPU speed (the command lines do it in `cli.run`).
 """
 
 from importlib import import_module as _import_module

@@ -1,23 +1,12 @@
-"""The one convention every command line follows (train, attack, figures, report, theory, bench).
+"""The one convention of every command line: each entry point defines its absl flags in
+`define_flags()` and ends in `cli.run(main, define_flags, required=[...])`, which
 
-Each entry point has a `define_flags()` (absl flags, `config_flags` where a config exists) and
-ends in `if __name__ == "__main__": cli.run(main, define_flags, required=[...])`, so importing
-it defines nothing; `cli.run`
-
-- defines the flags, and marks the required ones with absl's own mechanism (a missing one is a
-  one-line error);
-- makes `--help` print the module's docstring and flags and exit 0 (absl's own exits 1);
-- turns every failure into one line `error: <what and where>` on stderr and exit status 2 for
-  mistakes the user can fix (`errors.USER_ERRORS`, flag errors), 1 for anything else, with
-  `--verbose` showing the traceback instead;
-- sets absl logging to INFO without the INFO chatter of orbax, JAX and TensorFlow, and without
-  the tracebacks orbax's background threads print when a save fails (a full disk): that
-  failure reaches the main thread too, as the one line above; they go to absl's log at DEBUG,
-  below the INFO it shows (`--verbose` leaves them on the screen);
-- applies the process settings every command shares (`runtime.configure_process`: XLA:CPU's
-  convolution flag, TensorFlow quiet), before any JAX computation;
-- first of all, ends in one line naming the installed and the supported jax where the installed
-  one is older than the tested range (`runtime.jax_version_problem`).
+- refuses a jax older than the supported range, and applies `runtime.configure_process`;
+- defines the flags (a missing required one is a one-line error); `--help` exits 0;
+- turns every failure into one line `error: ...` on stderr, exit status 2 for mistakes the user
+  can fix (`errors.USER_ERRORS`, flag errors), 1 otherwise; `--verbose` shows the traceback;
+- logs at INFO without the libraries' INFO chatter, and logs at DEBUG the tracebacks orbax's
+  background threads print when a save fails (the main thread fails with one line too).
 """
 
 import contextlib
@@ -102,11 +91,15 @@ def _quiet_libraries(record) -> bool:
     )
 
 
+def _add_log_filter(keep: Callable) -> None:
+    logging.get_absl_logger().addFilter(keep)
+    logging.get_absl_handler().addFilter(keep)
+
+
 def setup_logging() -> None:
     """absl INFO logging for our own modules, warnings only for the libraries."""
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_logger().addFilter(_quiet_libraries)
-    logging.get_absl_handler().addFilter(_quiet_libraries)
+    _add_log_filter(_quiet_libraries)
 
 
 def _from_background_code(tb) -> bool:
@@ -125,14 +118,10 @@ def _demote_background_errors(record) -> bool:
 
 
 def quiet_background_failures() -> None:
-    """A failure inside orbax's background threads (a checkpoint save on a full disk) prints
-    tracebacks from those threads: orbax's own ERROR records, "Event loop is closed" from
-    tensorstore's callbacks into a finished asyncio loop (`sys.unraisablehook`), and anything
-    that escapes such a thread (`threading.excepthook`). The same failure reaches the main
-    thread, which ends in one line; these go to the log at DEBUG instead. Failures whose
-    traceback never enters that code keep the default hooks."""
-    logging.get_absl_logger().addFilter(_demote_background_errors)
-    logging.get_absl_handler().addFilter(_demote_background_errors)
+    """Tracebacks from orbax's background threads (a save on a full disk: orbax's ERROR
+    records, `threading.excepthook`, `sys.unraisablehook` for tensorstore's callbacks) go to
+    the log at DEBUG; the main thread reports the failure. Other failures keep the hooks."""
+    _add_log_filter(_demote_background_errors)
     thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
 
     def on_thread(args):
@@ -151,19 +140,15 @@ def quiet_background_failures() -> None:
     threading.excepthook, sys.unraisablehook = on_thread, on_unraisable
 
 
-def _asked_for_help(argv: Sequence[str]) -> bool:
-    return any(a in HELP_FLAGS or a.startswith("--help") for a in argv[1:])
-
-
 def parse_flags(argv: list[str], prepare: Callable[[list[str]], list[str]] | None = None):
     """absl's parsing with the convention above; `prepare` may rewrite argv first (the train
     command resolves experiment names to their files there)."""
     with reported(verbose="--verbose" in argv, user_error=True):
         try:
-            rest = FLAGS(prepare(argv) if prepare else argv)
+            return FLAGS(prepare(argv) if prepare else argv)
         except SystemExit as e:  # absl's --help prints the flags, then exits 1
-            raise SystemExit(0 if _asked_for_help(argv) else e.code) from None
-        return rest
+            helped = any(a in HELP_FLAGS or a.startswith("--help") for a in argv[1:])
+            raise SystemExit(0 if helped else e.code) from None
 
 
 def run(
@@ -172,8 +157,7 @@ def run(
     required: Sequence[str] = (),
     prepare: Callable[[list[str]], list[str]] | None = None,
 ) -> None:
-    """Runs `main()` as a command line after parsing the flags (see the module docstring),
-    with the process settings every command line shares (`runtime.configure_process`)."""
+    """Runs `main()` as a command line after parsing the flags (see the module docstring)."""
     problem = runtime.jax_version_problem()
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -183,8 +167,7 @@ def run(
         define_flags()
     if "verbose" not in FLAGS:
         flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
-    for name in required:
-        flags.mark_flag_as_required(name)
+    flags.mark_flags_as_required(required)
 
     def entry(argv):
         if len(argv) > 1:

@@ -1,14 +1,7 @@
 """Data sources, validation and batching.
 
-Every source returns a `Dataset`: two in-memory splits, each a dict of numpy arrays with
-`inputs` and `targets`, plus where the data came from. Fashion-MNIST is kept as uint8
-(about 55 MB for all 70,000 images) and turned into float32 in [0, 1] one batch at a time.
-
-Sources:
-  * "idx"       a folder with the four standard gz files (`data_dir` or $FMNIST_DATA_DIR);
-  * "tfds"      tensorflow-datasets' `fashion_mnist` (the official split; needs internet once);
-  * "synthetic" deterministic random images of the same shapes and dtypes, for fast tests;
-  * "linear_regression" a synthetic regression problem with a known ground truth.
+Every source (`load`) returns a `Dataset`: two in-memory splits of numpy `inputs` and `targets`,
+plus where the data came from. Images stay uint8 and become float32 in [0, 1] a batch at a time.
 """
 
 import dataclasses
@@ -35,6 +28,7 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 ENV_DATA_DIR = "FMNIST_DATA_DIR"
+TFDS_NAME = "fashion_mnist"
 DATASETS = ("fashion_mnist", "synthetic", "linear_regression")  # what `load` reads
 
 Split = dict[str, np.ndarray]
@@ -49,13 +43,8 @@ class Dataset:
     split: str | None = None  # Fashion-MNIST's "official" split, "offline-copy", ... (splits.py)
 
     def describe(self) -> dict:
-        return {
-            "source": self.source,
-            "location": self.location,
-            "split": self.split,
-            "num_train": len(self.train["targets"]),
-            "num_test": len(self.test["targets"]),
-        }
+        sizes = {f"num_{name}": len(getattr(self, name)["targets"]) for name in ("train", "test")}
+        return {"source": self.source, "location": self.location, "split": self.split, **sizes}
 
 
 def load_idx(folder: str | os.PathLike) -> Dataset:
@@ -87,9 +76,6 @@ def load_idx(folder: str | os.PathLike) -> Dataset:
     return Dataset(splits["train"], splits["test"], "idx", str(folder.resolve()), split)
 
 
-TFDS_NAME = "fashion_mnist"
-
-
 def _online(url: str, timeout: float = 3.0) -> bool:
     """Whether the host serving `url` accepts a connection within `timeout` seconds."""
     parsed = urllib.parse.urlparse(url)
@@ -102,11 +88,8 @@ def _online(url: str, timeout: float = 3.0) -> bool:
 
 
 def load_tfds(data_dir: str | None = None) -> Dataset:
-    """Loads the official split through tensorflow-datasets (downloads on first use).
-
-    Offline and not yet prepared, it fails at once with a DataError instead of retrying for
-    minutes (TFDS's own behaviour).
-    """
+    """The official split through tensorflow-datasets (downloaded on first use; offline, a
+    DataError at once instead of TFDS's minutes of retries)."""
     from fmnist_jax import runtime
 
     def missing(package: str, command: str):
@@ -136,11 +119,8 @@ def load_tfds(data_dir: str | None = None) -> Dataset:
 
 
 def synthetic_images(num_train: int = 512, num_test: int = 128, seed: int = 0) -> Dataset:
-    """Deterministic learnable stand-in for Fashion-MNIST: same shapes and dtypes.
-
-    Each class has a fixed random template; an example is its class template plus noise, so
-    models can learn it in a few steps.
-    """
+    """A learnable stand-in for Fashion-MNIST, same shapes and dtypes: each example is its
+    class's fixed random template plus noise."""
     rng = np.random.default_rng(seed)
     templates = rng.uniform(0, 255, size=(NUM_CLASSES, *IMAGE_SHAPE, 1))
 
@@ -172,11 +152,8 @@ def linear_regression_data(
 
 
 def load(config) -> Dataset:
-    """Loads the data set a config asks for.
-
-    `config.dataset` is "fashion_mnist", "synthetic" or "linear_regression". For Fashion-MNIST,
-    `config.data_dir` (or $FMNIST_DATA_DIR) names an IDX folder; with neither, TFDS is used.
-    """
+    """The data set `config.dataset` names (one of DATASETS). Fashion-MNIST comes from the IDX
+    folder `config.data_dir` (or $FMNIST_DATA_DIR) names, else from TFDS."""
     if config.dataset == "linear_regression":
         r = config.regression
         return linear_regression_data(
@@ -191,18 +168,17 @@ def load(config) -> Dataset:
 
 
 def check_images(images, what: str = "images", floats_only: bool = False) -> None:
-    """ConfigError unless `images` are uint8 grey levels (not with `floats_only`) or finite
-    floats in [0, 1], and not an empty batch: the one check of a caller's images (the API's
-    and the attack's)."""
+    """ConfigError unless `images` are a non-empty batch of uint8 grey levels (not with
+    `floats_only`) or finite floats in [0, 1]: the one check of a caller's images."""
     images = np.asarray(images)
-    if images.shape[:1] == (0,) or images.size == 0:
+    if images.size == 0:
         raise ConfigError(f"{what} is empty: pass at least one image")
     kind = images.dtype.kind
     if floats_only and kind != "f":
         raise ConfigError(
             f"{what} must be floats in [0, 1] (data.to_model_inputs), got {images.dtype}"
         )
-    if kind == "b" or (kind in "iu" and images.dtype != np.uint8):
+    if kind != "f" and images.dtype != np.uint8:
         raise ConfigError(
             f"{what} have dtype {images.dtype}: pass uint8 grey levels (0..255) or floats in [0, 1]"
         )
@@ -214,8 +190,6 @@ def check_images(images, what: str = "images", floats_only: bool = False) -> Non
         if low < 0.0 or high > 1.0:
             hint = " (0..255 floats? divide by 255, or pass uint8)" if high > 1.0 else ""
             raise ConfigError(f"{what} must lie in [0, 1], got {low:g}..{high:g}{hint}")
-    elif kind != "u":
-        raise ConfigError(f"{what} have dtype {images.dtype}: pass uint8 or float images")
 
 
 def check_labels(values, num_classes: int, what: str = "labels") -> None:
@@ -270,16 +244,10 @@ def epoch_batches(
     first_batch: int = 0,
     rows: slice | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields one pass over `split` in batches of `batch_size`.
-
-    The order is a permutation drawn from (seed, epoch), or the stored order if `seed` is None.
-    The last partial batch is dropped (`remainder="drop"`, for training: every step sees a full
-    batch) or padded with copies of the first example plus a `mask` that is False on the padding
-    (`remainder="pad"`, for evaluation: every example counts exactly once). Padded batches carry
-    the mask even when full, so every batch has the same structure. `first_batch` skips the
-    first batches of the pass without building them. `rows` keeps only those rows of each
-    batch (a process's share of a global batch; the others are never built).
-    """
+    """One pass over `split` in batches, ordered by a permutation drawn from (seed, epoch) or
+    as stored (`seed=None`). A last partial batch is dropped (`remainder="drop"`) or padded with
+    the first example, every batch then carrying a `mask` False on the padding ("pad": each
+    example counts once). `first_batch` skips batches unbuilt; `rows` keeps a process's rows."""
     n = len(split["targets"])
     passes = epoch_indices(
         n, batch_size, seed=seed, epoch=epoch, remainder=remainder, first_batch=first_batch
@@ -301,9 +269,8 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
 def train_indices(
     num_examples: int, batch_size: int, seed: int, start_step: int = 0
 ) -> Iterator[np.ndarray]:
-    """Endless example indices of each training step's batch, epoch after epoch, from global
-    step `start_step`: step s always gets the same batch for the same seed, so a resumed run
-    sees exactly the batches an uninterrupted one would."""
+    """Endless example indices of each training step's batch from global step `start_step`:
+    step s always gets the same batch for a seed, so a resumed run sees an uninterrupted one's."""
     per_epoch = num_examples // batch_size
     if per_epoch == 0:
         raise DataError(

@@ -1,14 +1,8 @@
 """Several processes, one training run: JAX's distributed runtime, the global mesh, and each
-process's rows of a global batch (launching: docs/accelerators.md).
-
-One process (the default) needs none of this. With N processes every process runs the same
-program after `initialize(...)`; `make_mesh()` spans every process's devices and each process
-feeds only its rows of each global batch (`local_rows`, `to_global`), so batch order, dropout
-keys and results do not depend on the number of processes. Process 0 alone writes the run
-directory's files; every process takes part in orbax's saves, so the workdir must be on a
-filesystem every process sees. A peer that never starts or dies ends every survivor with one
-line within the timeouts (a watchdog, before JAX's runtime aborts the process); a failure while
-the run is set up reaches every process at the next `failing_together` point.
+process's rows of a global batch (`local_rows`, `to_global`), so results do not depend on the
+number of processes (launching: docs/accelerators.md). A peer that never starts or dies ends
+every survivor with one line; a failure while the run is set up reaches every process at the
+next `failing_together` point.
 """
 
 import builtins
@@ -23,6 +17,7 @@ import threading
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from fmnist_jax import errors
@@ -64,36 +59,33 @@ class Launch:
                 raise ConfigError(f"{name} must be a positive number of seconds")
 
 
-def _watchdog(seconds: float, message: str) -> threading.Event:
-    """Ends the process with `message` on stderr after `seconds` unless the returned event is
-    set first (JAX's own timeout aborts with a C++ stack dump instead of a line)."""
-    done = threading.Event()
+def _exit_peer_failure(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os._exit(EXIT_PEER_FAILURE)
 
-    def fire():
-        if not done.wait(seconds):
-            print(f"error: {message}", file=sys.stderr, flush=True)
-            os._exit(EXIT_PEER_FAILURE)
 
-    threading.Thread(target=fire, daemon=True, name="fmnist-distributed-watchdog").start()
-    return done
+def _watchdog(seconds: float, message: str) -> threading.Timer:
+    """Ends the process with `message` on stderr after `seconds` unless cancelled first (JAX's
+    own timeout aborts with a C++ stack dump instead of a line)."""
+    timer = threading.Timer(seconds, _exit_peer_failure, (message,))
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def initialize(launch: Launch) -> None:
-    """Joins the distributed runtime `launch` describes; a single process does nothing.
-
-    Call it once, before any JAX computation. The coordinator binds the address given (not every
-    interface) unless `coordinator_bind_address` says otherwise. A peer missing after
-    `initialization_timeout` seconds ends this process with one line and exit status 3.
-    """
+    """Joins the distributed runtime `launch` describes, before any JAX computation (a single
+    process does nothing). The coordinator binds the address given unless
+    `coordinator_bind_address` says otherwise; a peer missing after `initialization_timeout`
+    seconds ends this process with one line and exit status 3."""
     launch.check()
     if not launch.multi_process or jax.distributed.is_initialized():
         return
-    address = launch.coordinator_address
-    bind = launch.coordinator_bind_address
-    if bind is None and address and launch.process_id == 0:
+    address, bind = launch.coordinator_address, launch.coordinator_bind_address
+    if bind is None and launch.process_id == 0:
         bind = address
     timeout = launch.initialization_timeout
-    done = _watchdog(
+    watchdog = _watchdog(
         max(timeout - 1, 1),
         f"distributed start: not all {launch.num_processes or '?'} processes joined"
         f" {address or 'the cluster'} within {timeout} s (is every process started, with the"
@@ -109,7 +101,7 @@ def initialize(launch: Launch) -> None:
             coordinator_bind_address=bind,
         )
     finally:  # joined, or failed with an exception of its own: no watchdog line then
-        done.set()
+        watchdog.cancel()
 
 
 def is_writer() -> bool:
@@ -120,8 +112,6 @@ def is_writer() -> bool:
 def barrier(name: str) -> None:
     """Waits until every process gets here (a no-op for one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -142,8 +132,8 @@ def _encode(error: BaseException | None) -> np.ndarray:
 
 
 def _decode(row: np.ndarray) -> Exception:
-    """Another process's error as the same type (one of Python's or `fmnist_jax.errors`) with
-    the same message, so that `cli` prints the same line; else a RuntimeError naming it."""
+    """Another process's error as the same type (Python's or `fmnist_jax.errors`') and message,
+    so that `cli` prints the same line; else a RuntimeError naming it."""
     raw = bytes(row[1:]).rstrip(b"\0").decode(errors="replace")
     try:
         found = json.loads(raw)
@@ -158,14 +148,10 @@ def _decode(row: np.ndarray) -> Exception:
 
 
 def agree(name: str, error: BaseException | None = None) -> None:
-    """Every process calls this at the same point, `error` being how it failed there (None:
-    it did not). Where another process failed, raises that process's error here too (the
-    first failing process's, by process index); returns otherwise (a failed caller raises its
-    own). One process: returns at once."""
+    """Every process calls this at the same point with how it failed there (None: it did not);
+    where another process failed, raises the first failing process's error here too."""
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils
-
     del name  # the point's name, for readers; all-gathers match by order
     outcomes = np.asarray(multihost_utils.process_allgather(_encode(error)))
     failed = np.flatnonzero(outcomes[:, 0])
@@ -175,10 +161,9 @@ def agree(name: str, error: BaseException | None = None) -> None:
 
 @contextlib.contextmanager
 def failing_together(name: str):
-    """Runs the block on every process and ends it with `agree(name)`: an exception in the
-    block on any process ends the block on all of them with that exception's type and
-    message, at once, instead of leaving the others at the next barrier until the heartbeat
-    timeout. Every process must reach the end of the block (exceptions included) in step."""
+    """Runs the block and ends it with `agree(name)`: an exception on any process ends the block
+    on all of them at once with its type and message, instead of a wait at the next barrier
+    until the heartbeat timeout. Every process must reach the end of the block in step."""
     try:
         yield
     except Exception as e:
@@ -188,9 +173,8 @@ def failing_together(name: str):
 
 
 def replica_axis_size(num_replicas: int, num_devices: int, num_processes: int = 1) -> int:
-    """How many devices the mesh's `replica` axis spans: the most that divide both the
-    replicas and the devices (each device then holds whole replicas), 1 with several
-    processes (every process then feeds its rows of every replica's batch)."""
+    """Devices on the mesh's `replica` axis: the most that divide both replicas and devices (each
+    device holds whole replicas); 1 with several processes (each feeds rows of every replica)."""
     return 1 if num_processes > 1 else math.gcd(num_replicas, num_devices)
 
 
@@ -229,11 +213,8 @@ def replicate(tree, sharding: NamedSharding):
     """Host values (the same on every process) as arrays replicated over the global mesh."""
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
-    host = jax.device_get(tree)
-    return jax.tree.map(
-        lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v), np.shape(v)),
-        host,
-    )
+    local = jax.make_array_from_process_local_data
+    return jax.tree.map(lambda v: local(sharding, np.asarray(v), np.shape(v)), jax.device_get(tree))
 
 
 PEER_FAILURE_SIGNS = ("Gloo", "Connection closed", "Connection reset", "unhealthy", "heartbeat")
@@ -241,10 +222,9 @@ PEER_FAILURE_SIGNS = ("Gloo", "Connection closed", "Connection reset", "unhealth
 
 @contextlib.contextmanager
 def exit_on_peer_failure(workdir):
-    """With several processes, a collective that fails because another process died (a
-    `ValueError` from gloo, raised at the next host read) ends this process with one line and
-    exit status 3. `os._exit`: a normal exit would run JAX's shutdown barrier, which waits for
-    the dead process and then aborts."""
+    """With several processes, a collective that fails because another process died ends this
+    process with one line and exit status 3 (`os._exit`: a normal exit would wait at JAX's
+    shutdown barrier for the dead process, then abort)."""
     try:
         yield
     except Exception as e:
@@ -253,11 +233,8 @@ def exit_on_peer_failure(workdir):
             raise
         reason = re.sub(r"(Error dispatching computation: )+", "", text).strip()
         first = reason.splitlines()[0][:160] if reason else type(e).__name__
-        print(
-            f"error: distributed run: process {jax.process_index()} lost another process"
+        _exit_peer_failure(
+            f"distributed run: process {jax.process_index()} lost another process"
             f" ({type(e).__name__}: {first}); {workdir} keeps its last finished checkpoint:"
-            " start every process again to resume",
-            file=sys.stderr,
-            flush=True,
+            " start every process again to resume"
         )
-        os._exit(EXIT_PEER_FAILURE)

@@ -1,9 +1,5 @@
-"""The exceptions every module raises for mistakes a user can fix.
-
-This module imports nothing of the package: config, data, the run directory, the train loop, the
-attack and the command lines all raise these, and `fmnist_jax.cli` turns them into one line
-`error: <message>` with exit status 2.
-"""
+"""The exceptions every module raises for mistakes a user can fix; `fmnist_jax.cli` turns them
+into one line `error: <message>` with exit status 2. Imports nothing of the package."""
 
 
 class ConfigError(ValueError):
@@ -19,8 +15,7 @@ class UsageError(ValueError):
 
 
 class RunError(RuntimeError):
-    """A run directory that is missing, unreadable or from another run; the message says which
-    file and why."""
+    """A run directory that is missing, unreadable or from another run (which file and why)."""
 
 
 class TrainingError(RuntimeError):
@@ -28,8 +23,7 @@ class TrainingError(RuntimeError):
 
 
 class MissingDependency(RuntimeError):
-    """A feature needs an optional package that is not installed; the message names the pip
-    command that adds it."""
+    """A feature needs an optional package that is not installed (the message names its pip)."""
 
 
 USER_ERRORS = (ConfigError, DataError, UsageError, RunError, TrainingError, MissingDependency)
@@ -53,9 +47,8 @@ def pip_install(e: ImportError) -> str | None:
 
 
 class Interrupted(RuntimeError):
-    """Training stopped on a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C) after
-    saving a checkpoint at the step it reached; the same command resumes. `signum` is the
-    signal: the command line exits with 128 + signum, as a process killed by it would."""
+    """Training stopped on signal `signum` after saving a checkpoint at the step it reached (the
+    same command resumes); the command line exits with 128 + signum."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

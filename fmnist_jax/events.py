@@ -1,30 +1,13 @@
-"""A run directory's TensorBoard event files, for TensorBoard users.
-
-- `train/` and `test/`: CLU writers with the same tags (`loss`, `accuracy`), so TensorBoard
-  overlays them; the (first) train writer also carries CLU's progress scalars
-  (`steps_per_sec`, `uptime`). A run of R > 1 replicas has `replica_<k>/train` and
-  `replica_<k>/test` for each replica instead: separate TensorBoard runs, overlaid; a
-  population's members have `<member name>/train` and `/test`, the name saying its
-  hyperparameters and seed (`population.member_name`).
-- the run's hyperparameters, for TensorBoard's HParams dashboard (whose metrics are the tags
-  of the session's `train/` and `test/`: it lists each session with its test loss and
-  accuracy, tensorboard#3675): one session in the workdir itself, or one per population
-  member in its folder, with the member's grid values and seed.
-
-Event files cannot be truncated, so a resumed run replaces them by a replay of what it keeps:
-the evaluations of metrics.jsonl and the scalars logged between them, which `ProgressWriter`
-records in `scalars.jsonl` as they are written, each up to the checkpoint it resumes from.
-
-Only process 0 writes event files, and only it imports TensorFlow (CLU's writers do); where
-TensorFlow is not installed it says so in one warning line and the run goes on without them
-(every reader reads metrics.jsonl; scalars.jsonl is still kept, so a later run with TensorFlow
-replays everything).
+"""A run directory's TensorBoard event files (process 0, where TensorFlow is installed): CLU
+writers in `train/` and `test/` (per replica or population member in its folder), hparams.
+A resumed run rewrites them from metrics.jsonl and the scalars `ProgressWriter` records.
 """
 
 import json
 from pathlib import Path
 
 from absl import logging
+from flax import traverse_util
 
 from fmnist_jax import population, runtime
 from fmnist_jax.rundir import COLLECTIONS
@@ -33,32 +16,25 @@ SCALARS_FILE = "scalars.jsonl"  # scalars logged between evaluations (CLU's prog
 EVENTS_GLOB = "events.out.tfevents.*"
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def _flat(d: dict) -> dict:
     """A nested config as TensorBoard hparams: dotted names, values bool, int, float or str."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, bool | int | float | str) else str(v)
-    return out
+    flat = traverse_util.flatten_dict(d, sep=".")
+    return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in flat.items()}
 
 
 class ProgressWriter:
     """A CLU writer that also appends what is written through it to scalars.jsonl, so that a
     resumed run can replay it (the train loop hands it to CLU's `ReportProgress`)."""
 
-    def __init__(self, writer, workdir: Path, collection: str, record: bool = True):
+    def __init__(self, writer, workdir: Path, collection: str):
         self.inner, self._path, self._collection = writer, Path(workdir) / SCALARS_FILE, collection
-        self._record = record
 
     def write_scalars(self, step: int, scalars) -> None:
         self.inner.write_scalars(step, scalars)
-        if self._record:
-            line = {"collection": self._collection, "step": int(step)}
-            line.update({k: float(v) for k, v in scalars.items()})
-            with open(self._path, "a") as f:
-                f.write(json.dumps(line) + "\n")
+        line = {"collection": self._collection, "step": int(step)}
+        line.update({k: float(v) for k, v in scalars.items()})
+        with open(self._path, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -68,17 +44,10 @@ class NoEvents:
     """Stands in for a CLU writer where no event files are written: on processes other than 0,
     and where TensorFlow is not installed."""
 
-    def write_scalars(self, step: int, scalars) -> None:
-        del step, scalars
+    def _ignore(self, *args) -> None:
+        del args
 
-    def write_hparams(self, hparams) -> None:
-        del hparams
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    write_scalars = write_hparams = flush = close = _ignore
 
 
 def _metric_writers():
@@ -94,11 +63,6 @@ def _metric_writers():
         )
 
     return runtime.import_beside_tensorflow("clu.metric_writers", missing)
-
-
-def _member_folder(record: dict) -> str | None:
-    """A population member's folder (its record names its grid point and seed), else None."""
-    return population.member_name(record) if "point" in record else None
 
 
 def sessions(config: dict) -> dict[str, dict]:
@@ -125,7 +89,10 @@ def folders(config: dict) -> list[str]:
 
 
 def _folder(record: dict, collection: str, writers: dict) -> str:
-    prefix = _member_folder(record) or f"replica_{record['replica']}"
+    """The folder of a record: its population member's (it names a grid point), its replica's,
+    or the plain collection."""
+    point = "point" in record
+    prefix = population.member_name(record) if point else f"replica_{record['replica']}"
     nested = f"{prefix}/{collection}"
     return nested if nested in writers else collection
 
@@ -165,25 +132,19 @@ def kept_scalars(workdir: Path, up_to_step: int) -> list[dict]:
     return [lines[k] for k in sorted(lines)]
 
 
-def _replace_event_files(workdir: Path, names: list[str]) -> None:
-    for folder in (workdir, *(workdir / name for name in names)):
-        for old in folder.glob(EVENTS_GLOB):
-            old.unlink()
-
-
 def open_writers(
     workdir: Path, config: dict, history: list[dict], up_to_step: int, just_logging=False
 ) -> dict:
-    """CLU writers for each event-file folder (`folders`) holding exactly the kept `history`
-    and progress scalars up to `up_to_step`, and the run's hparams; `just_logging` (processes
-    other than 0) writes no files and imports no TensorFlow (`NoEvents` writers), nor does a
-    process where TensorFlow is not installed."""
+    """A writer for each of `folders`, its event files rewritten to hold the kept `history` and
+    scalars up to `up_to_step`; `NoEvents` writers where `just_logging` or TensorFlow is absent."""
     workdir = Path(workdir)
     names = folders(config)
     if just_logging:
         return {name: NoEvents() for name in names}
     kept = kept_scalars(workdir, up_to_step)
-    _replace_event_files(workdir, [*names, *sessions(config)])
+    for folder in (workdir, *(workdir / name for name in [*names, *sessions(config)])):
+        for old in folder.glob(EVENTS_GLOB):  # event files cannot be truncated: rewritten
+            old.unlink()
     (workdir / SCALARS_FILE).write_text("".join(json.dumps(e) + "\n" for e in kept))
     metric_writers = _metric_writers()
     if metric_writers is None:

@@ -1,10 +1,11 @@
-"""The exercise's 1.1, the parameterized ReLU f(o; t) = max{t, o}: thresholded networks and
-their folding into plain-ReLU networks that compute the same function.
+"""The exercise's 1.1, the parameterized ReLU max{t, o}: thresholded networks, folded into
+plain-ReLU networks of the same function (`fmnist_jax.theory` measures it).
 
-Since max{t, o} = relu(o - t) + t, a network with thresholds computes the same function as a
-plain-ReLU network whose layer biases are shifted: b_l <- b_l - t_l, and the next layer absorbs
-the constant: b_{l+1} <- b_{l+1} + sum_j w_ij t_j. `fold_thresholds` does this on parameters.
-`fmnist_jax.theory` measures it (`python -m fmnist_jax.theory`).
+max{t, o} = relu(o - t) + t, so each layer's bias loses t and the next one's gains
+sum_j w_ij t_j (`fold_thresholds`). Exact through Dense, VALID convolutions, 2x2 max-pooling
+and flattening; not through a zero-padded SAME convolution after a thresholded layer, whose
+border sees 0 where t is needed (`same_padding_gap`), unless padded with t ('SAME_THRESHOLD').
+With dropout, exact at test time only (`ThresholdMLP`).
 """
 
 from collections.abc import Sequence
@@ -16,16 +17,10 @@ import jax.numpy as jnp
 
 from fmnist_jax.layers import max_pool_2x2
 
-# 1.1 Parameterized ReLU: models
-
 
 class ThresholdReLU(nn.Module):
-    """x -> max{t, x} with a learnable threshold per feature (the last axis); t starts at 0.
-
-    Per feature is the general case: one threshold per unit of a Dense layer (a single shared t,
-    as in the exercise, is the special case of equal entries) and one per channel of a conv layer
-    (a conv bias is per channel, so per-position thresholds would not fold into it).
-    """
+    """x -> max{t, x} with a learnable threshold per feature (last axis), starting at 0: per unit
+    of a Dense layer, per channel of a conv (as its bias is); the exercise's shared t is a case."""
 
     param_dtype: jnp.dtype = jnp.float32
 
@@ -60,23 +55,16 @@ class _MLPBase(nn.Module):
 
 
 class ReluMLP(_MLPBase):
-    """flatten -> [Dense -> ReLU -> Dropout] per hidden size -> Dense(num_outputs).
-
-    Layers `Dense_0..Dense_n`, the names of `ThresholdMLP`'s, so folded parameters load directly.
-    """
+    """flatten -> [Dense -> ReLU -> Dropout] per hidden size -> Dense(num_outputs); its layer
+    names are `ThresholdMLP`'s, so folded parameters load directly."""
 
 
 class ThresholdMLP(_MLPBase):
     """flatten -> [Dense -> max{t, .} -> Dropout] per hidden size -> Dense(num_outputs).
 
-    One learnable threshold per hidden unit (`ThresholdReLU_i`). `fold_mlp` turns the parameters
-    into a `ReluMLP`'s computing the same function, exactly with dropout off (`train=False`).
-    With inverted dropout on and the same mask m (rate p), a dropped unit outputs 0 here but 0 + t
-    in the shifted view of the ReLU net: the ReLU net's next pre-activation is off by
-    sum_j w_ij t_j (1 - m_j / (1 - p)). That error has mean 0 over masks, so the two nets agree in
-    expectation only up to the next nonlinearity (logits, if the dropout precedes the output
-    layer); a ReLU after it breaks even that. Put differently, training the folded ReLU net with
-    dropout trains this net with dropout towards t: kept units t + (h - t) / (1 - p), dropped t.
+    `fold_mlp` gives a `ReluMLP` of the same function with dropout off. With dropout on (mask m,
+    rate p) a dropped unit is 0 here but t in the folded net, whose next pre-activation is off by
+    sum_j w_ij t_j (1 - m_j / (1 - p)): zero in expectation, up to the next nonlinearity only.
     """
 
     thresholded: ClassVar[bool] = True
@@ -111,47 +99,27 @@ class _ConvNetBase(nn.Module):
 
 
 class ReluConvNet(_ConvNetBase):
-    """[Conv 3x3 -> ReLU -> 2x2 max-pool -> Dropout] x2 -> flatten -> Dense -> ReLU -> Dense.
-
-    With the defaults, the layers, names and shapes of `models.ConvNet`. `padding` is 'SAME'
-    (zero-padded), 'VALID', or 'SAME_THRESHOLD', which pads with the activation's floor, here 0,
-    and so is SAME.
-    """
+    """[Conv 3x3 -> ReLU -> 2x2 max-pool -> Dropout] x2 -> flatten -> Dense -> ReLU -> Dense:
+    `models.ConvNet`'s layers and names; `padding` 'SAME', 'VALID' or 'SAME_THRESHOLD' (= SAME)."""
 
 
 class ThresholdConvNet(_ConvNetBase):
-    """`ReluConvNet` with max{t, .} activations: per-channel t after convs, per-unit after Dense.
-
-    `padding`: 'SAME' zero-pads every conv's input; 'VALID' pads nothing; 'SAME_THRESHOLD' pads
-    the raw image with 0 and each thresholded activation with its thresholds t. `fold_convnet`
-    is exact for 'VALID' and 'SAME_THRESHOLD' (to a SAME `ReluConvNet`), not for 'SAME'. Dropout
-    behaves as in `ThresholdMLP`: exact with `train=False`.
-    """
+    """`ReluConvNet` with max{t, .} activations; 'SAME_THRESHOLD' pads each thresholded
+    activation with its t, and `fold_convnet` is exact for it and 'VALID', not 'SAME'."""
 
     thresholded: ClassVar[bool] = True
 
 
-# 1.1 Parameterized ReLU: folding
-
-
 def _shift_effect(kernel: jax.Array, shift: jax.Array) -> jax.Array:
-    """A layer's output change when each input channel c is raised by shift[c], i.e. K^T t.
-
-    The kernel's last two axes are (inputs, outputs). Its leading axes (conv taps), or the
-    positions of a flattened NHWC map (inputs = positions * channels, channel fastest), are
-    summed: every tap or position sees the same shift.
-    """
+    """A layer's output change, K^T t, when each input channel c rises by shift[c]; summed over
+    conv taps or the positions of a flattened NHWC map (channel fastest)."""
     kernel = kernel.reshape(-1, shift.shape[0], kernel.shape[-1])
     return jnp.einsum("c,pco->o", shift, kernel)
 
 
 def fold_thresholds(params: dict, chain: Sequence[tuple[str, str | None]]) -> dict:
-    """Plain-ReLU parameters that compute the same function as thresholded `params`.
-
-    `chain` lists the linear layers in order, each with the name of the threshold module after
-    it (or None). max{t, o} = relu(o - t) + t, so each layer's bias loses t and the next layer's
-    bias gains the constant's effect, sum_j w_ij t_j (summed over taps and positions too).
-    """
+    """Plain-ReLU parameters computing the same function as thresholded `params`; `chain` lists
+    the linear layers in order, each with the threshold module after it (or None)."""
     folded, shift = {}, None
     for layer, threshold in chain:
         kernel, bias = params[layer]["kernel"], params[layer]["bias"]
@@ -184,12 +152,8 @@ def fold_convnet(params: dict) -> dict:
 
 
 def same_padding_gap(kernel: jax.Array, shift: jax.Array, height: int, width: int) -> jax.Array:
-    """The error folding makes at a zero-padded SAME 3x3 conv whose input was shifted by `shift`.
-
-    The folded net zero-pads relu(o - t), which is the thresholded activation padded with t, not
-    0; output pixels whose window reaches into the padding gain K^T t over those taps. Returns the
-    (height, width, out) error of the folded pre-activation (plus its own shift): 0 inside.
-    """
+    """The (height, width, out) error folding makes at a zero-padded SAME 3x3 conv whose input
+    was shifted by `shift`: K^T t over the taps reaching into the padding, 0 inside."""
     inside = jnp.zeros((1, height, width, shift.shape[0]), kernel.dtype)
     ring = jnp.pad(inside - shift, ((0, 0), (1, 1), (1, 1), (0, 0))) + shift  # t outside, 0 in
     dims = ("NHWC", "HWIO", "NHWC")

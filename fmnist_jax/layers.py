@@ -1,9 +1,5 @@
-"""Layers with hand-written gradients: `max_pool_2x2` and `conv` (fast backward passes on
-XLA:CPU, where JAX's own select-and-scatter and the convolution's gradient are slow: see
-docs/speed-cpu.md), and `sigmoid`, whose gradient reuses its forward value (exercise §1.2).
-
-`max_pool_2x2` computes `nn.max_pool(x, (2, 2), strides=(2, 2))`; its gradient goes to the
-inputs equal to the window's maximum, split equally among ties.
+"""Layers with hand-written gradients: `max_pool_2x2` and `conv` (backward passes XLA:CPU runs
+fast; docs/speed-cpu.md), and `sigmoid`, whose gradient reuses its forward value (exercise 1.2).
 """
 
 import jax
@@ -41,23 +37,18 @@ _pool_even.defvjp(_pool_even_fwd, _pool_even_bwd)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pooling with stride 2 (VALID: an odd last row or column is dropped), NHWC."""
+    """`nn.max_pool(x, (2, 2), strides=(2, 2))` (NHWC, VALID); the gradient goes to the inputs
+    equal to the window's maximum, split equally among ties."""
     _, h, w, _ = x.shape
     return _pool_even(x[:, : h - h % 2, : w - w % 2, :])
 
-
-# Convolution with its gradients written out for XLA:CPU
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _kernel_grad_by_conv(x, g, padding, precision=None):
-    """d(loss)/d(kernel) of a stride-1 NHWC/HWIO convolution as a convolution in the layout
-    XLA:CPU hands to Eigen: the input's channels as the batch, its batch as the features
-    ([Cin, H, W, B]), the output gradient as an HWIO kernel ([Ho, Wo, B, Cout]), each of the
-    kh x kw outputs a window over the whole image. Autodiff's kernel gradient (`f01b_i01o`)
-    is rewritten into this only outside loops; inside one XLA:CPU runs it on its generic
-    emitter (the ConvNet's step inside a `lax.scan` ~25x slower)."""
+    """d(loss)/d(kernel) of a stride-1 NHWC/HWIO convolution, as a convolution in Eigen's layout:
+    the input's channels as the batch ([Cin, H, W, B]), the output gradient as the kernel."""
     dw = jax.lax.conv_general_dilated(
         jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1), padding,
         dimension_numbers=NHWC, precision=precision,
@@ -66,9 +57,8 @@ def _kernel_grad_by_conv(x, g, padding, precision=None):
 
 
 def _input_grad(g, w, padding, precision=None):
-    """d(loss)/d(input) of a stride-1 NHWC/HWIO convolution, written out: the output gradient
-    convolved with the kernel flipped in space and its in/out axes swapped (HWIO again), padded
-    by k - 1 - p on each side (the transposed convolution autodiff builds)."""
+    """d(loss)/d(input) of a stride-1 NHWC/HWIO convolution: the output gradient convolved with
+    the kernel flipped in space, in/out swapped (HWIO), padded by k - 1 - p on each side."""
     pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:2], padding, strict=True)]
     kernel = jnp.flip(w, (0, 1)).swapaxes(2, 3)
     return jax.lax.conv_general_dilated(g, kernel, (1, 1), pads, dimension_numbers=NHWC,
@@ -76,10 +66,8 @@ def _input_grad(g, w, padding, precision=None):
 
 
 def _input_grad_by_taps(g, w, padding, input_shape):
-    """`_input_grad` for few input channels as one matrix product: each output position's
-    gradient times every tap of the kernel ([B*Ho*Wo, Cout] x [Cout, kh*kw*Cin]), then each
-    tap's share added back at the input pixel it read (nine shifted adds on a small array).
-    XLA:CPU runs the convolution with one output channel ~3 ms at batch 100, this ~0.5 ms."""
+    """`_input_grad` for few input channels: one product of each output position's gradient
+    with every tap ([B*Ho*Wo, Cout] x [Cout, kh*kw*Cin]), each tap added back where it read."""
     kh, kw, cin, cout = w.shape
     b, ho, wo, _ = g.shape
     taps = jax.lax.dot_general(
@@ -94,9 +82,7 @@ def _input_grad_by_taps(g, w, padding, input_shape):
     return padded[:, top : top + input_shape[1], left : left + input_shape[2], :].astype(g.dtype)
 
 
-# kh*kw*Cin up to this: the input gradient as products over taps (the first layer); above it,
-# as a convolution in Eigen's layout.
-FEW_COLUMNS = 64
+FEW_COLUMNS = 64  # kh*kw*Cin up to this: the input gradient by taps (`_input_grad_by_taps`)
 
 
 def _gradients_apply(lhs, rhs, window_strides, padding, dilations, dimension_numbers, groups):
@@ -127,24 +113,11 @@ def conv(
     precision=None,
     **unused,
 ):
-    """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`, NHWC input and HWIO
-    kernel, whose gradients on the CPU are written out:
-
-    - the input gradient as `_input_grad`, a convolution with the flipped kernel in HWIO order.
-      Autodiff's transposed convolution takes the kernel in `01oi` order, which XLA:CPU turns
-      into an HWIO copy only outside loops: inside a `lax.while_loop` or `lax.scan` (the
-      attack's pooled search, device-resident training chunks) it runs the `01oi` convolution on
-      its generic emitter, ~8x slower (conv2's input gradient at batch 100: 20 ms against 2.6).
-    - for few input channels (kh*kw*Cin <= FEW_COLUMNS: the ConvNet's first layer, Cin=1)
-      the input gradient as products over the nine taps instead (`_input_grad_by_taps`).
-    - the kernel gradient as `_kernel_grad_by_conv`, a convolution in the layout Eigen takes
-      (autodiff's `f01b_i01o` form is rewritten so only outside loops). The first layer's
-      kernel gradient was a product over its nine-column patch matrix until jaxlib 0.12,
-      where that is slower inside loops than this convolution (benchmarks/README.md, Round 4).
-
-    The forward pass is XLA's own, and so is everything on GPU and TPU
-    (`lax.platform_dependent`). Other strides, dilations, groups or paddings go to
-    `lax.conv_general_dilated` unchanged (`_gradients_apply`)."""
+    """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)` whose CPU gradients
+    are written out in the layouts Eigen takes (`_input_grad`, `_input_grad_by_taps`,
+    `_kernel_grad_by_conv`): inside a loop XLA:CPU keeps autodiff's layouts and runs them on its
+    generic emitter, several times slower. The forward pass, GPU and TPU, and convolutions
+    `_gradients_apply` rejects are XLA's own."""
     del unused
     dilations = (lhs_dilation, rhs_dilation)
     ones = (1,) * (lhs.ndim - 2)
@@ -204,19 +177,10 @@ def _conv_with_cpu_gradients(padding, precision, few_columns: bool):
     return f
 
 
-# Sigmoid with its derivative from the forward value
-
-
 @jax.custom_vjp
 def sigmoid(x: jax.Array) -> jax.Array:
-    """Logistic sigmoid whose gradient is computed from its saved output: sigma' = sigma - sigma^2.
-
-    The backward pass is one subtraction and two products on the forward value (4 equations in
-    the gradient's jaxpr, forward included, against 10 for autodiff of 1 / (1 + exp(-x))), and
-    it stays finite where that chain rule gives NaN (x < -88.72 in float32). The exercise's
-    section 1.2; `fmnist_jax.theory` measures both forms, the MLP uses it with
-    `activation="sigmoid"`.
-    """
+    """Logistic sigmoid whose gradient comes from its saved output, sigma' = sigma - sigma^2:
+    fewer operations than autodiff's, and finite where its chain rule gives NaN (`theory`)."""
     return jax.nn.sigmoid(x)
 
 

@@ -3,14 +3,12 @@ r"""Train one experiment.
     python -m fmnist_jax.main --config experiments/cnn.py --workdir runs/cnn \
         [--config.num_train_steps=200] [--verbose]
 
-`--config` takes an experiment file (`experiments/cnn.py`, `experiments/cnn.py:test` for its
-CPU smoke test) or an experiment's name (`cnn`, `cnn:test`), which also works from any folder
-once the package is installed. Several processes train one run when each gets the same
-`--coordinator_address=HOST:PORT --num_processes=N` and its own `--process_id=I` (or
-`--distributed` where JAX detects the cluster; see fmnist_jax/distributed.py). Rerunning on the same
-workdir resumes. Bad input ends in one line `error: ...` on stderr and exit status 2; --verbose
-shows the traceback instead."""
+`--config` takes an experiment file or name, with an optional variant (`cnn:test`, its CPU smoke
+test). Rerunning on the same workdir resumes. Several processes train one run with the same
+`--coordinator_address=HOST:PORT --num_processes=N` and each its own `--process_id=I`, or
+`--distributed` (docs/accelerators.md)."""
 
+import dataclasses
 from pathlib import Path
 
 from absl import flags, logging
@@ -22,31 +20,18 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """The train command's flags; the distributed ones are jax.distributed.initialize's
-    arguments (the same command on every process, only --process_id differs)."""
+    """The train command's flags; the distributed ones are jax.distributed.initialize's."""
     config_flags.DEFINE_config_file(
         "config", None, "Experiment file or name, optionally with :variant.", lock_config=True
     )
     flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and summary.json.")
-    flags.DEFINE_string(
-        "coordinator_address", None, "HOST:PORT of process 0, where the coordinator listens."
-    )
+    flags.DEFINE_string("coordinator_address", None, "HOST:PORT where process 0 listens.")
     flags.DEFINE_integer("num_processes", None, "Processes in the run.")
     flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
-    flags.DEFINE_bool(
-        "distributed", False, "Join a cluster JAX detects itself (Cloud TPU pod slice, SLURM, MPI)."
-    )
-    flags.DEFINE_integer(
-        "initialization_timeout", 300, "Seconds to wait for every process to join."
-    )
-    flags.DEFINE_integer(
-        "heartbeat_timeout_seconds", 100, "Seconds without a sign of a process before it is dead."
-    )
-    flags.DEFINE_string(
-        "coordinator_bind_address",
-        None,
-        "Where process 0 listens (default: --coordinator_address).",
-    )
+    flags.DEFINE_bool("distributed", False, "Join a cluster JAX detects (TPU pod, SLURM, MPI).")
+    flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for all processes.")
+    flags.DEFINE_integer("heartbeat_timeout_seconds", 100, "Seconds before a silent peer is dead.")
+    flags.DEFINE_string("coordinator_bind_address", None, "Where process 0 binds, if not there.")
 
 
 def resolve_experiment(argv: list[str]) -> list[str]:
@@ -88,18 +73,11 @@ def load_config():
 
 
 def launch():
-    """The `distributed.Launch` the flags describe."""
+    """The `distributed.Launch` the flags describe: a flag per field, `auto` is --distributed."""
     from fmnist_jax import distributed
 
-    return distributed.Launch(
-        coordinator_address=FLAGS.coordinator_address,
-        num_processes=FLAGS.num_processes,
-        process_id=FLAGS.process_id,
-        auto=FLAGS.distributed,
-        initialization_timeout=FLAGS.initialization_timeout,
-        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
-        coordinator_bind_address=FLAGS.coordinator_bind_address,
-    )
+    names = [f.name for f in dataclasses.fields(distributed.Launch) if f.name != "auto"]
+    return distributed.Launch(auto=FLAGS.distributed, **{n: FLAGS[n].value for n in names})
 
 
 def main() -> None:

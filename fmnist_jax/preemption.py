@@ -1,13 +1,7 @@
-"""Stopping cleanly when asked: SIGTERM (how Cloud TPU, SLURM and Kubernetes announce a
-pre-emption, before a grace period) and SIGINT (Ctrl-C).
-
-The loop asks `StopRequest.requested(step)` after every step. One process: handlers for both
-signals (installed while the loop runs, the previous ones restored afterwards) note the signal;
-the loop finishes the step in flight, saves a checkpoint at that step and stops with
-`errors.Interrupted`; a second Ctrl-C stops at once. Several processes: JAX's pre-emption sync
-point (`multihost_utils.reached_preemption_sync_point`, as orbax uses it): JAX's runtime
-catches SIGTERM on any process and every process gets True at the same step, so they all save
-that step together.
+"""Stopping cleanly on SIGTERM (a scheduler's pre-emption notice) and SIGINT (Ctrl-C): after
+every step the loop asks `StopRequest.requested(step)`, and if so saves that step and stops with
+`errors.Interrupted`. One process: signal handlers note the signal (a second Ctrl-C stops at
+once). Several processes: JAX's pre-emption sync point, True on every process at the same step.
 """
 
 import signal
@@ -15,6 +9,7 @@ import threading
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class StopRequest:
@@ -49,8 +44,6 @@ class StopRequest:
             return self.signum is not None
         if not self._sync_point:
             return False
-        from jax.experimental import multihost_utils
-
         try:
             reached = multihost_utils.reached_preemption_sync_point(step)
         except RuntimeError as e:  # no pre-emption service in this runtime

@@ -1,12 +1,7 @@
-"""Process settings that make XLA:CPU train this project's models fast: explicit, never on import.
-
-`configure_cpu()` gives the convolutions back to XLA's Eigen kernels (all cores; YNNPACK runs
-this ConvNet's on one) through XLA_FLAGS, before jax is imported; `malloc_hint()` says how to
-back XLA's per-step buffers with huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which
-only the environment that starts Python can set: the Makefile exports it). Neither changes what
-is computed; each applies only where it can (a verified jaxlib, no GPU/TPU plugin, Linux with
-glibc), a user's own value wins, and `FMNIST_CPU_TUNING=0` turns both off. Why and how much:
-docs/speed-cpu.md.
+"""Process settings: explicit, never on import. `configure_cpu()` gives XLA:CPU's convolutions
+back to Eigen (XLA_FLAGS); `malloc_hint()` says how to back XLA's buffers with huge pages
+(GLIBC_TUNABLES, read only at start-up). Neither changes what is computed; each applies only
+where it can, a user's own value wins, `FMNIST_CPU_TUNING=0` turns both off (docs/speed-cpu.md).
 """
 
 import importlib.metadata
@@ -18,7 +13,6 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
 OPT_OUT = "FMNIST_CPU_TUNING"
 XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-# Release prefixes where XLA_FLAG exists and was measured (0.11.2: exists, same HLO as 0.12).
 VERIFIED_JAXLIB = ("0.10.", "0.11.", "0.12.")
 ACCELERATOR_PLUGINS = (
     "libtpu",
@@ -28,9 +22,7 @@ ACCELERATOR_PLUGINS = (
     "jax-rocm-plugin",
 )
 MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
-# The jax releases the suite runs on: from requirements.txt's (Python 3.11) to
-# requirements-latest.txt's (Python >= 3.12); pyproject.toml declares the same range.
-SUPPORTED_JAX = ("0.10.2", "0.13")  # >= the first, < the second
+SUPPORTED_JAX = ("0.10.2", "0.13")  # >= the first, < the second, as pyproject.toml declares
 
 
 def enabled(environ: Mapping[str, str]) -> bool:
@@ -96,21 +88,17 @@ def _add_xla_flag(environ: MutableMapping[str, str]) -> bool:
 
 
 def configure_cpu(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Adds `XLA_FLAG` to `environ['XLA_FLAGS']` where it can still take effect (jax not yet
-    imported, a verified jaxlib, no accelerator plugin, not opted out); True if the flag is in
-    place afterwards. Call it before `import jax`."""
+    """Adds `XLA_FLAG` to XLA_FLAGS before `import jax` (with a verified jaxlib, no accelerator
+    plugin, not opted out); True if the flag is in place afterwards."""
     if "jax" in sys.modules:
         return XLA_FLAG in environ.get("XLA_FLAGS", "")
     return _add_xla_flag(environ)
 
 
 def configure_process(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Every command line's process settings, in one place (`cli.run` calls it before the
-    command's `main`): TensorFlow's log lines off (its oneDNN notice is
-    `import_beside_tensorflow`'s, where TensorFlow is imported) and `XLA_FLAG` as
-    `configure_cpu` adds it. XLA reads XLA_FLAGS when JAX creates its first backend, so before
-    any JAX computation is early enough here, even after `import jax`. True if the flag is in
-    place."""
+    """Every command line's process settings (`cli.run`): TensorFlow's log lines off and
+    `XLA_FLAG` (XLA reads it at JAX's first backend, so after `import jax` is early enough);
+    True if the flag is in place."""
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return _add_xla_flag(environ)
 
@@ -134,13 +122,10 @@ def malloc_hint(
 
 
 def import_beside_tensorflow(name: str, missing: Callable[[str, str], object]):
-    """The module `name`, which imports TensorFlow (CLU's writers and periodic actions, TFDS),
-    with TensorFlow seeing the CPU only, so that it never takes the GPU or TPU memory JAX trains
-    in (flax#445; Flax's examples and big_vision do the same; set before TensorFlow first
-    touches a device, later it does nothing) and, unless the user set it, without its oneDNN
-    notice at import (the API's `fit` imports it too; TensorFlow computes nothing here). Where
-    an optional dependency is not installed, what `missing(package, pip command)` returns (or
-    raises) instead; any other ImportError is a bug and goes through."""
+    """The module `name`, which imports TensorFlow (CLU's writers, TFDS), with TensorFlow seeing
+    the CPU only, so it never takes the accelerator memory JAX trains in (flax#445), and without
+    its oneDNN notice unless the user set it. Where an optional dependency is missing, what
+    `missing(package, pip command)` returns or raises; any other ImportError goes through."""
     from fmnist_jax import errors
 
     if "tensorflow" not in sys.modules:

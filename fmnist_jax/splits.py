@@ -1,8 +1,5 @@
-"""Which Fashion-MNIST split a folder of IDX files holds, told by the files' sha256.
-
-The official files are Zalando's (the ones tensorflow-datasets downloads and verifies); this
-project's offline copy holds the genuine images in a split of its own. A run records what it
-trained on (`data.Dataset.split`), so a reader can say "official split" or "offline copy".
+"""Which Fashion-MNIST split a folder of IDX files holds, told by the files' sha256: the
+official (Zalando's) files, or this project's offline copy (genuine images, a split of its own).
 """
 
 import hashlib
@@ -35,16 +32,8 @@ t10k-labels-idx1-ubyte.gz b4374ef0ba896844a2f049c6a72d9af4f2aead2b160604bf68c7dc
 
 def sha256(path: Path) -> str:
     """The file's sha256, hex."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def idx_sha256(folder: str | os.PathLike) -> dict[str, str]:
-    """{file name: sha256} of the four IDX files in `folder` (OSError when one is missing)."""
-    return {name: sha256(Path(folder) / name) for name in OFFICIAL_SHA256}
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def idx_split(folder: str | os.PathLike) -> str | None:
@@ -52,7 +41,7 @@ def idx_split(folder: str | os.PathLike) -> str | None:
     "offline-copy" (this project's offline copy), "non-official" (other files), or None when
     a file cannot be read."""
     try:
-        found = idx_sha256(folder)
+        found = {name: sha256(Path(folder) / name) for name in OFFICIAL_SHA256}
     except OSError:
         return None
     if found == OFFICIAL_SHA256:

@@ -1,20 +1,7 @@
 """The exercise's section 1, executable: `python -m fmnist_jax.theory` prints the numbers.
 
-1.1 Parameterized ReLU f(o; t) = max{t, o}. Since max{t, o} = relu(o - t) + t, a network with
-thresholds computes the same function as a plain-ReLU network whose layer biases are shifted:
-b_l <- b_l - t_l, and the next layer absorbs the constant: b_{l+1} <- b_{l+1} + sum_j w_ij t_j.
-`fmnist_jax.folding` holds the thresholded networks and does this on their parameters. It is
-exact through Dense layers, VALID convolutions, 2x2 max-pooling (max(x + t) = max(x) + t for a
-per-channel t) and flattening. It is not exact for a zero-padded SAME convolution after a
-thresholded layer: the border taps see the padding's 0 where the folded net would need the shift
-(`folding.same_padding_gap` gives the error exactly); padding the thresholded activation with t
-('SAME_THRESHOLD') restores exactness. With dropout it is exact at test time only: see
-`folding.ThresholdMLP`.
-
-1.2 A sigmoid whose backward pass reuses the forward value: sigma'(x) = sigma(x) - sigma(x)^2
-(`fmnist_jax.layers.sigmoid`, re-exported here). Its gradient program has 4 equations against
-the naive 1 / (1 + exp(-x))'s 10, and it stays finite where the naive chain rule gives NaN
-(x < -88.72 in float32); see `sigmoid_tail_gradients` for where each form loses accuracy.
+1.1 how exactly thresholded networks fold into plain-ReLU ones (`fmnist_jax.folding`), on random
+networks in float64; 1.2 the gradient programs of the naive sigmoid and of `layers.sigmoid`.
 """
 
 import math
@@ -26,11 +13,10 @@ import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from fmnist_jax import cli, folding
 from fmnist_jax.layers import sigmoid
-
-# 1.2 Sigmoid derivative (`sigmoid` itself lives with the other layers, in `fmnist_jax.layers`)
 
 
 def naive_sigmoid(x: jax.Array) -> jax.Array:
@@ -39,11 +25,8 @@ def naive_sigmoid(x: jax.Array) -> jax.Array:
 
 
 def count_equations(jaxpr: jax.extend.core.Jaxpr) -> int:
-    """Number of primitive applications in `jaxpr`.
-
-    An equation that wraps sub-jaxprs (`jit`, `custom_jvp_call`, ...) counts as the equations
-    inside it, not as one: wrapping a function in `jax.jit` does not change its count.
-    """
+    """Number of primitive applications in `jaxpr`, counting inside sub-jaxprs (`jit`,
+    `custom_jvp_call`, ...) rather than the wrapper itself."""
     total = 0
     for eqn in jaxpr.eqns:
         inner = [count_equations(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)]
@@ -65,17 +48,10 @@ def jaxpr_equation_counts() -> dict[str, int]:
 
 
 def sigmoid_tail_gradients(xs: Sequence[float] = (-1000.0, -100.0, -50.0, 20.0, 1000.0)) -> dict:
-    """float32 gradients {x: (naive, custom)} at large |x|.
-
-    The naive chain rule is NaN below x = -88.72 (exp(-x) = inf, and 0 * inf) and 0 below -43.7
-    ((1 + e^-x)^-2 underflows); sigma - sigma^2 stays finite, and is 0 only where sigma(x) rounds
-    to 1 (x > 16.6) or flushes to 0 (x < -87.3); its absolute error stays under 1.2e-7.
-    """
+    """float32 gradients {x: (naive, custom)} at large |x|: the naive chain rule turns NaN
+    (0 * inf) where exp(-x) overflows; sigma - sigma^2 stays finite."""
     naive, custom = jax.grad(naive_sigmoid), jax.grad(sigmoid)
     return {x: (float(naive(jnp.float32(x))), float(custom(jnp.float32(x)))) for x in xs}
-
-
-# Random networks and the closing note's numbers
 
 
 def _draw_leaf(name: str, shape: tuple, rng: np.random.Generator, threshold_scale: float):
@@ -88,12 +64,8 @@ def _draw_leaf(name: str, shape: tuple, rng: np.random.Generator, threshold_scal
 
 
 def random_params(model: nn.Module, x: jax.Array, seed: int, threshold_scale=1.0) -> dict:
-    """`model`'s parameters drawn at random in the default float dtype (float64 under x64).
-
-    Kernels N(0, 1/fan_in), biases N(0, 0.25), thresholds N(0, threshold_scale^2), so units are
-    active, inactive and (for large thresholds) pinned to t or fully linear. Drawn by NumPy from
-    `seed` on shapes from `jax.eval_shape`: nothing is compiled.
-    """
+    """`model`'s parameters drawn by NumPy in the default float dtype (float64 under x64):
+    kernels N(0, 1/fan_in), biases N(0, 0.25), thresholds N(0, threshold_scale^2)."""
     shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
     leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
     rng = np.random.default_rng(seed)
@@ -118,11 +90,8 @@ def fold_difference(
 
 
 def conv1_gap(threshold_model, relu_model, fold, x_shape: Sequence[int], seed: int = 0):
-    """Measured error of the folded net's second conv, and `same_padding_gap`'s prediction.
-
-    The error is the folded Conv_1 pre-activation plus its threshold t_1 minus the thresholded
-    net's Conv_1 pre-activation, per example: (batch, height, width, channels).
-    """
+    """Measured error of the folded net's Conv_1 pre-activation (plus t_1; [B, H, W, C]) against
+    the thresholded net's, and `same_padding_gap`'s prediction of it."""
     x = random_inputs(x_shape, seed)
     params = random_params(threshold_model, x, seed)
     _, z = threshold_model.apply({"params": params}, x, capture_intermediates=True)
@@ -137,54 +106,35 @@ COUNTEREXAMPLE = "ConvNet, SAME, padded with 0"
 
 
 def fold_cases() -> dict[str, tuple]:
-    """The report's cases: name -> (thresholded model, ReLU model, fold, input shape).
-
-    Small nets with dropout layers (rate 0.25, off: `train=False`); all exact but COUNTEREXAMPLE.
-    Images are 11x11, so VALID maps are 9 -> pool 4 -> 2 -> pool 1: the pools drop odd edges.
-    """
+    """The report's cases: name -> (thresholded model, ReLU model, fold, input shape); small nets
+    with dropout off, all exact but COUNTEREXAMPLE; 11x11 images, so the pools drop odd edges."""
     small = {"features": (4, 6), "hidden_size": 8, "num_classes": 4, "dropout_rate": 0.25}
     mlp = {"hidden_sizes": (16, 16, 16), "num_outputs": 4, "dropout_rate": 0.25}
 
     def convnets(padding: str, relu_padding: str) -> tuple:
         thresholded = folding.ThresholdConvNet(padding=padding, **small)
-        return (
-            thresholded,
-            folding.ReluConvNet(padding=relu_padding, **small),
-            folding.fold_convnet,
-            (3, 11, 11, 1),
-        )
+        relu = folding.ReluConvNet(padding=relu_padding, **small)
+        return thresholded, relu, folding.fold_convnet, (3, 11, 11, 1)
 
+    mlps = folding.ThresholdMLP(**mlp), folding.ReluMLP(**mlp), folding.fold_mlp, (3, 20)
     return {
-        "MLP, 3 hidden layers": (
-            folding.ThresholdMLP(**mlp),
-            folding.ReluMLP(**mlp),
-            folding.fold_mlp,
-            (3, 20),
-        ),
+        "MLP, 3 hidden layers": mlps,
         "ConvNet, VALID": convnets("VALID", "VALID"),
         "ConvNet, SAME, padded with t": convnets("SAME_THRESHOLD", "SAME"),
         COUNTEREXAMPLE: convnets("SAME", "SAME"),
     }
 
 
-def _border_and_interior(gap: jax.Array) -> dict[str, float]:
-    return {
-        "interior": float(jnp.max(jnp.abs(gap[:, 1:-1, 1:-1]))),
-        "border": float(jnp.max(jnp.abs(gap.at[:, 1:-1, 1:-1].set(0.0)))),
-    }
-
-
 def fold_report(seed: int = 0) -> dict:
-    """The closing note's numbers, folding in float64; the jaxpr counts are for float32.
-
-    Returns the two jaxpr equation counts, max |logit difference| per folding case, the largest
-    over the exact cases, the SAME zero-padding counterexample's and its second conv's largest
-    error inside and on the border, and the float32 sigmoid gradients at large |x|.
-    """
+    """Section 1's numbers: jaxpr equation counts and tail gradients (float32), max |logit
+    difference| per folding case and the SAME counterexample's error (float64)."""
     with jax.enable_x64(True):
         diffs = {name: fold_difference(*case, seed=seed) for name, case in fold_cases().items()}
         measured, predicted = conv1_gap(*fold_cases()[COUNTEREXAMPLE], seed=seed)
-        gap = _border_and_interior(measured)
+        gap = {
+            "interior": float(jnp.max(jnp.abs(measured[:, 1:-1, 1:-1]))),
+            "border": float(jnp.max(jnp.abs(measured.at[:, 1:-1, 1:-1].set(0.0)))),
+        }
         prediction_error = float(jnp.max(jnp.abs(measured - predicted)))
     return {
         "jaxpr_equations": jaxpr_equation_counts(),
@@ -221,8 +171,6 @@ def format_report(report: dict) -> str:
 def main() -> None:
     """Prints `fold_report()` as a table and, with --out, writes it as JSON (what REPORT.md's
     theory section reads)."""
-    from absl import flags
-
     from fmnist_jax import rundir
 
     report = fold_report()
@@ -235,8 +183,6 @@ def main() -> None:
 
 
 def define_flags() -> None:
-    from absl import flags
-
     flags.DEFINE_string("out", "", "Also write the numbers as JSON here (runs/theory.json).")
 
 
