@@ -30,18 +30,7 @@ _API = {
     "predict": "fmnist_jax.api",
     "restore": "fmnist_jax.api",
 }
-__all__ = [
-    "CLASS_NAMES",
-    "Trained",
-    "attack",
-    "configure_cpu",
-    "fit",
-    "get_config",
-    "initialize_distributed",
-    "load_data",
-    "predict",
-    "restore",
-]
+__all__ = sorted(_API)
 
 
 def __getattr__(name: str):

@@ -9,12 +9,9 @@ Its points are the cartesian product of the values (in the order given, the last
 fastest); with `config.num_replicas` = R seeds, the run has M = points x R members, member
 m = point x R + k being point `point` with seed `replicas.replica_seed(config.seed, k)`. Member
 (h, k) trains as the plain run of the config with the fields h and that seed, to float rounding
-(its dropout rate and learning rate are then values of the state, not constants of the
-program). Members that share a seed share their data order, so one batch feeds every grid
-point (see `replicas.over_members`).
-
-An empty grid, or a grid of one point, is no population: the config's own fields (with the
-point's values) make today's program, bit for bit.
+(the varied fields are values of the state, `check` says which can vary). Members that share a
+seed share their data order, so one batch feeds every grid point (`replicas.over_members`). A
+grid of one point is no population: the plain program of that point, bit for bit.
 """
 
 import itertools
