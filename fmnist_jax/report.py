@@ -41,8 +41,7 @@ def load_adversarial(runs_dir: str | os.PathLike) -> dict | None:
 
 
 def load_attack_replicas(runs_dir: str | os.PathLike) -> dict[str, list[dict]]:
-    """`make study`'s attacks: experiment -> <runs>/adversarial_replicas/<experiment>/<k>'s
-    summary.json for k = 0, 1, ... while present."""
+    """`make study`'s attacks: experiment -> its replicas' attack summaries, in order."""
     folder, found = Path(runs_dir) / claims.ATTACK_REPLICAS_RUN, {}
     for run in experiment_names():
         found[run] = []

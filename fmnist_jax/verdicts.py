@@ -96,8 +96,7 @@ def summarize_checks(claim: str, checks: Sequence[Check], effect: str, unit: str
 
 class Claim(NamedTuple):
     """A claim an experiment may declare: its text ({label}: the experiment's), its check on one
-    replica (of the run without dropout, then of the experiment's, where `paired`), its effect
-    and the effect's unit."""
+    replica (of the run without dropout first, where `paired`), its effect and its unit."""
 
     text: str
     check: Callable[..., Check]
@@ -173,8 +172,7 @@ def _claim(d: declarations.Declared, name: str) -> Claim | None:
 
 
 def _summarized(claim: str, check: Callable, arguments, effect: str, unit: str) -> Verdict:
-    """`check(*a)` for each replica's `a` of `arguments`, summarized ("not checked" on
-    MissingData)."""
+    """`check(*a)` for each replica's `a`, summarized ("not checked" on MissingData)."""
     try:
         checks = [check(*a) for a in arguments]
     except MissingData as e:
