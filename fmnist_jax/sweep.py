@@ -88,8 +88,9 @@ def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
 
 def collect(runs_dir: Path, plan: Mapping[str, Sequence[float]]) -> dict:
     """sweep.json: per experiment of `plan` and rate, each field's statistics over the seeds,
-    and the verdicts."""
-    result = {"rates": sorted({r for rates in plan.values() for r in rates}), "models": {}}
+    and the verdicts; each experiment's steps."""
+    every_rate = sorted({r for rates in plan.values() for r in rates})
+    result = {"rates": every_rate, "models": {}, "num_train_steps": {}}
     for model, rates in plan.items():
         run = rundir.read_run(runs_dir / model)
         if run.summary is None:
@@ -108,6 +109,7 @@ def collect(runs_dir: Path, plan: Mapping[str, Sequence[float]]) -> dict:
             },
             "verdict": model_verdict(per_rate),
         }
+        result["num_train_steps"][model] = run.config["num_train_steps"]
     return result
 
 
@@ -221,9 +223,6 @@ def main() -> None:
     runs_dir, todo = Path(FLAGS.runs), plan(FLAGS)
     train_all(runs_dir, todo, FLAGS.synthetic)
     result = collect(runs_dir, {m: rates for m, (rates, _, _) in todo.items()})
-    result["num_train_steps"] = {
-        m: rundir.read_run(runs_dir / m).config["num_train_steps"] for m in todo
-    }
     result["synthetic"] = FLAGS.synthetic
     rundir.write_json(runs_dir / RESULT_FILE, result)
     plot(result).savefig(runs_dir / FIGURE_FILE, dpi=120)
