@@ -1,8 +1,5 @@
-"""The exercise's claims on one run (or pair of runs): pure functions of summaries and curves.
-
-Each `check_*` returns a `Check`: whether the claim holds, its numbers as one line, its effect as
-one number. A field or curve it needs and does not find raises `MissingData`.
-"""
+"""The exercise's claims on one run (or pair): each `check_*` returns a `Check`, or raises
+`MissingData` for a field or curve it needs and does not find."""
 
 import dataclasses
 import math
@@ -18,22 +15,14 @@ ADVERSARIAL_RUN = "adversarial"
 ATTACK_REPLICAS_RUN = "adversarial_replicas"
 ATTACK_NOISE_METHODS = ("exercise", "minl1")
 
-# Thresholds. Over-fitting: the final test loss ends at least 5 % above its minimum (relative:
-# loss scales differ), several times the eval-to-eval jitter of a loss over the 10,000 test images.
+# The thresholds; docs/populations.md says why each.
 OVERFIT_REL_MARGIN = 0.05
-# "After about 10,000 iterations the [ConvNet] begins to over-fit", read off a plot smoothed as
-# TensorBoard smooths, batch size unstated: a turn within ±50 % agrees.
 EXERCISE_CNN_TURN_STEP = 10_000
 TURN_STEP_TOLERANCE = 0.5
 TURN_SMOOTHING = DEFAULT_SMOOTHING
-# Dropout lowers the final gap (and test loss) by at least this, in nats: less is within the jitter.
 DROPOUT_MIN_REDUCTION = 0.01
-# Adversarial images reach p(target) >= 0.95 for more than half of the attacked images.
 ADVERSARIAL_P_TARGET = 0.95
 ADVERSARIAL_MIN_SUCCESS = 0.5
-# Accuracies "about the same": within 1 point (twice a final accuracy's jitter of 0.3-0.5 points);
-# "rises slightly": by more than 0, at most 2 points; train and test "quite the same": within 3
-# points (a reading fixed after the first measurements: docs/populations.md).
 SAME_ACCURACY = 0.01
 SLIGHT_RISE = 0.02
 SAME_TRAIN_TEST = 0.03
@@ -45,8 +34,7 @@ class MissingData(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """A claim on one run (or pair): whether it holds, its numbers, its effect, and the effects
-    for which it holds (`region`, infinite where open), to read a mean's interval against."""
+    """Whether a claim holds, its numbers, its effect, and the effects for which it holds."""
 
     holds: bool
     evidence: str
@@ -84,8 +72,8 @@ def final_gap(summary: Mapping) -> float:
 def check_overfits(
     summary: Mapping, train_loss: Curve, margin: float = OVERFIT_REL_MARGIN
 ) -> Check:
-    """Over-fitting: train loss still falls after the test-loss minimum, while the final test
-    loss ends more than `margin` (relative) above that minimum."""
+    """Train loss still falls after the test-loss minimum; the final test loss ends > `margin`
+    (relative) above it."""
     low, low_step = number(summary, "min_test_loss"), int(number(summary, "min_test_loss_step"))
     final = number(summary, "final_test_loss")
     rise = (final - low) / abs(low) if low else math.inf
@@ -202,8 +190,7 @@ def check_adversarial(
     p_target: float = ADVERSARIAL_P_TARGET,
     min_success: float = ADVERSARIAL_MIN_SUCCESS,
 ) -> Check:
-    """Adversarial examples reach p(target) >= `p_target`: the default method succeeds on
-    more than `min_success` of the images it attacked, at a threshold of at least `p_target`."""
+    """The default method reaches p(target) >= `p_target` on > `min_success` of its images."""
     name = default_method(adversarial)
     result = adversarial["methods"][name]
     threshold = adversarial.get("threshold")
@@ -229,9 +216,8 @@ def check_adversarial(
 
 
 def check_attack_noise(base: Mapping, dropout: Mapping, method: str) -> Check:
-    """Beyond the exercise: dropout raises the median L1 noise `method` needs, read on the attack
-    summaries of one replica pair (same images and targets) as a relative change; any rise holds
-    (the interval over replicas says whether it is real)."""
+    """Dropout raises the median L1 noise `method` needs (relative change) on one replica pair's
+    attacks; any rise holds, the interval over replicas says whether it is real."""
     where = f"{ATTACK_REPLICAS_RUN} ({method})"
     same = ("seed", "num_images", "slow_images")
     if any(base.get(k) != dropout.get(k) for k in same):

@@ -1,13 +1,5 @@
-"""What each experiment declares for the report, the figures, the claims and the sweep.
-
-An experiment file sets `c.report = {...}` (experiments/mlp.py): `experiment` (its own name),
-`label` (its model in the claims' text), `figure` and `title` (its figure's file and title),
-`dropout_of` (the experiment it adds dropout to: its figure draws both, its paired claims compare
-the two), `claims` (names of `verdicts.CLAIMS`) and `sweep_rates` (the dropout rates `make sweep`
-trains it at). A block whose `experiment` is another name was inherited from the experiment the
-file starts from, and declares nothing; so does a missing block or field. A run's config.json,
-where it records the experiment's own block, is read instead of the experiment file.
-"""
+"""What each experiment declares for the report, the figures, the claims and the sweep: its
+`c.report` block, whose fields docs/extending.md describes."""
 
 import dataclasses
 import math
@@ -61,9 +53,8 @@ def _figure_number(d: Declared | None) -> float:
 
 
 def experiments(runs: Mapping | None = None) -> list[Declared]:
-    """Every experiment's declarations, from its run in `runs` (name -> Run or None) where that
-    recorded its own, else from its file. Ordered by their figure's number (that of the experiment
-    they add dropout to, then theirs), the rest by name: the report's order."""
+    """Every experiment's declarations, from its run in `runs` where that recorded its own, else
+    its file; in the report's order (figure number, dropout variant after its base, name)."""
     found = {}
     for name in config_lib.experiment_names():
         run = (runs or {}).get(name)

@@ -1,11 +1,8 @@
-"""REPORT.md: the figures, the numbers of every run, and the exercise's claims checked.
+"""REPORT.md from what the runs left: nothing is rerun or drawn (no matplotlib, no TensorFlow).
 
     python -m fmnist_jax.report --runs runs --figures figures --out REPORT.md
 
-Everything is read back from what the runs left (`fmnist_jax.rundir`): each experiment's
-workdir, the attack's, `make theory`'s and `make sweep`'s; nothing is rerun, nothing is drawn (no
-matplotlib) and no TensorFlow is imported. What each experiment contributes is what it declares
-(`fmnist_jax.declarations`). A number of several replicas is their mean with its 95 % interval.
+Each experiment contributes what it declares (`fmnist_jax.declarations`).
 """
 
 import os
@@ -30,8 +27,7 @@ SWEEP_DIR = "sweep"  # `make sweep`'s folder in the runs folder
 
 
 def load_runs(runs_dir: str | os.PathLike) -> dict[str, Run | None]:
-    """Each experiment's run in the report's order, None where it has no summary.json;
-    RunError for a finished run whose files are invalid."""
+    """Each experiment's run in the report's order (None: no summary.json)."""
     runs = {}
     for name in experiment_names():
         path = Path(runs_dir) / name
@@ -45,8 +41,7 @@ def load_adversarial(runs_dir: str | os.PathLike) -> dict | None:
 
 
 def load_attack_replicas(runs_dir: str | os.PathLike) -> dict[str, list[dict]]:
-    """`make study`'s attacks: experiment -> the summary.json of
-    <runs>/adversarial_replicas/<experiment>/<k> for k = 0, 1, ... while present."""
+    """`make study`'s attacks: experiment -> its replicas' attack summaries, in order."""
     folder, found = Path(runs_dir) / claims.ATTACK_REPLICAS_RUN, {}
     for run in experiment_names():
         found[run] = []
@@ -66,7 +61,8 @@ def _fmt(value, kind: str = "loss") -> str:
     return f"{value:.4f}" if kind == "loss" else f"{value:.4g}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: the header, its rule, one line per row."""
     lines = ["| " + " | ".join(line) + " |" for line in [header, *rows]]
     return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
 
@@ -76,8 +72,7 @@ def _mean_interval(mean: float, low: float, high: float, kind: str) -> str:
 
 
 def _stat(s: Mapping, key: str, kind: str) -> str:
-    """A result of summary.json: the value of a run of one, else the mean over the replicas
-    with its 95 % interval."""
+    """A result of summary.json: a run of one's value, else the replicas' mean and interval."""
     stats = (s.get("statistics") or {}).get(key)
     if stats is None or stats.get("n", 1) <= 1:
         return _fmt((s.get("replicas") or [s])[0].get(key), kind)
@@ -128,7 +123,7 @@ def _finished(runs: Mapping[str, Run | None]) -> dict[str, dict]:
 
 def results_table(runs: Mapping[str, Run | None]) -> str:
     rows = [summary_row(name, s) for name, s in _finished(runs).items()]
-    return _table(RESULTS_HEADER, rows) if rows else "*No finished run (no summary.json) found.*"
+    return table(RESULTS_HEADER, rows) if rows else "*No finished run (no summary.json) found.*"
 
 
 DATA_KEYS = ("source", "location", "num_train", "num_test", "split")
@@ -165,12 +160,12 @@ def device_section(runs: Mapping[str, Run | None]) -> str:
         return "*No finished run.*"
     header = ["run", "backend", "device × count", "replicas", "wall time (s)", "images/s (all)"]
     version_lines = [f"- {line} ({', '.join(names)})" for line, names in versions.items()]
-    return _table(header, rows) + "\n\nVersions:\n\n" + "\n".join(version_lines)
+    return table(header, rows) + "\n\nVersions:\n\n" + "\n".join(version_lines)
 
 
 def claims_table(verdicts: Sequence[Verdict]) -> str:
     rows = [[v.claim, f"**{v.status}**", v.evidence] for v in verdicts]
-    return _table(["claim (exercise)", "verdict", "numbers"], rows)
+    return table(["claim (exercise)", "verdict", "numbers"], rows)
 
 
 def adversarial_table(adversarial: Mapping) -> str:
@@ -181,7 +176,7 @@ def adversarial_table(adversarial: Mapping) -> str:
     if not fields:
         return f"*{ADVERSARIAL_RUN}/summary.json lists no per-method numbers.*"
     rows = [[name] + [_fmt(r.get(f), "number") for f in fields] for name, r in methods.items()]
-    return _table(["method", *fields], rows)
+    return table(["method", *fields], rows)
 
 
 def _image(path: Path | None, caption: str, out_dir: Path, missing: str) -> str:
@@ -192,8 +187,7 @@ def _image(path: Path | None, caption: str, out_dir: Path, missing: str) -> str:
 
 
 def figures_section(figures_dir: Path, out_dir: Path, runs: Mapping | None = None) -> str:
-    """The declared figures, linked relative to the report's folder (a note where one is
-    missing); `runs` as `declarations.experiments` reads them."""
+    """The declared figures, linked relative to the report's folder (a note where missing)."""
     blocks = []
     for d in declarations.figures(declarations.experiments(runs)):
         missing = f"not drawn yet: needs runs {', '.join(d.runs)}, then `make figures`"
@@ -216,11 +210,11 @@ def adversarial_section(adversarial: Mapping | None, runs_dir: Path, out_dir: Pa
     """The attack's per-method table (or a note) and Figure 7."""
     adv_dir = runs_dir / ADVERSARIAL_RUN
     missing = f"*Not run yet: no {adv_dir / rundir.SUMMARY_FILE}.*"
-    table = missing if adversarial is None else adversarial_table(adversarial)
+    methods = missing if adversarial is None else adversarial_table(adversarial)
     fig7 = _image(
         adv_dir / "figure.png", fig7_caption(adversarial), out_dir, f"no {adv_dir / 'figure.png'}"
     )
-    return table + "\n\n" + fig7
+    return methods + "\n\n" + fig7
 
 
 def theory_section(theory: Mapping | None) -> str:

@@ -10,13 +10,9 @@ DEFAULT_SMOOTHING = 0.6  # TensorBoard's default slider position
 
 
 def tensorboard_smooth(values: Sequence[float], weight: float = DEFAULT_SMOOTHING) -> np.ndarray:
-    """Smooths a series exactly as TensorBoard's scalar dashboard does.
-
-    A debiased exponential moving average started at 0: `last = last * w + (1 - w) * v`, shown
-    as `last / (1 - w ** n)` where n counts the finite values seen so far. Non-finite values pass
-    through unchanged and do not enter the average. As in TensorBoard, the weight is clamped to
-    [0, 1] (a non-finite weight counts as 0) and a constant series is returned unchanged.
-    """
+    """TensorBoard's debiased moving average from 0, `last / (1 - w ** n)` over the n finite
+    values so far; non-finite values pass through, the weight is clamped to [0, 1] (non-finite:
+    0) and a constant series is returned unchanged, as TensorBoard does."""
     values = np.asarray(values, dtype=np.float64)
     weight = min(max(weight, 0.0), 1.0) if math.isfinite(weight) else 0.0
     if values.size == 0 or np.all(values == values[0]):

@@ -1,10 +1,5 @@
-"""summary.json: a finished run's results and where it ran (backend, devices, data, versions).
-
-Results are per replica (`replicas`, each with its seed or population member's values) with each
-field's mean, std and 95 % interval over them (`statistics`); a run of one model also has them
-at the top level (`summary["final_test_accuracy"]`); a population has `points` instead: each
-grid point's values and statistics over its seeds.
-"""
+"""summary.json: a finished run's results per replica, their statistics, and where it ran;
+its fields are in docs/training.md and docs/populations.md."""
 
 import jax
 
@@ -21,8 +16,7 @@ TENSORFLOW = ("tensorflow-cpu", "tensorflow", "tensorflow-macos")
 
 
 def versions() -> dict[str, str]:
-    """Installed versions of the stack, TensorFlow (whichever build is there) and any jax
-    accelerator plugin (jax-cuda*, libtpu): what decides how a run behaves on a machine."""
+    """Installed versions of the stack, TensorFlow (whichever build) and any jax plugin."""
     found = {name: _version(name) or "not installed" for name in STACK}
     tensorflow = [(name, v) for name in TENSORFLOW if (v := _version(name))]
     found["tensorflow"] = (
@@ -58,8 +52,7 @@ def _results(history: list[dict]) -> dict:
 
 
 def replica_results(config, history: list[dict]) -> list[dict]:
-    """`_results` of each member's records (each replica, or population member), with its
-    index, seed and (in a population) grid point and values."""
+    """Each member's results, with its index, seed and (in a population) point and values."""
     identities = population.members(config)
     pop = population.is_population(config)
     return [
@@ -89,8 +82,7 @@ def field_statistics(results: list[dict]) -> dict:
 
 
 def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: dict) -> dict:
-    """The run's summary: identity, per-replica results and their statistics, `timing`, and
-    where and with what it ran."""
+    """The run's identity, results, their statistics, `timing`, and where it ran."""
     results = replica_results(config, history)
     pop = population.is_population(config)
     return {
@@ -119,8 +111,8 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
 
 
 def timing(config, initial_step: int, wall: float, eval_time: float, first: tuple) -> dict:
-    """Wall time and speed; the first chunk (`first` = (steps, seconds)) includes compilation
-    and is left out of the rates."""
+    """Wall time and speed, leaving out of the rates the first chunk (`first`: steps, seconds),
+    which compiles."""
     first_steps, first_s = first
     timed_steps = config.num_train_steps - initial_step - first_steps
     steady = wall - eval_time - first_s

@@ -1,12 +1,9 @@
 """The dropout-rate sweep (exercise §2.4): "different probabilities were taken, but 0.25
-achieved the best performance (although the differences were quite small)".
+achieved the best performance (although the differences were quite small)"; each experiment
+declaring `report.sweep_rates` trains as one population of its rates x seeds.
 
     python -m fmnist_jax.sweep --runs runs/sweep [--models mlp,cnn] [--rates 0,0.25,0.5]
         [--replicas 3] [--replicas cnn=2] [--num_train_steps N] [--num_train_steps cnn=N]
-
-Every experiment declaring `report.sweep_rates` trains once, as a population of its rates x R
-seeds (fmnist_jax/population.py) into `<runs>/<experiment>`; `sweep.json` and `sweep.png` give
-each rate's numbers over its seeds and the verdicts (`model_verdict`), rates paired by seed.
 """
 
 import math
@@ -18,12 +15,13 @@ from absl import flags
 
 from fmnist_jax import cli, declarations, plotting, replicas, rundir
 from fmnist_jax.errors import UsageError
+from fmnist_jax.report import table
 
 FLAGS = flags.FLAGS
 
 EXERCISE_RATE = 0.25
 FIELDS = ("final_test_loss", "min_test_loss", "final_test_accuracy")
-SMALL_SPREAD = 0.01  # one accuracy point: about twice the jitter of a final accuracy
+SMALL_SPREAD = 0.01  # one accuracy point (docs/populations.md)
 RESULT_FILE, FIGURE_FILE = "sweep.json", "sweep.png"
 CAPTION = (
     "Dropout-rate sweep: final and minimum test loss and final test accuracy against the rate"
@@ -32,8 +30,7 @@ CAPTION = (
 
 
 def sweep_config(model: str, rates, num_replicas: int, num_train_steps=None, synthetic=False):
-    """Experiment `model`'s config as a population of the dropout `rates` x `num_replicas`
-    seeds (`synthetic`: on random images, for smoke tests)."""
+    """Experiment `model`'s config as a population of `rates` x `num_replicas` seeds."""
     from fmnist_jax import config as config_lib
     from fmnist_jax import population
 
@@ -51,8 +48,7 @@ def sweep_config(model: str, rates, num_replicas: int, num_train_steps=None, syn
 
 
 def train_all(runs_dir: Path, plan: Mapping[str, tuple], synthetic: bool = False) -> None:
-    """Trains (or resumes, or skips when finished) each experiment's population: `plan` maps
-    it to (rates, seeds, steps; 0: the experiment's)."""
+    """Trains, resumes or skips each experiment's population (`plan`: see `plan`)."""
     from fmnist_jax import train
 
     for model, (rates, count, steps) in plan.items():
@@ -62,10 +58,8 @@ def train_all(runs_dir: Path, plan: Mapping[str, tuple], synthetic: bool = False
 
 
 def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
-    """From {rate: {field: per-seed values}}: 0.25 is "the best" (lowest mean final test loss),
-    "within the noise of the best" (the paired difference's interval holds 0) or "worse than
-    the best"; the differences are "small" when the mean final test accuracies of the rates
-    other than 0 lie within SMALL_SPREAD."""
+    """From {rate: {field: per-seed values}}: whether 0.25 is the best, within the noise of the
+    best or worse, and whether the differences are small (docs/populations.md)."""
     loss = {rate: values["final_test_loss"] for rate, values in per_rate.items()}
     best = min(loss, key=lambda r: sum(loss[r]) / len(loss[r]))
     verdict = {"best_rate": best}
@@ -93,9 +87,10 @@ def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
 
 
 def collect(runs_dir: Path, plan: Mapping[str, Sequence[float]]) -> dict:
-    """sweep.json's content from the finished runs of `plan` (experiment -> rates): per
-    experiment and rate, each field's statistics over the seeds, and the verdicts."""
-    result = {"rates": sorted({r for rates in plan.values() for r in rates}), "models": {}}
+    """sweep.json: per experiment of `plan` and rate, each field's statistics over the seeds,
+    and the verdicts; each experiment's steps."""
+    every_rate = sorted({r for rates in plan.values() for r in rates})
+    result = {"rates": every_rate, "models": {}, "num_train_steps": {}}
     for model, rates in plan.items():
         run = rundir.read_run(runs_dir / model)
         if run.summary is None:
@@ -114,6 +109,7 @@ def collect(runs_dir: Path, plan: Mapping[str, Sequence[float]]) -> dict:
             },
             "verdict": model_verdict(per_rate),
         }
+        result["num_train_steps"][model] = run.config["num_train_steps"]
     return result
 
 
@@ -128,17 +124,14 @@ def format_markdown(result: Mapping) -> str:
         return f"{stats['mean'] * scale:.4g}{unit} [{low * scale:.4g}, {high * scale:.4g}]"
 
     header = ["model", "steps", "rate", "replicas", *(f.replace("_", " ") for f in FIELDS)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    steps, verdicts = result.get("num_train_steps") or {}, []
+    rows, steps, verdicts = [], result.get("num_train_steps") or {}, []
     for model, m in result["models"].items():
         count = f"{steps[model]:,}" if model in steps else "?"
         for rate, stats in m["rates"].items():
             cells = [cell(stats[f], f.endswith("accuracy")) for f in FIELDS]
-            lines.append(
-                f"| {model} | {count} | {rate} | {m['num_replicas']} | {' | '.join(cells)} |"
-            )
+            rows.append([model, count, rate, str(m["num_replicas"]), *cells])
         verdicts.append(f"- **{model}**: {verdict_line(m['verdict'])}")
-    return "\n".join(lines) + "\n\n" + "\n".join(verdicts)
+    return table(header, rows) + "\n\n" + "\n".join(verdicts)
 
 
 def verdict_line(v: Mapping) -> str:
@@ -198,8 +191,8 @@ def _floats(text: str, where: str = "--rates") -> list[float]:
 def per_experiment(
     flag: str, values: Sequence[str], names: Sequence[str], default: int, least: int
 ):
-    """Each experiment's value of a flag given (comma-separated or repeated; a later one wins) as
-    N for all or <experiment>=N for one, which wins over N; else `default`."""
+    """Each experiment's value of a flag given as N for all or <experiment>=N for one (which
+    wins), comma-separated or repeated; else `default`."""
     found = {"": default}
     for item in (i.strip() for v in values for i in v.split(",") if i.strip()):
         name, _, number = item.rpartition("=")
@@ -230,9 +223,6 @@ def main() -> None:
     runs_dir, todo = Path(FLAGS.runs), plan(FLAGS)
     train_all(runs_dir, todo, FLAGS.synthetic)
     result = collect(runs_dir, {m: rates for m, (rates, _, _) in todo.items()})
-    result["num_train_steps"] = {
-        m: rundir.read_run(runs_dir / m).config["num_train_steps"] for m in todo
-    }
     result["synthetic"] = FLAGS.synthetic
     rundir.write_json(runs_dir / RESULT_FILE, result)
     plot(result).savefig(runs_dir / FIGURE_FILE, dpi=120)

@@ -1,13 +1,9 @@
-"""Each claim of the exercise over replicas: "holds in k of R" with the effect's interval.
-
-`check_claims` runs the checks of `fmnist_jax.claims` that each experiment declares (its
-`report.claims`) on every replica, replica k of the run without dropout paired with replica k
-with (they share a seed). The verdict's word reads the mean effect's 95 % interval against the
-claim's region; a missing run or `MissingData` makes it "not checked"; anything else is a bug.
-"""
+"""Each declared claim over replicas (replica k without dropout paired with replica k with):
+"holds in k of R", the word read off the mean effect's 95 % interval (docs/populations.md)."""
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -54,8 +50,8 @@ def decide(interval: Sequence[float], region: Sequence[float]) -> str:
 
 
 def replicas_needed(stats: Mapping, region: Sequence[float], limit: int = 1000) -> int | None:
-    """The fewest replicas whose interval, at the observed mean and spread, would clear the
-    region's nearest end (None: more than `limit`, or no spread)."""
+    """The fewest replicas whose interval, at this mean and spread, would clear the region's
+    nearest end (None: more than `limit`, or no spread)."""
     ends = [e for e in region if math.isfinite(e)]
     if not ends or stats["std"] == 0:
         return None
@@ -99,28 +95,29 @@ def summarize_checks(claim: str, checks: Sequence[Check], effect: str, unit: str
 
 
 class Claim(NamedTuple):
-    """A claim an experiment may declare: its text ({label}: the experiment's), whether it reads
-    the run without dropout beside the experiment's (`paired`), its check on one replica of
-    each, what its effect is and the effect's unit."""
+    """A claim an experiment may declare: its text ({label}: the experiment's), its check on one
+    replica (of the run without dropout first, where `paired`), its effect and its unit."""
 
     text: str
-    paired: bool
     check: Callable[..., Check]
     effect: str
     unit: str
+
+    @property
+    def paired(self) -> bool:
+        """Whether its check reads the run without dropout beside the experiment's."""
+        return len(inspect.signature(self.check).parameters) == 2
 
 
 CLAIMS = {
     "overfits": Claim(
         "The {label} without dropout over-fits (train loss falls, test loss rises)",
-        False,
         lambda base: claims.check_overfits(base.summary, claims.curve(base, "train_loss")),
         "final test loss above its minimum by",
         "%",
     ),
     "turn_step": Claim(
         f"The {{label}}'s test loss turns after about {claims.EXERCISE_CNN_TURN_STEP:,} iterations",
-        False,
         lambda base: claims.check_turn_step(
             claims.curve(base, "test_loss"), base.summary.get("steps_per_epoch")
         ),
@@ -129,42 +126,36 @@ CLAIMS = {
     ),
     "dropout_gap": Claim(
         "Dropout 0.25 reduces the {label}'s final train–test loss gap",
-        True,
         lambda base, drop: claims.check_dropout_gap(base.summary, drop.summary),
         "dropout changes the final test − train loss gap by",
         "nats",
     ),
     "dropout_test_loss": Claim(
         "Dropout lowers the {label}'s final test loss",
-        True,
         lambda base, drop: claims.check_dropout_test_loss(base.summary, drop.summary),
         "dropout changes the final test loss by",
         "nats",
     ),
     "same_accuracy": Claim(
         "With dropout the {label}'s test accuracy remains about the same",
-        True,
         lambda base, drop: claims.check_same_accuracy(base.summary, drop.summary),
         "dropout changes the final test accuracy by",
         "points",
     ),
     "slight_rise": Claim(
         "With dropout the {label}'s test accuracy rises slightly",
-        True,
         lambda base, drop: claims.check_slight_rise(base.summary, drop.summary),
         "dropout changes the final test accuracy by",
         "points",
     ),
     "train_test_same": Claim(
         "With dropout the {label}'s train and test accuracy are quite the same",
-        False,
         lambda drop: claims.check_train_test_same(drop.summary),
         "final train − test accuracy",
         "points",
     ),
 }
-# Dropout against the attack's noise, one claim per method, on `make study`'s attacks of every
-# replica of the paired runs (checked after every claim of CLAIMS).
+# Dropout against the attack's noise per method, on `make study`'s attacks (after CLAIMS).
 ATTACK_NOISE = "attack_noise"
 
 
@@ -181,8 +172,7 @@ def _claim(d: declarations.Declared, name: str) -> Claim | None:
 
 
 def _summarized(claim: str, check: Callable, arguments, effect: str, unit: str) -> Verdict:
-    """`check(*a)` for each `a` of `arguments` (one per replica), summarized; "not checked"
-    with the reason of a MissingData."""
+    """`check(*a)` for each replica's `a`, summarized ("not checked" on MissingData)."""
     try:
         checks = [check(*a) for a in arguments]
     except MissingData as e:
@@ -201,8 +191,7 @@ def _checked(claim: str, runs: Mapping, names: Sequence[str], spec: Claim) -> Ve
 
 
 def _attack_noise(pair: Sequence[str], attacks: Mapping | None) -> list[Verdict]:
-    """Dropout vs the attack's noise per method, replica k of the runs of `pair` together
-    (`attacks`: run name -> its replicas' attack summaries in order)."""
+    """Dropout vs the attack's noise per method (`attacks`: run -> its replicas' attacks)."""
     found = []
     for method in claims.ATTACK_NOISE_METHODS:
         claim = (
@@ -222,9 +211,8 @@ def _attack_noise(pair: Sequence[str], attacks: Mapping | None) -> list[Verdict]
 def check_claims(
     runs: Mapping[str, Run | None], adversarial: Mapping | None, attacks: Mapping | None = None
 ) -> list[Verdict]:
-    """Every declared claim on the runs present (None: missing), then those on the attacks of
-    every replica (`attacks`, see `_attack_noise`), then the attack's own (`adversarial`: its
-    summary.json, None when it has not run)."""
+    """Every declared claim on the runs (None: missing), then those on the replicas' `attacks`,
+    then the attack's own (`adversarial`: its summary.json, None when it has not run)."""
     verdicts, noise = [], []
     for d in declarations.experiments(runs):
         for name in d.claims:

@@ -1,8 +1,5 @@
-"""The figures, drawn from what runs left in their workdirs; nothing is rerun.
-
-`curves`: the learning curves each experiment declares (figures 2-6); `adversarial`: Figure 7 and
-the attack's curves. Both need matplotlib; the train loop never imports this package.
-"""
+"""The figures from what runs left (`curves`: figures 2-6; `adversarial`: Figure 7), with
+matplotlib; the train loop never imports this package."""
 
 import importlib.util
 

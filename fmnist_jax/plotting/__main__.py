@@ -2,9 +2,8 @@
 
     python -m fmnist_jax.plotting --runs runs --out figures [--smoothing 0.6]
 
-A figure whose runs are missing or hold no evaluation yet is skipped with a one-line warning.
-Exit status 0 when a figure was drawn, 1 when none could be, 2 on a usage error or without
-matplotlib (one line on stderr).
+A figure whose runs are missing or unevaluated is skipped with a warning. Exit status 0 when a
+figure was drawn, 1 when none could be, 2 on a usage error or without matplotlib.
 """
 
 import sys

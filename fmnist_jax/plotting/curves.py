@@ -1,9 +1,5 @@
-"""The figures experiments declare (the exercise's 2-6), drawn from the runs' `metrics.jsonl`.
-
-Curves are smoothed as TensorBoard smooths them (`fmnist_jax.smoothing`), the raw curve faint
-behind; several replicas draw the mean of their smoothed curves with a min-max band. Colours as
-the exercise's: blue / orange = train / test without dropout, green / pink = with dropout.
-"""
+"""The figures experiments declare (the exercise's 2-6) from the runs' `metrics.jsonl`: curves
+smoothed as TensorBoard does, the raw curve faint; of replicas, their mean and min-max band."""
 
 import os
 import sys
@@ -19,7 +15,7 @@ from fmnist_jax.errors import RunError
 from fmnist_jax.rundir import COLLECTIONS, Curve, Run
 from fmnist_jax.smoothing import DEFAULT_SMOOTHING, tensorboard_smooth
 
-COLORS = {
+COLORS = {  # the exercise's
     ("train", False): "tab:blue",
     ("test", False): "tab:orange",
     ("train", True): "tab:green",
@@ -48,8 +44,7 @@ def replica_curves(run: Run, key: str) -> list[Curve]:
 
 
 def band(curves: Sequence[Curve], smoothing: float) -> tuple[np.ndarray, ...]:
-    """(steps, raw mean, mean of the smoothed curves, their min, their max) over replicas, on
-    the steps every replica logged."""
+    """(steps all logged, raw mean, mean of the smoothed curves, their min, their max)."""
     steps = curves[0].steps
     for c in curves[1:]:
         steps = np.intersect1d(steps, c.steps)
@@ -59,8 +54,7 @@ def band(curves: Sequence[Curve], smoothing: float) -> tuple[np.ndarray, ...]:
 
 
 def draw_series(ax, run: Run, key: str, color: str, label: str, smoothing: float, x_scale=1.0):
-    """The series `key` raw (faint) and smoothed; of several replicas, the raw mean, the mean
-    of the smoothed curves and their min-max band. Nothing when never logged."""
+    """The series `key` (`band`'s curves, the raw one faint); nothing when never logged."""
     curves = replica_curves(run, key)
     if not curves:
         return
@@ -97,8 +91,8 @@ def _band_note(runs: Sequence[Run]) -> str:
 def plot_accuracy_and_loss(
     runs: Sequence[Run], title: str, smoothing: float = DEFAULT_SMOOTHING
 ) -> Figure:
-    """(a) accuracy and (b) loss against the step, train and test of each run: one run (blue,
-    orange), or a run without and one with dropout (plus green, pink)."""
+    """(a) accuracy and (b) loss against the step, train and test of one run, or of a run
+    without and one with dropout."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     for ax, tag, letter in zip(fig.subplots(1, 2), ("accuracy", "loss"), "ab", strict=True):
         _panel(ax, runs, tag, smoothing)
@@ -148,8 +142,8 @@ def _load(run_dir: Path) -> Run | RunError:
 def make_figures(
     runs_dir: str | os.PathLike, out_dir: str | os.PathLike, smoothing: float = DEFAULT_SMOOTHING
 ) -> dict[str, Path]:
-    """Writes every declared figure into `out_dir`, skipping with a one-line warning those whose
-    runs are missing or hold no evaluation yet; {experiment declaring it: path} of those written."""
+    """Writes every declared figure into `out_dir` (a one-line warning for one whose runs are
+    missing or unevaluated); {experiment declaring it: path} of those written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = {name: _load(Path(runs_dir) / name) for name in experiment_names()}
