@@ -49,12 +49,9 @@ def _config(**overrides):
 def _steps(config):
     """`Steps` for `config` on every device, with its initial state (replica axis first) and
     dropout keys, as the train loop builds them."""
-    from fmnist_jax import distributed, train
-    from fmnist_jax.steps import Steps
+    from fmnist_jax import train
 
-    steps = Steps(config, distributed.make_mesh(config.num_replicas))
-    state, dropout_rng = train.initial_state(config, (28, 28, 1), steps)
-    return steps, state, dropout_rng
+    return train.build(config, (28, 28, 1))
 
 
 def _images(n: int, dtype=np.float32):
