@@ -1,11 +1,4 @@
-"""Exercise 2.5: targeted adversarial search, as a small package.
-
-    presets.py   AttackConfig, validate, METHODS (the measured presets), method_config
-    pool.py      the pooled while-loop program any per-image `Search` runs in: pure JAX
-    search.py    the objective, one descent search, the batch program (`make_attack`)
-    minimal.py   the minimum-L1 search ("minl1"): proximal steps with a solved multiplier
-    runner.py    run(workdir, output, ...): restore, choose images, records, summary, figures
-    __main__.py  the command line, `python -m fmnist_jax.adversarial --workdir ... --output ...`
+"""Exercise 2.5: targeted adversarial search, as a small package (docs/attack.md).
 
     from fmnist_jax import adversarial
     config = adversarial.method_config("sign", max_steps=100)
@@ -22,7 +15,7 @@ _NAMES = {  # each module and the public names it defines
     " METHODS SLOW_METHODS describe method_config parse_methods pool_size_for validate",
     "pool": "Search run_pool",
     "search": "Attack AttackResult SearchState attack draw_targets init_state input_gradient"
-    " make_attack noise_norms objective p_target_history pooled_search search_step",
+    " make_attack noise_norms objective p_target_history search_step",
     "minimal": "minl1_search",
     "runner": "run",
 }
