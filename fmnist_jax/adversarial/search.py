@@ -49,21 +49,11 @@ def objective(
     logits_fn: LogitsFn, x_adv, x, target, l1_weight: float = 0.05, l1_reduction: str = "sum"
 ) -> jax.Array:
     """The exercise's loss for one image (l1_reduction "mean": the L1 over the pixels)."""
-    return _loss_and_gradient(logits_fn, x_adv, x, target, l1_weight, l1_reduction)[0]
-
-
-def input_gradient(
-    logits_fn: LogitsFn, x_adv, x, target, l1_weight: float = 0.05, l1_reduction: str = "sum"
-) -> jax.Array:
-    """d objective / d x' for one image (the subgradient sign(0) = 0 at x' = x)."""
-    return _loss_and_gradient(logits_fn, x_adv, x, target, l1_weight, l1_reduction)[1]
-
-
-def _loss_and_gradient(logits_fn, x_adv, x, target, l1_weight, l1_reduction):
     weight = pixel_l1_weight(l1_weight, l1_reduction, x)
-    one = x_adv[None], x[None], jnp.asarray(target)[None]
-    (loss, _), g = _value_and_grad(*one, logits_fn, weight)
-    return loss, g[0]
+    return _objective_and_p(x_adv[None], x[None], jnp.asarray(target)[None], logits_fn, weight)[0]
+
+
+input_gradient = jax.grad(objective, argnums=1)  # d objective / d x' (JAX's |.|'(0) is 1)
 
 
 def draw_targets(key: jax.Array, labels: jax.Array, num_classes: int = 10) -> jax.Array:
@@ -116,10 +106,8 @@ def descent(logits_fn: LogitsFn, config: AttackConfig, max_steps) -> Search:
         return SearchState(x_adv, None, None, state.step + 1, opt_state)
 
     def finish(pre, x, t):  # a batch: one forward and backward pass for every slot
-        # The L1 term's weight in the gradient: none where the proximal step applies it.
-        weight = (
-            0.0 if config.proximal else pixel_l1_weight(config.l1_weight, config.l1_reduction, x[0])
-        )
+        l1_weight = 0.0 if config.proximal else config.l1_weight  # else the prox step applies it
+        weight = pixel_l1_weight(l1_weight, config.l1_reduction, x[0])
         (_, p), g = _value_and_grad(pre.x_adv, x, t, logits_fn, weight)
         return pre._replace(grad=g, p_target=p)
 
