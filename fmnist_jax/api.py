@@ -1,13 +1,5 @@
 """The interactive API: the command lines' code as a few calls for a REPL, a notebook or a
-script (docs/api.md); an argument of the wrong type ends in one UsageError line.
-
-    import fmnist_jax as fj
-    config = fj.get_config("cnn_dropout", num_train_steps=500)
-    state, history = fj.fit(config, workdir="/tmp/cnn")        # history: dict of numpy arrays
-    trained = fj.restore("/tmp/cnn")                             # config, model, variables
-    probs = fj.predict(trained, images)                          # [N, 10] class probabilities
-    result = fj.attack(trained, images, targets=[1, 7])          # adversarial images and norms
-"""
+script (docs/api.md); an argument of the wrong type ends in one UsageError line."""
 
 import numbers
 import tempfile

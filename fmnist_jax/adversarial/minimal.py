@@ -1,11 +1,8 @@
 """The minimum-L1 search ("minl1"): the smallest ||x' - x||_1 in the box reaching p(target).
 
-Each step linearises the target's log-odds m at the current point (one forward and backward
-pass) and takes the proximal step of the L1 norm plus the box (`prox_step`), its multiplier
-solved for so that the linear model lands on logit(threshold) + MARGIN plus the model's recent
-overestimate; eta falls as `schedule` says. The search returns its best point (smallest L1 past
-the threshold) and the L1 weight it stands for, else its last point. docs/attack.md has the
-method and the measurements behind the constants.
+Each step linearises the target's log-odds m (one model call) and takes the proximal step of the
+L1 norm plus the box whose linear model lands on the aim (`prox_step`); eta falls as `schedule`
+says. docs/attack.md has the method and the measurements behind the constants.
 """
 
 import functools

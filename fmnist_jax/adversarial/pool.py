@@ -12,15 +12,10 @@ from jax.sharding import PartitionSpec
 
 
 class Search(NamedTuple):
-    """One image's search, as functions the pool vmaps over its slots (`finish` excepted).
-
-    start(x, t) -> pre            the first point to evaluate (no model call)
-    advance(state, x, t) -> pre   the next point after `state` (no model call)
-    finish(pre, x, t) -> state    batched ([slots] leaves): one model call on every slot's
-                                  point (faster than vmapping a one-image call)
-    running(state) -> bool        whether the search goes on
-    output(state) -> pytree       what the search leaves for its image
-    """
+    """One image's search as functions the pool vmaps over its slots: `start(x, t)` and
+    `advance(state, x, t)` give the next point (no model call); `finish(pre, x, t)`, on every
+    slot at once ([slots] leaves), evaluates it with one model call (faster than a vmapped one);
+    `running(state)` and `output(state)`: whether the search goes on, what it leaves."""
 
     start: Callable
     advance: Callable

@@ -77,12 +77,7 @@ DEFAULT_METHOD = "sign"  # the library's default (`attack`, `fj.attack`): fast a
 DEFAULT_METHODS = ("exercise", "gd", "sign", "adam", "fgsm", "pgd", "minl1")
 SLOW_METHODS = ("exercise", "minl1")
 SLOW_IMAGES = 200
-UPDATE_NAMES = {
-    "gd": "gradient descent",
-    "sign": "sign-gradient descent",
-    "adam": "Adam",
-    "minl1": "minimum-L1 search (linearised proximal multiplier steps)",
-}
+UPDATE_NAMES = {"gd": "gradient descent", "sign": "sign-gradient descent", "adam": "Adam"}
 
 
 def describe(config: AttackConfig) -> str:
@@ -90,8 +85,8 @@ def describe(config: AttackConfig) -> str:
     ||x' - x||_1 (mean over pixels)" for the exercise's."""
     if config.update == "minl1":
         return (
-            f"{UPDATE_NAMES[config.update]}: smallest ||x' - x||_1 with p(target) >="
-            f" {config.threshold:g}, {config.max_steps} steps"
+            "minimum-L1 search (linearised proximal multiplier steps): smallest ||x' - x||_1 with"
+            f" p(target) >= {config.threshold:g}, {config.max_steps} steps"
         )
     rule = f"{UPDATE_NAMES[config.update]}, lr {config.learning_rate:g}, CE(target)"
     if config.l1_weight > 0:
