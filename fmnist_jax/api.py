@@ -16,6 +16,7 @@ from fmnist_jax.errors import ConfigError, UsageError
 
 PATH, INT = (str, Path), numbers.Integral  # numpy's integers too
 GET_CONFIG = "; make one with fj.get_config(experiment) first"
+RESTORE = "; call fj.restore(workdir) first"  # a workdir path is the usual slip
 
 
 class Trained(NamedTuple):
@@ -46,11 +47,6 @@ def _a(kind: type) -> str:
     if kind in (type(None), INT):
         return "None" if kind is type(None) else "an integer"
     return f"{'an' if kind.__name__[0].lower() in 'aeiou' else 'a'} {kind.__name__}"
-
-
-def check_trained(trained, call: str) -> None:
-    """A `Trained`, or a UsageError saying to restore one (a workdir path is the usual slip)."""
-    check_type(trained, Trained, f"fj.{call}'s first argument", "; call fj.restore(workdir) first")
 
 
 def get_config(experiment: str = "cnn", variant: str = "", **overrides):
@@ -164,7 +160,7 @@ def check_dataset(dataset: data_lib.Dataset, num_classes: int) -> None:
 
 def predict(trained: Trained, images, batch_size: int = 1000) -> np.ndarray:
     """Class probabilities [N, 10] for images (see `as_images` for the accepted forms)."""
-    check_trained(trained, "predict")
+    check_type(trained, Trained, "fj.predict's first argument", RESTORE)
     images = as_images(images)
     logits = jax.jit(trained.logits_fn())
     chunks = [
@@ -182,7 +178,7 @@ def attack(
     `method` names a preset of `adversarial.METHODS`, `threshold` and `max_steps` override it."""
     from fmnist_jax import adversarial
 
-    check_trained(trained, "attack")
+    check_type(trained, Trained, "fj.attack's first argument", RESTORE)
     check_type(method, str, "fj.attack's method")
     check_type(seed, INT, "fj.attack's seed")
     images = as_images(images)
