@@ -46,17 +46,13 @@ class MinL1State(NamedTuple):
     found: jax.Array
 
 
-def log_odds(logits_fn, x_adv, targets) -> jax.Array:
-    """log p(t) - log(1 - p(t)) per image of a batch (p(t) = sigmoid of it): one forward pass."""
+def _summed_log_odds(x_adv, targets, logits_fn):
+    """(sum, each) of the batch's log-odds m = log p(t) - log(1 - p(t)), one forward pass (each
+    image's m depends on that image only, so the sum's gradient is each one's)."""
     logits = logits_fn(x_adv)
     is_target = jnp.arange(logits.shape[-1]) == targets[:, None]
     others = jnp.where(is_target, -jnp.inf, logits)
-    return jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1) - jax.nn.logsumexp(others, axis=-1)
-
-
-def _summed_log_odds(x_adv, targets, logits_fn):
-    """The batch's summed log-odds (each depends on its own image only) and each one."""
-    m = log_odds(logits_fn, x_adv, targets)
+    m = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1) - jax.nn.logsumexp(others, axis=-1)
     return jnp.sum(m), m
 
 
