@@ -1,12 +1,6 @@
-"""Exercise 2.5: targeted adversarial search, as a small package (docs/attack.md).
-
-    from fmnist_jax import adversarial
-    config = adversarial.method_config("sign", max_steps=100)
-    result = adversarial.attack(logits_fn, images, labels, key=jax.random.key(0), config=config)
-
-Modules and names load on first use, so that the command line can quiet TensorFlow before JAX
-is imported; the name `search` is the module (one search alone is `search.search`).
-"""
+"""Exercise 2.5: targeted adversarial search, as a small package (docs/attack.md). Modules and
+names load on first use, so that the command line can quiet TensorFlow before JAX is imported;
+the name `search` is the module (one search alone is `search.search`)."""
 
 from importlib import import_module as _import_module
 

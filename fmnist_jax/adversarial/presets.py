@@ -8,7 +8,7 @@ from fmnist_jax.errors import ConfigError
 
 UPDATES = ("gd", "sign", "adam", "minl1")
 L1_REDUCTIONS = ("sum", "mean")
-DEFAULT_POOL_SIZE = 32  # searches in flight on a CPU, where idle slots cost (docs/attack.md)
+DEFAULT_POOL_SIZE = 32  # searches in flight on a CPU, where a larger pool computes idle slots
 ACCELERATOR_POOL_SIZE = 512
 
 
