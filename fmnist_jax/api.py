@@ -1,15 +1,5 @@
-"""The interactive API: a few calls for a REPL, a notebook or a script (docs/api.md).
-
-    import fmnist_jax as fj
-    config = fj.get_config("cnn_dropout", num_train_steps=500)
-    state, history = fj.fit(config, workdir="/tmp/cnn")        # history: dict of numpy arrays
-    trained = fj.restore("/tmp/cnn")                             # config, model, variables
-    probs = fj.predict(trained, images)                          # [N, 10] class probabilities
-    result = fj.attack(trained, images, targets=[1, 7])          # adversarial images and norms
-
-Each call runs the command lines' code (`train.train_and_evaluate`, `checkpoints.load_trained`,
-`adversarial.attack`); an argument of the wrong type ends in one UsageError line.
-"""
+"""The interactive API: the command lines' code as a few calls for a REPL, a notebook or a
+script (docs/api.md); an argument of the wrong type ends in one UsageError line."""
 
 import numbers
 import tempfile
@@ -26,11 +16,12 @@ from fmnist_jax.errors import ConfigError, UsageError
 
 PATH, INT = (str, Path), numbers.Integral  # numpy's integers too
 GET_CONFIG = "; make one with fj.get_config(experiment) first"
+RESTORE = "; call fj.restore(workdir) first"  # a workdir path is the usual slip
 
 
 class Trained(NamedTuple):
-    """A trained model: its config, the Flax module and its variables ({"params": ..., and any
-    other collection, such as "batch_stats"})."""
+    """A trained model: its config, the Flax module and its variables ("params" and any other
+    collection)."""
 
     config: ml_collections.ConfigDict
     model: object
@@ -42,8 +33,8 @@ class Trained(NamedTuple):
 
 
 def check_type(value, kind, where: str, hint: str = "") -> None:
-    """UsageError naming the argument, the type it needs and the one it got, unless `value` is
-    a `kind` (a type or a tuple of types); `hint` says how to get the right one."""
+    """UsageError naming the argument, the type(s) it needs, the one it got and `hint` (how to
+    get the right one), unless `value` is a `kind`."""
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds):
         plain = isinstance(value, (str, Path, int, float, type(None)))
@@ -56,11 +47,6 @@ def _a(kind: type) -> str:
     if kind in (type(None), INT):
         return "None" if kind is type(None) else "an integer"
     return f"{'an' if kind.__name__[0].lower() in 'aeiou' else 'a'} {kind.__name__}"
-
-
-def check_trained(trained, call: str) -> None:
-    """A `Trained`, or a UsageError saying to restore one (a workdir path is the usual slip)."""
-    check_type(trained, Trained, f"fj.{call}'s first argument", "; call fj.restore(workdir) first")
 
 
 def get_config(experiment: str = "cnn", variant: str = "", **overrides):
@@ -93,9 +79,8 @@ def initialize_distributed(
     process_id: int | None = None,
     **options,
 ) -> None:
-    """Joins a run of several processes (every process calls it, before any JAX computation,
-    then the same `fit`): the arguments of `jax.distributed.initialize`; `options` are
-    `distributed.Launch`'s (auto=True: JAX's cluster detection, timeouts, bind address)."""
+    """Joins a run of several processes (each calls it before any JAX computation, then `fit`):
+    `jax.distributed.initialize`'s arguments and `distributed.Launch`'s `options`."""
     from fmnist_jax import distributed
 
     launch = distributed.Launch(coordinator_address, num_processes, process_id, **options)
@@ -111,9 +96,8 @@ def load_data(config=None) -> data_lib.Dataset:
 
 def fit(config, workdir=None, dataset=None, on_eval=None, progress: bool = True):
     """Trains `config` (resuming `workdir`, default a new temporary folder); returns (state,
-    history): "step", the losses and accuracies as numpy arrays, one entry per evaluation
-    ([evaluations, M] for M > 1 members, whose state has a leading member axis). `progress`
-    shows a live line; `on_eval` is called with each evaluation's record."""
+    history): numpy arrays, one entry per evaluation ([evaluations, M] for M > 1 members).
+    `progress` shows a live line; `on_eval` is called with each evaluation's record."""
     from fmnist_jax import population
     from fmnist_jax import train as train_lib
 
@@ -149,7 +133,7 @@ def restore(workdir: str | Path, step: int | None = None, member: int = 0) -> Tr
 
 def as_images(images) -> np.ndarray:
     """uint8 or float images, [N, 28, 28] or [N, 28, 28, 1], as float32 [N, 28, 28, 1] in [0, 1];
-    ConfigError for another shape, dtype or range, NaN/Inf pixels or an empty batch."""
+    ConfigError for others."""
     images = np.asarray(images)
     shape = images.shape
     if images.ndim == 3:
@@ -161,8 +145,7 @@ def as_images(images) -> np.ndarray:
 
 
 def check_dataset(dataset: data_lib.Dataset, num_classes: int) -> None:
-    """ConfigError for a data set the train loop cannot use: split lengths that differ, empty
-    splits, images out of range (`data.check_images`), labels outside 0..num_classes-1."""
+    """ConfigError for a data set the train loop cannot use (lengths, images, labels)."""
     for name in ("train", "test"):
         split = getattr(dataset, name)
         inputs, targets = np.asarray(split["inputs"]), np.asarray(split["targets"])
@@ -177,7 +160,7 @@ def check_dataset(dataset: data_lib.Dataset, num_classes: int) -> None:
 
 def predict(trained: Trained, images, batch_size: int = 1000) -> np.ndarray:
     """Class probabilities [N, 10] for images (see `as_images` for the accepted forms)."""
-    check_trained(trained, "predict")
+    check_type(trained, Trained, "fj.predict's first argument", RESTORE)
     images = as_images(images)
     logits = jax.jit(trained.logits_fn())
     chunks = [
@@ -195,7 +178,7 @@ def attack(
     `method` names a preset of `adversarial.METHODS`, `threshold` and `max_steps` override it."""
     from fmnist_jax import adversarial
 
-    check_trained(trained, "attack")
+    check_type(trained, Trained, "fj.attack's first argument", RESTORE)
     check_type(method, str, "fj.attack's method")
     check_type(seed, INT, "fj.attack's seed")
     images = as_images(images)
@@ -204,11 +187,8 @@ def attack(
     config = adversarial.method_config(
         method or adversarial.DEFAULT_METHOD, threshold=threshold, max_steps=max_steps
     )
+    targets = None if targets is None else np.asarray(targets)
+    key = jax.random.key(seed)
     return adversarial.attack(
-        trained.logits_fn(),
-        images,
-        np.asarray(labels),
-        key=jax.random.key(seed),
-        targets=None if targets is None else np.asarray(targets),
-        config=config,
+        trained.logits_fn(), images, np.asarray(labels), key=key, targets=targets, config=config
     )

@@ -1,19 +1,6 @@
-"""Exercise 2.5: targeted adversarial search, as a small package.
-
-    presets.py   AttackConfig, validate, METHODS (the measured presets), method_config
-    pool.py      the pooled while-loop program any per-image `Search` runs in: pure JAX
-    search.py    the objective, one descent search, the batch program (`make_attack`)
-    minimal.py   the minimum-L1 search ("minl1"): proximal steps with a solved multiplier
-    runner.py    run(workdir, output, ...): restore, choose images, records, summary, figures
-    __main__.py  the command line, `python -m fmnist_jax.adversarial --workdir ... --output ...`
-
-    from fmnist_jax import adversarial
-    config = adversarial.method_config("sign", max_steps=100)
-    result = adversarial.attack(logits_fn, images, labels, key=jax.random.key(0), config=config)
-
-Modules and names load on first use, so that the command line can quiet TensorFlow before JAX
-is imported; the name `search` is the module (one search alone is `search.search`).
-"""
+"""Exercise 2.5: targeted adversarial search, as a small package (docs/attack.md). Modules and
+names load on first use, so that the command line can quiet TensorFlow before JAX is imported;
+the name `search` is the module (one search alone is `search.search`)."""
 
 from importlib import import_module as _import_module
 
@@ -22,7 +9,7 @@ _NAMES = {  # each module and the public names it defines
     " METHODS SLOW_METHODS describe method_config parse_methods pool_size_for validate",
     "pool": "Search run_pool",
     "search": "Attack AttackResult SearchState attack draw_targets init_state input_gradient"
-    " make_attack noise_norms objective p_target_history pooled_search search_step",
+    " make_attack noise_norms objective p_target_history search_step",
     "minimal": "minl1_search",
     "runner": "run",
 }

@@ -1,22 +1,8 @@
-"""The minimum-L1 search ("minl1"): the smallest L1 noise reaching p(target) >= threshold.
+"""The minimum-L1 search ("minl1"): the smallest ||x' - x||_1 in the box reaching p(target).
 
-For one image x and target t it seeks min ||x' - x||_1 over x' in the box, subject to
-m(x') >= logit(threshold), m being the target's log-odds log p(t|x') - log(1 - p(t|x')). Each
-step linearises m at the current point (value m_k, gradient g: one forward and backward pass)
-and takes the exact per-pixel proximal step of the L1 norm plus the box on the Lagrangian
-||d||_1 - mu * g . d, with the multiplier mu solved for (not ascended) so that the linear model
-lands on the aim:
-
-    d(mu) = clip(S_eta(delta + eta * mu * g / max|g|), -x, 1 - x)    S_eta: soft-thresholding
-    m_k + g . (d(mu) - delta) = aim,   mu >= 0
-
-g . d(mu) grows with mu: mu is chosen among multiples (FACTORS) of the last one and the bracketing
-pair interpolated, exact for the linear model. eta falls geometrically CYCLES times, each cycle
-after the first restarting from the best point, then a short refinement with a small eta walks
-along the boundary (`schedule`). The aim is logit(threshold) + MARGIN plus the linear model's
-recent overestimate, so iterates land on the feasible side. The search returns the best point
-(smallest L1 past the threshold) and the L1 weight it stands for, else its last point.
-docs/attack.md has the measurements behind the constants.
+Each step linearises the target's log-odds m (one model call) and takes the proximal step of the
+L1 norm plus the box whose linear model lands on the aim (`prox_step`); eta falls as `schedule`
+says. docs/attack.md has the method and the measurements behind the constants.
 """
 
 import functools
@@ -42,34 +28,31 @@ TINY = 1e-12
 
 
 class MinL1State(NamedTuple):
-    """One image's minimum-L1 search (the `pool` carry of one slot)."""
+    """One image's minimum-L1 search (a `pool` slot's carry); `best*` is the smallest-L1 point
+    past the threshold (the last point while none is), `grad` and `m` belong to `point`."""
 
-    point: jax.Array  # the point evaluated last, in the box
-    grad: jax.Array  # gradient of m at `point`
-    m: jax.Array  # m(point)
+    point: jax.Array
+    grad: jax.Array
+    m: jax.Array
     mu: jax.Array  # the last multiplier, in units of 1 / max|g|
     weight: jax.Array  # the L1 weight it stands for: max|g| / mu, per unit of log-odds
     aimed: jax.Array  # what the linear model promised m(point) to be
     overshoot: jax.Array  # average of aimed - m over the last steps
-    step: jax.Array  # steps (model calls) so far
-    best: jax.Array  # the best point, or the last one while none reached the threshold
-    best_l1: jax.Array  # its L1 (inf while none)
+    step: jax.Array  # model calls so far
+    best: jax.Array
+    best_l1: jax.Array  # inf while none
     best_m: jax.Array
     best_weight: jax.Array
     found: jax.Array
 
 
-def log_odds(logits_fn, x_adv, targets) -> jax.Array:
-    """log p(t) - log(1 - p(t)) per image of a batch (p(t) = sigmoid of it): one forward pass."""
+def _summed_log_odds(x_adv, targets, logits_fn):
+    """(sum, each) of the batch's log-odds m = log p(t) - log(1 - p(t)), one forward pass (each
+    image's m depends on that image only, so the sum's gradient is each one's)."""
     logits = logits_fn(x_adv)
     is_target = jnp.arange(logits.shape[-1]) == targets[:, None]
     others = jnp.where(is_target, -jnp.inf, logits)
-    return jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1) - jax.nn.logsumexp(others, axis=-1)
-
-
-def _summed_log_odds(x_adv, targets, logits_fn):
-    """The batch's summed log-odds (each depends on its own image only) and each one."""
-    m = log_odds(logits_fn, x_adv, targets)
+    m = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1) - jax.nn.logsumexp(others, axis=-1)
     return jnp.sum(m), m
 
 

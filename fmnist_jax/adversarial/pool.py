@@ -1,10 +1,6 @@
-"""The pooled batch program: many per-image searches in one `lax.while_loop`; pure JAX.
-
-`run_pool` keeps `pool_size` searches in flight, one per slot: each iteration writes out the
-searches that ended, loads the next images into their slots, advances every slot and evaluates
-all slots with one model call. Each image gets exactly its own search's steps, and nobody waits
-for the longest search. `over_devices` splits the images over devices, one pool on each.
-"""
+"""The pooled batch program: `pool_size` per-image searches in flight in one `lax.while_loop`,
+a finished slot loading the next image, so each image gets exactly its own search's steps and
+none waits for the longest; `over_devices` runs one pool on each device. Pure JAX."""
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -16,15 +12,10 @@ from jax.sharding import PartitionSpec
 
 
 class Search(NamedTuple):
-    """One image's search, as functions the pool vmaps over its slots (`finish` excepted).
-
-    start(x, t) -> pre            the first point to evaluate (no model call)
-    advance(state, x, t) -> pre   the next point after `state` (no model call)
-    finish(pre, x, t) -> state    batched ([slots] leaves): one model call on every slot's
-                                  point (faster than vmapping a one-image call)
-    running(state) -> bool        whether the search goes on
-    output(state) -> pytree       what the search leaves for its image
-    """
+    """One image's search as functions the pool vmaps over its slots: `start(x, t)` and
+    `advance(state, x, t)` give the next point (no model call); `finish(pre, x, t)`, on every
+    slot at once ([slots] leaves), evaluates it with one model call (faster than a vmapped one);
+    `running(state)` and `output(state)`: whether the search goes on, what it leaves."""
 
     start: Callable
     advance: Callable
@@ -34,8 +25,8 @@ class Search(NamedTuple):
 
 
 class Pool(NamedTuple):
-    """The loop carry: `pool_size` searches in flight; `slot` is each slot's image (N when idle),
-    `next` the next image to load, `out` the outputs of the searches that ended ([N] leaves)."""
+    """The loop carry: each slot's search and image (N when idle), the next image to load, and
+    the outputs of the searches that ended ([N] leaves)."""
 
     state: Any
     slot: jax.Array
@@ -87,8 +78,7 @@ def run_pool(search: Search, images, targets, pool_size: int):
 
 def over_devices(fn: Callable, devices, images, targets, *shared):
     """fn(images, targets, *shared) -> [N] leaves, the images split over `devices` in equal
-    shards (the last padded), each its own program and while loop (`jax.shard_map`), so no
-    device waits for another's slowest search; `shared` arguments go to every shard whole."""
+    shards (the last padded), each with its own while loop (`jax.shard_map`); `shared` whole."""
     d = len(devices)
     if d == 1:
         return fn(images, targets, *shared)
@@ -99,8 +89,7 @@ def over_devices(fn: Callable, devices, images, targets, *shared):
         images, targets = padded
     mesh = jax.sharding.Mesh(np.asarray(devices), ("images",))
     split, whole = PartitionSpec("images"), PartitionSpec()
-    # No collectives inside: each shard's loop carry mixes per-shard and fresh (unvarying)
-    # values, which the varying-axes check would make every pool cast by hand.
+    # No collectives inside; check_vma off, or every pool would cast its unvarying carry by hand.
     sharded = jax.shard_map(
         fn,
         mesh=mesh,

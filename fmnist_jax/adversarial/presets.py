@@ -1,11 +1,5 @@
-"""The attack's search rules as data: `AttackConfig`, its checks, and the measured presets.
-
-`METHODS` names one `AttackConfig` per method: the exercise's rule (gradient descent, lr 0.001),
-gd, sign-gradient (the library's default), Adam, targeted FGSM and PGD-L-inf, all run by the
-descent search (`search.py`), and "minl1", the minimum-L1 search (`minimal.py`). Their measured
-numbers, and the commands behind them, are in docs/attack.md. Imports no JAX: the command line
-defines its flags from these names alone.
-"""
+"""The attack's search rules as data: `AttackConfig`, its checks, and the presets `METHODS`
+(measured in docs/attack.md). Imports no JAX: the command line defines its flags from these."""
 
 import dataclasses
 import math
@@ -14,9 +8,7 @@ from fmnist_jax.errors import ConfigError
 
 UPDATES = ("gd", "sign", "adam", "minl1")
 L1_REDUCTIONS = ("sum", "mean")
-# Searches in flight at once, by platform: on a CPU a larger pool computes its idle slots while
-# the slowest searches finish (docs/attack.md); an accelerator runs hundreds at once.
-DEFAULT_POOL_SIZE = 32
+DEFAULT_POOL_SIZE = 32  # searches in flight on a CPU, where a larger pool computes idle slots
 ACCELERATOR_POOL_SIZE = 512
 
 
@@ -27,30 +19,18 @@ def pool_size_for(platform: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
-    """One search rule. Hashable, so it can be a static argument of a jitted function.
+    """One search rule; hashable, so it can be a static argument of a jitted function."""
 
-    update: "gd" (x' -= lr * g), "sign" (x' -= lr * sign(g)) or "adam" (optax.adam(lr)).
-    l1_reduction: "sum" takes ||x' - x||_1 as written; "mean" divides it by the number of
-      pixels, as PyTorch's `L1Loss()` does by default (l1_weight 0.05 is then 0.05 / 784 a pixel).
-    proximal: handle the L1 term by soft-thresholding x' - x by lr * (per-pixel L1 weight)
-      after each step instead of adding its subgradient to the gradient.
-    epsilon: if set, x' - x is projected onto the L-inf ball of that radius (PGD, FGSM).
-    clip: the pixel range x' is clipped to after every step; None leaves pixels free.
-    learning_rate is, for "minl1", the first proximal step (eta; it falls to 1 % of it).
-    early_stop: stop a search once p(target) >= threshold; False runs every search for
-      max_steps (the fixed-steps mode of the benchmark against torchattacks' PGD).
-    """
-
-    update: str = "sign"
-    learning_rate: float = 0.002
+    update: str = "sign"  # "gd", "sign" (sign of the gradient), "adam" or "minl1"
+    learning_rate: float = 0.002  # minl1: the first proximal step eta
     l1_weight: float = 0.05
-    l1_reduction: str = "mean"
-    proximal: bool = False
+    l1_reduction: str = "mean"  # or "sum"; mean divides by the pixels, as PyTorch's L1Loss()
+    proximal: bool = False  # soft-threshold x' - x by lr * weight instead of a subgradient
     threshold: float = 0.95
     max_steps: int = 300
-    epsilon: float | None = None
-    clip: tuple[float, float] | None = (0.0, 1.0)
-    early_stop: bool = True
+    epsilon: float | None = None  # the L-inf radius x' - x is projected to (PGD, FGSM)
+    clip: tuple[float, float] | None = (0.0, 1.0)  # the pixel range after every step
+    early_stop: bool = True  # False: every search runs max_steps (the PGD benchmark)
 
     def replace(self, **changes) -> "AttackConfig":
         """A copy with `changes` applied."""
@@ -60,63 +40,44 @@ class AttackConfig:
 def validate(config: AttackConfig) -> None:
     """Raises ConfigError naming the first field a search cannot run with."""
     c = config
-    checks = (
-        (c.update in UPDATES, f"unknown update {c.update!r}; choose one of {UPDATES}"),
-        (0.0 < c.threshold < 1.0, f"threshold must lie in (0, 1), got {c.threshold!r}"),
-        (
-            isinstance(c.max_steps, int) and c.max_steps > 0,
-            f"max_steps must be a positive integer, got {c.max_steps!r}",
-        ),
-        (
-            math.isfinite(c.learning_rate) and c.learning_rate > 0,
-            f"learning_rate must be a finite number > 0, got {c.learning_rate!r}",
-        ),
-        (c.l1_weight >= 0, f"l1_weight must be >= 0, got {c.l1_weight!r}"),
-        (
-            c.l1_reduction in L1_REDUCTIONS,
-            f"unknown l1_reduction {c.l1_reduction!r}; choose one of {L1_REDUCTIONS}",
-        ),
-        (
-            c.update != "minl1" or (c.epsilon is None and not c.proximal),
-            "update 'minl1' is proximal already and takes no epsilon",
-        ),
-        (c.epsilon is None or c.epsilon > 0, f"epsilon must be > 0 (or None), got {c.epsilon!r}"),
-        (
-            c.clip is None or c.clip[0] < c.clip[1],
-            f"clip must be (low, high), low < high: {c.clip!r}",
-        ),
-    )
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    if c.update not in UPDATES:
+        raise ConfigError(f"unknown update {c.update!r}; choose one of {UPDATES}")
+    if not 0.0 < c.threshold < 1.0:
+        raise ConfigError(f"threshold must lie in (0, 1), got {c.threshold!r}")
+    if not (isinstance(c.max_steps, int) and c.max_steps > 0):
+        raise ConfigError(f"max_steps must be a positive integer, got {c.max_steps!r}")
+    if not (math.isfinite(c.learning_rate) and c.learning_rate > 0):
+        raise ConfigError(f"learning_rate must be a finite number > 0, got {c.learning_rate!r}")
+    if not c.l1_weight >= 0:
+        raise ConfigError(f"l1_weight must be >= 0, got {c.l1_weight!r}")
+    if c.l1_reduction not in L1_REDUCTIONS:
+        raise ConfigError(f"unknown l1_reduction {c.l1_reduction!r}; choose one of {L1_REDUCTIONS}")
+    if c.update == "minl1" and (c.epsilon is not None or c.proximal):
+        raise ConfigError("update 'minl1' is proximal already and takes no epsilon")
+    if c.epsilon is not None and not c.epsilon > 0:
+        raise ConfigError(f"epsilon must be > 0 (or None), got {c.epsilon!r}")
+    if c.clip is not None and not c.clip[0] < c.clip[1]:
+        raise ConfigError(f"clip must be (low, high), low < high: {c.clip!r}")
 
 
 # Rates and budgets measured on the cnn_dropout checkpoint (docs/attack.md).
 METHODS: dict[str, AttackConfig] = {
-    # The exercise's rule: plain gradient descent with lr 0.001.
     "exercise": AttackConfig(update="gd", learning_rate=0.001, max_steps=3000),
     "gd": AttackConfig(update="gd", learning_rate=0.01, max_steps=1000),
     "sign": AttackConfig(),
     "adam": AttackConfig(update="adam", learning_rate=0.01),
     "fgsm": AttackConfig(learning_rate=0.1, l1_weight=0.0, max_steps=1, epsilon=0.1),
     "pgd": AttackConfig(learning_rate=0.01, l1_weight=0.0, max_steps=100, epsilon=0.1),
-    # Minimum L1 at p(target) >= threshold: 360 linearised proximal steps (minimal.py).
     "minl1": AttackConfig(
         update="minl1", learning_rate=0.5, l1_weight=0.0, l1_reduction="sum", max_steps=360
     ),
 }
 DEFAULT_METHOD = "sign"  # the library's default (`attack`, `fj.attack`): fast and reliable
-# The command line's methods: the exercise's rule first (the reported one, Figure 7), then the
-# comparison rows; the slow ones on the first SLOW_IMAGES images (`make adversarial` ~5 min).
+# The command line's: the exercise's rule first (the reported one), the slow ones on fewer images.
 DEFAULT_METHODS = ("exercise", "gd", "sign", "adam", "fgsm", "pgd", "minl1")
 SLOW_METHODS = ("exercise", "minl1")
 SLOW_IMAGES = 200
-UPDATE_NAMES = {
-    "gd": "gradient descent",
-    "sign": "sign-gradient descent",
-    "adam": "Adam",
-    "minl1": "minimum-L1 search (linearised proximal multiplier steps)",
-}
+UPDATE_NAMES = {"gd": "gradient descent", "sign": "sign-gradient descent", "adam": "Adam"}
 
 
 def describe(config: AttackConfig) -> str:
@@ -124,8 +85,8 @@ def describe(config: AttackConfig) -> str:
     ||x' - x||_1 (mean over pixels)" for the exercise's."""
     if config.update == "minl1":
         return (
-            f"{UPDATE_NAMES[config.update]}: smallest ||x' - x||_1 with p(target) >="
-            f" {config.threshold:g}, {config.max_steps} steps"
+            "minimum-L1 search (linearised proximal multiplier steps): smallest ||x' - x||_1 with"
+            f" p(target) >= {config.threshold:g}, {config.max_steps} steps"
         )
     rule = f"{UPDATE_NAMES[config.update]}, lr {config.learning_rate:g}, CE(target)"
     if config.l1_weight > 0:
@@ -144,8 +105,7 @@ def method_config(
     l1_reduction: str | None = None,
 ) -> AttackConfig:
     """The preset `name`, validated, with the overrides where they apply: `max_steps` to the
-    iterative methods, `epsilon` to those with a radius (FGSM's step too), `l1_reduction` to
-    those with an L1 term."""
+    iterative methods, `epsilon` to those with a radius (FGSM's step too), `l1_reduction` to L1."""
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     config = METHODS[name]

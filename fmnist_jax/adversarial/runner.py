@@ -1,8 +1,5 @@
-"""The attack experiment on a trained run: restore, choose images, search, record, summarise.
-
-`run` writes summary.json (per method: success rate, steps, noise norms, clean accuracy, speed),
-records.csv (RECORD_FIELDS, a row per method and image) and the figures (`write_figures`).
-"""
+"""The attack experiment on a trained run: restore, choose images, search, record, summarise
+into summary.json, records.csv (RECORD_FIELDS) and the figures (`write_figures`)."""
 
 import csv
 import dataclasses
@@ -31,8 +28,8 @@ REPLAY_STEPS = 1000  # their first steps only (the exercise's rule may take 3,00
 
 
 def parse_members(text: str, workdir) -> list[int]:
-    """--member: "all" (every member of the run in `workdir`) or one index; UsageError else.
-    A missing or out-of-range member is refused later, when its checkpoint is read."""
+    """--member: "all" (every member of the run in `workdir`) or one index (checked when its
+    checkpoint is read); UsageError else."""
     if text == "all":
         config = ml_collections.ConfigDict(rundir.read_config(Path(workdir)))
         return list(range(population.num_members(config)))
@@ -58,8 +55,8 @@ def choose_images(key: jax.Array, num_train: int, num_images: int) -> np.ndarray
 
 
 def load_attack_data(workdir, num_images: int, seed: int, member: int = 0):
-    """(logits_fn, images, labels, indices, target key) of member `member` of the run. The
-    images and targets depend on `seed` and the data only: the same for every member and run."""
+    """(logits_fn, images, labels, indices, target key) of member `member` of the run; the
+    images and targets depend on `seed` and the data only."""
     trained = api.restore(workdir, member=member)
     split = data_lib.load(trained.config).train
     index_key, target_key = jax.random.split(jax.random.key(seed))
@@ -139,10 +136,8 @@ def run(
     slow_images=presets.SLOW_IMAGES, member=0, **overrides,
 ) -> dict:  # fmt: skip
     """Attacks `num_images` random training images of member `member` of `workdir`'s run with
-    each method (DEFAULT_METHODS unless given; the first is the reported one), writes
-    summary.json, records.csv and the figures into `output`, and returns the summary.
-    `pool_size`: slots per local device (None: `pool_size_for` the platform); `overrides`
-    (threshold, max_steps, epsilon, l1_reduction) go to `method_config` (all in presets)."""
+    each method (the first is the reported one), writes summary.json, records.csv and the
+    figures into `output` and returns the summary; `overrides` go to `method_config`."""
     configs = {m: presets.method_config(m, **overrides) for m in methods or presets.DEFAULT_METHODS}
     if not (isinstance(slow_images, int) and slow_images > 0):
         raise UsageError(f"--slow_images must be a positive integer, got {slow_images!r}")
@@ -198,9 +193,8 @@ def pick_examples(results: dict, count: int) -> np.ndarray:
 
 
 def write_figures(output: Path, logits_fn, images, results, configs, records) -> list[str]:
-    """figure.png (Figure 7 of the first method), figure-<method>.png for the others,
-    minl1.png (the exercise's rule, the default method and minl1 side by side, when run),
-    curves.png (the first descent method's searches replayed). Returns the files written."""
+    """figure.png (Figure 7 of the first method), figure-<method>.png for the others, minl1.png
+    (minl1 beside the exercise's rule and the default), curves.png; the files written."""
     from fmnist_jax.plotting import adversarial as plots
 
     names, written = list(results), []

@@ -1,11 +1,6 @@
-"""Exercise 2.5's targeted adversarial search as one jitted XLA program; pure JAX, no I/O.
-
-Gradient steps on x' minimise CE(model(x'), t) + l1_weight * ||x' - x||_1 for a target t until
-p(t | x') >= threshold or `max_steps`; a failed search returns its last iterate. One search is a
-`lax.while_loop` (`search`); a batch (`make_attack`, `attack`) runs the searches in a pool of
-slots (`pool.run_pool`), each stopping on its own; "minl1" runs `minimal.py`'s search there.
-The model enters as `logits_fn(x_batch) -> logits`, the rules as an `AttackConfig`.
-"""
+"""Exercise 2.5's targeted search as one jitted program (pure JAX): descent on
+CE(model(x'), t) + l1_weight * ||x' - x||_1 until p(t | x') >= threshold or `max_steps`, a
+failed search returning its last iterate; a batch runs in `pool.run_pool` (docs/attack.md)."""
 
 import dataclasses
 import functools
@@ -24,7 +19,6 @@ from fmnist_jax.adversarial.pool import Search, over_devices, run_pool
 from fmnist_jax.adversarial.presets import (
     DEFAULT_METHOD,
     METHODS,
-    UPDATES,
     AttackConfig,
     pool_size_for,
     validate,
@@ -32,8 +26,7 @@ from fmnist_jax.adversarial.presets import (
 from fmnist_jax.errors import ConfigError
 
 LogitsFn = Callable[[jax.Array], jax.Array]
-# A pixel counts as changed (L0) when the change survives rounding to a uint8 grey level.
-L0_TOLERANCE = 0.5 / 255
+L0_TOLERANCE = 0.5 / 255  # a change the L0 counts survives rounding to a uint8 grey level
 
 
 def _objective_and_p(x_adv, x, targets, logits_fn: LogitsFn, l1_weight: float):
@@ -56,21 +49,11 @@ def objective(
     logits_fn: LogitsFn, x_adv, x, target, l1_weight: float = 0.05, l1_reduction: str = "sum"
 ) -> jax.Array:
     """The exercise's loss for one image (l1_reduction "mean": the L1 over the pixels)."""
-    return _loss_and_gradient(logits_fn, x_adv, x, target, l1_weight, l1_reduction)[0]
-
-
-def input_gradient(
-    logits_fn: LogitsFn, x_adv, x, target, l1_weight: float = 0.05, l1_reduction: str = "sum"
-) -> jax.Array:
-    """d objective / d x' for one image (the subgradient sign(0) = 0 at x' = x)."""
-    return _loss_and_gradient(logits_fn, x_adv, x, target, l1_weight, l1_reduction)[1]
-
-
-def _loss_and_gradient(logits_fn, x_adv, x, target, l1_weight, l1_reduction):
     weight = pixel_l1_weight(l1_weight, l1_reduction, x)
-    one = x_adv[None], x[None], jnp.asarray(target)[None]
-    (loss, _), g = _value_and_grad(*one, logits_fn, weight)
-    return loss, g[0]
+    return _objective_and_p(x_adv[None], x[None], jnp.asarray(target)[None], logits_fn, weight)[0]
+
+
+input_gradient = jax.grad(objective, argnums=1)  # d objective / d x' (JAX's |.|'(0) is 1)
 
 
 def draw_targets(key: jax.Array, labels: jax.Array, num_classes: int = 10) -> jax.Array:
@@ -80,7 +63,8 @@ def draw_targets(key: jax.Array, labels: jax.Array, num_classes: int = 10) -> ja
 
 
 class SearchState(NamedTuple):
-    """The loop carry of one search; `grad` and `p_target` belong to `x_adv`."""
+    """The loop carry of one search; `grad` and `p_target` belong to `x_adv` (None before the
+    model has seen it)."""
 
     x_adv: jax.Array
     grad: jax.Array
@@ -90,10 +74,8 @@ class SearchState(NamedTuple):
 
 
 def optimizer(config: AttackConfig) -> optax.GradientTransformation:
-    """The optax update rule a config names."""
+    """The optax update rule a config names (`validate` has checked the name)."""
     rules = {"gd": optax.sgd, "sign": optax.sign_sgd, "adam": optax.adam}
-    if config.update not in rules:
-        raise ConfigError(f"unknown update {config.update!r}; choose one of {UPDATES}")
     return rules[config.update](config.learning_rate)
 
 
@@ -111,33 +93,23 @@ def constrain(x_new: jax.Array, x: jax.Array, config: AttackConfig) -> jax.Array
     return x_new
 
 
-class Pre(NamedTuple):
-    """A descent step's next point, before the model sees it."""
-
-    x_adv: jax.Array
-    opt_state: optax.OptState
-    step: jax.Array
-
-
 def descent(logits_fn: LogitsFn, config: AttackConfig, max_steps) -> Search:
     """The descent search of one image as a `pool.Search`: each step an optax update, then
     `constrain`, then the model's p(target) and gradient at the new point."""
 
     def start(x, t):
-        return Pre(x, optimizer(config).init(x), jnp.zeros((), jnp.int32))
+        return SearchState(x, None, None, jnp.zeros((), jnp.int32), optimizer(config).init(x))
 
     def advance(state, x, t):
         updates, opt_state = optimizer(config).update(state.grad, state.opt_state, state.x_adv)
         x_adv = constrain(optax.apply_updates(state.x_adv, updates), x, config)
-        return Pre(x_adv, opt_state, state.step + 1)
+        return SearchState(x_adv, None, None, state.step + 1, opt_state)
 
     def finish(pre, x, t):  # a batch: one forward and backward pass for every slot
-        # The L1 term's weight in the gradient: none where the proximal step applies it.
-        weight = (
-            0.0 if config.proximal else pixel_l1_weight(config.l1_weight, config.l1_reduction, x[0])
-        )
+        l1_weight = 0.0 if config.proximal else config.l1_weight  # else the prox step applies it
+        weight = pixel_l1_weight(l1_weight, config.l1_reduction, x[0])
         (_, p), g = _value_and_grad(pre.x_adv, x, t, logits_fn, weight)
-        return SearchState(pre.x_adv, g, p, pre.step, pre.opt_state)
+        return pre._replace(grad=g, p_target=p)
 
     def running(state):
         going = state.step < max_steps
@@ -220,18 +192,14 @@ def noise_norms(delta: jax.Array) -> dict[str, jax.Array]:
     }
 
 
-def pooled_search(logits_fn, images, targets, config: AttackConfig, max_steps, pool_size: int):
-    """(x', steps, p_target) of every image: `search`'s steps, in one pool (`pool.run_pool`)."""
-    return run_pool(descent(logits_fn, config, max_steps), images, targets, pool_size)
-
-
 def _searches(logits_fn, config, pool_size, images, targets, max_steps):
     """(x', steps, p_target or None, per-pixel L1 weight) of every image: one pool."""
     if config.update == "minl1":
         search_ = minl1_search(logits_fn, config, max_steps)
         x_adv, steps, weight = run_pool(search_, images, targets, pool_size)
         return x_adv, steps, None, weight
-    x_adv, steps, p = pooled_search(logits_fn, images, targets, config, max_steps, pool_size)
+    search_ = descent(logits_fn, config, max_steps)
+    x_adv, steps, p = run_pool(search_, images, targets, pool_size)
     pixel_weight = pixel_l1_weight(config.l1_weight, config.l1_reduction, images[0])
     return x_adv, steps, p, jnp.full(steps.shape, pixel_weight, images.dtype)
 

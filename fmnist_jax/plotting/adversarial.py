@@ -1,12 +1,6 @@
-"""The adversarial search's figures: Figure 7 of the exercise and the attack's curves.
-
-`plot_examples` draws Figure 7's rows (original | noise | adversarial, each titled with the
-model's class and probability); `plot_comparison` the same images attacked by several methods
-side by side, with the pixels each changed (`minl1.png`: the noise's sparsity); `plot_curves` draws
-p(target) against steps for a few replayed searches (`adversarial.search.p_target_history`) and
-histograms of the steps and L1 norms of the successful searches per method. Both write a PNG and
-return the `Figure`; neither uses pyplot's global state. They read an `AttackResult` and the
-runner's records by field name and import nothing of the attack."""
+"""The adversarial search's figures: Figure 7, methods side by side, and the attack's curves.
+Each writes a PNG and returns its `Figure` without pyplot's global state; they read results and
+records by field name and import nothing of the attack."""
 
 from pathlib import Path
 
@@ -24,11 +18,8 @@ def class_title(class_names, index, p) -> str:
 
 
 def plot_examples(path: Path, images, result, picks, class_names, title: str) -> Figure:
-    """Figure 7's layout: original | noise (own diverging scale, colorbar) | adversarial.
-
-    images: [N, 28, 28, 1] in [0, 1]; result: an AttackResult for those images; picks: the
-    rows' sample indices; class_names: the label names (`data.CLASS_NAMES`).
-    """
+    """Figure 7: original | noise (own diverging scale, colorbar) | adversarial, a row for each
+    of `picks` (sample indices of `images` [N, 28, 28, 1] and their AttackResult)."""
     fig = Figure(figsize=(9, 3 * len(picks)))
     axes = fig.subplots(len(picks), 3, squeeze=False)
     for row, i in zip(axes, picks):
@@ -53,13 +44,9 @@ def plot_examples(path: Path, images, result, picks, class_names, title: str) ->
 
 
 def plot_comparison(path: Path, images, results: dict, picks, class_names) -> Figure:
-    """A few images attacked by several methods side by side, for the noise's sparsity: the
-    original, then per method its noise (titled with its L1), the pixels it changed (by more
-    than half a grey level, as the L0 counts them: red up, blue down, titled with their count)
-    and its adversarial image (titled with p(target)).
-
-    results: method -> AttackResult for (a prefix of) `images`; picks: the rows' sample indices.
-    """
+    """The images of `picks` attacked by each method of `results` (name -> AttackResult): the
+    original, then per method its noise, the pixels it changed as the L0 counts them (red up,
+    blue down) and its adversarial image; the noise's sparsity side by side."""
     fig = Figure(figsize=(2.2 * (1 + PANELS * len(results)), 2.5 * len(picks)))
     axes = fig.subplots(len(picks), 1 + PANELS * len(results), squeeze=False)
     first = next(iter(results.values()))
@@ -109,11 +96,8 @@ def _histogram(ax, records: dict, field: str) -> None:
 def plot_curves(
     path: Path, history: np.ndarray, threshold: float, records: dict, method: str
 ) -> Figure:
-    """p(target) against steps for a few samples; histograms of steps and L1 per method.
-
-    history: [steps + 1, samples] of `method`'s replayed searches; records: method -> the
-    runner's per-image records (dicts with "success", "steps" and "l1").
-    """
+    """p(target) against steps (`history` [steps + 1, samples] of `method`); histograms of the
+    steps and L1 of the successful `records` (method -> the runner's records) per method."""
     fig = Figure(figsize=(15, 4))
     axes = fig.subplots(1, 3)
     axes[0].plot(np.arange(len(history)), history)
