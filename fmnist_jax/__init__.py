@@ -30,7 +30,7 @@ _API = {
     "predict": "fmnist_jax.api",
     "restore": "fmnist_jax.api",
 }
-__all__ = sorted(_API)
+__all__ = sorted(_API)  # noqa: PLE0605 - the API table's names
 
 
 def __getattr__(name: str):

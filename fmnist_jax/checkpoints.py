@@ -214,7 +214,9 @@ def load_trained(workdir: str | Path, step: int | None = None, member: int = 0):
     config = ml_collections.ConfigDict(rundir.read_config(workdir))
     count = population.num_members(config)
     if not (isinstance(member, int | np.integer) and 0 <= member < count):
-        raise UsageError(f"{workdir} holds members 0 to {count - 1}; member {member!r} does not")
+        raise UsageError(
+            f"{workdir} holds members 0 to {count - 1}; member {member!r} does not exist"
+        )
     finished = finished_steps(workdir)
     if not finished:
         raise RunError(f"{workdir}/{CHECKPOINT_DIR}: no finished checkpoint here; train first")

@@ -87,7 +87,7 @@ class ChunkProgress:
             line += ")"
         logging.info("%s", line)
         if self.writer is not None:
-            self.writer.write_scalars(step, {"steps_per_sec": rate})
+            self.writer.write_scalars(step, {"steps_per_sec": rate, "uptime": t - self._start})
         self._last_step, self._last_t = step, t
         return True
 

@@ -76,7 +76,7 @@ def test_get_config_test_variant_is_the_tiny_cpu_version():
         ({"lerning_rate": 0.1}, "unknown config field 'lerning_rate'"),
         ({"learning_rate": 0.0}, "learning_rate must be a finite number > 0"),
         ({"dropout_rate": 1.0}, "dropout_rate must lie in"),
-        ({"model": "resnet"}, "config.model='resnet' is unknown"),
+        ({"model": "resnet"}, "config.model='resnet' is neither one of"),
         ({"num_train_steps": 0}, "num_train_steps must be a positive integer"),
         ({"checkpoint_every_steps": 7}, "must be a multiple of config.eval_every_steps"),
     ],

@@ -30,7 +30,7 @@ def runs(tmp_path_factory):
     """mlp:test with CLU's progress every 4 steps: straight, and stopped at 16 then resumed."""
     root = tmp_path_factory.mktemp("events")
     cfg = config_lib.load_experiment("mlp", "test")
-    cfg.progress_every_steps = 4
+    cfg.progress_every_steps, cfg.steps_per_chunk = 4, 1  # rates are per chunk: chunks of 1
     train.train_and_evaluate(cfg, root / "straight")
     cfg.num_train_steps = 16
     train.train_and_evaluate(cfg, root / "resumed")

@@ -66,9 +66,13 @@ def test_the_non_finite_stop_names_the_exact_step_inside_a_chunk(tmp_path):
     cfg = config_lib.load_experiment("mlp", "test")
     cfg.steps_per_chunk, cfg.num_train_steps = 8, 16
     train.train_and_evaluate(cfg, tmp_path)
-    cfg.num_train_steps, cfg.learning_rate = 32, 1e38  # step 17 blows the weights up
-    with pytest.raises(TrainingError, match=r"became (nan|inf) at step 18"):
-        train.train_and_evaluate(cfg, tmp_path)
+    cfg.num_train_steps = 32
+    clean = data.load(cfg)
+    inputs = clean.train["inputs"].astype(np.float32)
+    inputs[:] = np.nan  # every step from 17 on has a non-finite loss
+    poisoned = data.Dataset({**clean.train, "inputs": inputs}, clean.test, "poisoned", "test")
+    with pytest.raises(TrainingError, match=r"the training loss became nan at step 17;"):
+        train.train_and_evaluate(cfg, tmp_path, dataset=poisoned)
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [8, 16]
 

@@ -120,10 +120,7 @@ def test_notebook_runs_headless(venv_kernel, tmp_path, monkeypatch):
     text = "\n".join(o.get("text", "") for o in outputs)
     assert "trained 20 steps" in text and "success rate" in text
     assert "TensorBoard: %load_ext tensorboard, then %tensorboard --logdir" in text
-    live = [o["data"]["text/plain"] for o in outputs if "text/plain" in o.get("data", {})]
-    progress = [line for line in live if line.startswith("step 20/20 (100%), ")]
-    assert len(progress) == 1 and " steps/s, ETA " in progress[0], live  # one line, updated
-    assert "| step 20 (epoch " in progress[0]  # with the last evaluation
+    assert "20/20 [" in text, text[-2000:]  # the live bar (tqdm) reached the last step
     assert "step 5 (epoch " in text and "test_accuracy" in text  # each evaluation printed
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2, "expected the learning curves and Figure 7"

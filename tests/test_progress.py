@@ -24,7 +24,8 @@ def test_steps_per_second_are_a_chunks_steps_over_its_wall_time(monkeypatch):
         False, True, False, True,
     ]  # fmt: skip
     # 500 steps in 10 s, then 500 in 10 s: the chunk's rate, not that of its last step.
-    assert writer.scalars == [(500, {"steps_per_sec": 50.0}), (1000, {"steps_per_sec": 50.0})]
+    rates = [(step, scalars["steps_per_sec"]) for step, scalars in writer.scalars]
+    assert rates == [(500, 50.0), (1000, 50.0)]
     assert logged[0] == "50.0 steps/s, 50.0% (500/1000), ETA 10s"
 
 
