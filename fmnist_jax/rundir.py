@@ -205,18 +205,15 @@ class Curve:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """What a finished or running run holds, as plain data.
-
-    A run of R replicas keeps every replica's records in `history` and its results in
-    `summary["replicas"]`; `replica(k)` is replica k alone, as a run of one: its history, and
-    a summary with that replica's results in place of the list.
-    """
+    """What a finished or running run holds, as plain data. A run of several members keeps
+    every member's records in `history` and results in `summary["replicas"]`; `member(k)` is
+    member k alone, as a plain run of its values and seed."""
 
     path: Path
     config: dict
-    history: list[dict]  # metrics.jsonl records, (step, replica) order, each once
+    history: list[dict]  # metrics.jsonl records, (step, member) order, each once
     summary: dict | None  # None until training has finished
-    replica_index: int = 0  # the replica `curve` reads (that of a `replica(k)` view)
+    member_index: int = 0  # the member `curve` reads (that of a `member(k)` view)
 
     @property
     def name(self) -> str:
@@ -227,38 +224,37 @@ class Run:
         return self.summary is not None
 
     @property
-    def num_replicas(self) -> int:
-        """The run's models: its replicas, or a population's members."""
+    def num_members(self) -> int:
         return population.num_members(self.config)
 
-    def replica(self, k: int) -> "Run":
-        """Replica `k` as a run of its own (IndexError for one the run does not have)."""
-        if not 0 <= k < self.num_replicas:
-            raise IndexError(f"{self.path} has {self.num_replicas} replica(s), not {k + 1}")
+    def member(self, k: int) -> "Run":
+        """Member `k` as a run of its own (IndexError for one the run does not have)."""
+        if not 0 <= k < self.num_members:
+            raise IndexError(f"{self.path} has {self.num_members} member(s), not {k + 1}")
         summary = None
         if self.summary is not None:
-            results = (self.summary.get("replicas") or [{}])[k]
-            summary = {**self.summary, **results}
+            summary = {**self.summary, **(self.summary.get("replicas") or [{}])[k]}
             summary.pop("replicas", None)
             summary.pop("statistics", None)
         history = [r for r in self.history if r["replica"] == k]
         config = {**self.config, "num_replicas": 1}
         if population.is_population(self.config):  # the member's values, as a plain run's
-            member = population.members(self.config)[k]
-            config.update({**population.hyperparameters(member), "seed": member["seed"]})
-            config["grid"] = ""
-        return Run(self.path, config, history, summary, replica_index=k)
+            identity = population.members(self.config)[k]
+            point = population.hyperparameters(identity)
+            config = population.point_config(config, point).to_dict()
+            config["seed"] = identity["seed"]
+        return Run(self.path, config, history, summary, member_index=k)
 
-    def replicas(self) -> list["Run"]:
-        return [self.replica(k) for k in range(self.num_replicas)]
+    def members(self) -> list["Run"]:
+        return [self.member(k) for k in range(self.num_members)]
 
     def curve(self, key: str) -> Curve | None:
-        """The series of record key `key` ("train_loss", "test_accuracy", ...) of replica 0,
-        or of replica k for its view `replica(k)`; None when it was never logged."""
+        """The series of record key `key` ("train_loss", ...) of this member (member 0 of a
+        run of several); None when it was never logged."""
         points = [
             (r["step"], r[key])
             for r in self.history
-            if r.get(key) is not None and r["replica"] == self.replica_index
+            if r.get(key) is not None and r["replica"] == self.member_index
         ]
         if not points:
             return None

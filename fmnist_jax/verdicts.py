@@ -185,9 +185,9 @@ def _checked(claim: str, runs: Mapping, names: Sequence[str], spec: Claim) -> Ve
     missing = [n for n in names if runs.get(n) is None or runs[n].summary is None]
     if missing:
         return Verdict(claim, NOT_CHECKED_MISSING_RUN, "missing: " + ", ".join(missing))
-    count = min(runs[n].num_replicas for n in names)
-    replica_runs = [[runs[n].replica(k) for n in names] for k in range(count)]
-    return _summarized(claim, spec.check, replica_runs, spec.effect, spec.unit)
+    count = min(runs[n].num_members for n in names)
+    member_runs = [[runs[n].member(k) for n in names] for k in range(count)]
+    return _summarized(claim, spec.check, member_runs, spec.effect, spec.unit)
 
 
 def _attack_noise(pair: Sequence[str], attacks: Mapping | None) -> list[Verdict]:
@@ -208,6 +208,17 @@ def _attack_noise(pair: Sequence[str], attacks: Mapping | None) -> list[Verdict]
     return found
 
 
+def experiment_verdicts(d: declarations.Declared, runs: Mapping) -> list[Verdict]:
+    """The verdicts of the `CLAIMS` experiment `d` declares, on its runs in `runs`."""
+    found = []
+    for name in d.claims:
+        spec = _claim(d, name)
+        if spec is not None:
+            names = d.runs if spec.paired else (d.name,)
+            found.append(_checked(spec.text.format(label=d.label), runs, names, spec))
+    return found
+
+
 def check_claims(
     runs: Mapping[str, Run | None], adversarial: Mapping | None, attacks: Mapping | None = None
 ) -> list[Verdict]:
@@ -215,13 +226,10 @@ def check_claims(
     then the attack's own (`adversarial`: its summary.json, None when it has not run)."""
     verdicts, noise = [], []
     for d in declarations.experiments(runs):
-        for name in d.claims:
-            spec = _claim(d, name)
-            if spec is None:
-                noise += _attack_noise(d.runs, attacks)
-            else:
-                names = d.runs if spec.paired else (d.name,)
-                verdicts.append(_checked(spec.text.format(label=d.label), runs, names, spec))
+        verdicts += experiment_verdicts(d, runs)
+        noise += [
+            v for name in d.claims if name == ATTACK_NOISE for v in _attack_noise(d.runs, attacks)
+        ]
     verdicts += noise
     claim = f"Adversarial examples reach p(target) ≥ {claims.ADVERSARIAL_P_TARGET}"
     if adversarial is None:

@@ -250,7 +250,7 @@ def test_replica_k_is_paired_with_replica_k_and_all_or_none_read_as_such():
 def test_curve_claims_read_each_replicas_own_curves():
     """Over-fitting needs replica k's train-loss curve: each replica's view reads its own."""
     base = replicated_run([summary()] * 3, "mlp")
-    assert [r.curve("train_loss") is not None for r in base.replicas()] == [True] * 3
+    assert [r.curve("train_loss") is not None for r in base.members()] == [True] * 3
     verdict = verdicts_by_claim({"mlp": base})[
         "The MLP without dropout over-fits (train loss falls, test loss rises)"
     ]

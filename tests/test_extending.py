@@ -1,11 +1,12 @@
 """docs/extending.md runs as written: every ```python block, in order, in one namespace (a new
-model class and its experiment, a population of it, an optax optimizer and schedule by name)."""
+model class and its experiment, a population of it, an optax optimizer and schedule by name, a
+claim declared by the experiment and checked on its seeds)."""
 
 import re
 
 import pytest
 
-from fmnist_jax import models
+from fmnist_jax import models, verdicts
 from tests.conftest import REPO
 
 PAGE = "docs/extending.md"
@@ -22,6 +23,7 @@ def page_namespace():
     namespace = {"__name__": "extending_page"}
     yield namespace
     models.MODELS.pop("wide_mlp", None)
+    verdicts.CLAIMS.pop("small_gap", None)
 
 
 def test_the_pages_examples_run_in_order(page_namespace):
@@ -31,3 +33,6 @@ def test_the_pages_examples_run_in_order(page_namespace):
     assert type(trained.model).__name__ == "WideMLP" and trained.model.width == 1024
     history = page_namespace["history"]
     assert history["weight_decay"][0].tolist() == [1e-4, 1e-2]
+    verdict = page_namespace["verdict"]  # the new claim, checked on the three seeds
+    assert verdict.claim.startswith("The wide MLP ends with train and test accuracy within")
+    assert verdict.total == 3 and verdict.status.startswith(("holds", "undecided", "does not"))

@@ -136,7 +136,7 @@ def test_a_member_restores_with_its_values(tmp_path):
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     run = rundir.read_run(tmp_path)
-    assert run.num_replicas == 2 and run.replica(1).config["dropout_rate"] == 0.5
+    assert run.num_members == 2 and run.member(1).config["dropout_rate"] == 0.5
 
 
 GRID2 = "dropout_rate=0,0.25"

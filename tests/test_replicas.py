@@ -178,8 +178,8 @@ def test_each_replica_restores_on_its_own_and_a_missing_one_is_refused(tmp_path)
 def test_the_run_reader_splits_replicas_into_runs_of_one(tmp_path):
     train.train_and_evaluate(tiny_config("mlp_dropout", num_replicas=2), tmp_path)
     run = rundir.read_run(tmp_path)
-    assert run.num_replicas == 2
-    one = run.replica(1)
+    assert run.num_members == 2
+    one = run.member(1)
     assert [r["replica"] for r in one.history] == [1, 1, 1]
     assert one.summary["final_test_loss"] == run.summary["replicas"][1]["final_test_loss"]
     assert "replicas" not in one.summary

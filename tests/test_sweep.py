@@ -110,7 +110,7 @@ def test_the_sweep_command_trains_every_rate_and_writes_table_verdict_and_figure
     model = result["models"]["mlp"]
     assert model["num_replicas"] == 2 and list(model["rates"]) == ["0", "0.25"]
     run = rundir.read_run(out / "mlp")  # one program: the rates x seeds population
-    assert run.num_replicas == 4 and run.config["grid"] == "dropout_rate=0,0.25"
+    assert run.num_members == 4 and run.config["grid"] == "dropout_rate=0,0.25"
     finals = [r["final_test_loss"] for r in run.summary["replicas"] if r["dropout_rate"] == 0.25]
     assert model["rates"]["0.25"]["final_test_loss"]["mean"] == pytest.approx(sum(finals) / 2)
     assert run.config["num_train_steps"] == 16

@@ -40,7 +40,7 @@ def dropout_rate(run: Run) -> float:
 
 def replica_curves(run: Run, key: str) -> list[Curve]:
     """Each replica's series `key` (replicas that never logged it left out)."""
-    return [c for r in run.replicas() if (c := r.curve(key)) is not None]
+    return [c for r in run.members() if (c := r.curve(key)) is not None]
 
 
 def band(curves: Sequence[Curve], smoothing: float) -> tuple[np.ndarray, ...]:
@@ -82,7 +82,7 @@ def _panel(ax, runs: Sequence[Run], tag: str, smoothing: float, x_scale=1.0, xla
 
 
 def _band_note(runs: Sequence[Run]) -> str:
-    counts = sorted({r.num_replicas for r in runs})
+    counts = sorted({r.num_members for r in runs})
     if counts == [1]:
         return "raw curves faint"
     return f"{'/'.join(map(str, counts))} replicas: mean, min-max band, raw mean faint"
