@@ -1,18 +1,4 @@
-"""Checkpoints: the one module that writes and reads `checkpoints/<step>/` of a run directory.
-
-A checkpoint holds two orbax items: `state` (`steps.TrainState`: parameters, the model's other
-variable collections, the optimizer's state) and `train_accumulator` (the train metrics since
-the last evaluation, so that a run stopped between evaluations resumes to the same curves). The
-sha256 of both is recorded in `checkpoint_checksums.json` when the save starts. A restore tells
-three cases apart:
-- its structure (paths, shapes, dtypes in orbax's metadata) differs from the code's state: it
-  was written by another version of the code or model, and the run stops with one line naming
-  the first differing paths, nothing renamed;
-- orbax cannot read it, or its values differ from their checksum: it is damaged, set aside as
-  `<step>.damaged` by the train loop (readers rename nothing) and the previous one is used;
-- otherwise it is intact.
-Step folders orbax never finished (emptied, copied by hand) are set aside as `<step>.incomplete`.
-"""
+"""Writes and reads a run's `checkpoints/<step>/`, checksummed (docs/training.md, errors.md)."""
 
 import hashlib
 import time
@@ -47,8 +33,7 @@ def checkpoint_manager(workdir: str | Path, max_to_keep: int = 3) -> ocp.Checkpo
 
 
 def finished_steps(workdir: str | Path) -> list[int]:
-    """Steps whose folder orbax finished writing, oldest first (read from the folder alone:
-    no collective, so any one process may ask)."""
+    """Steps whose folder orbax finished, oldest first (no collective: any process may ask)."""
     folder = Path(workdir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
@@ -72,8 +57,7 @@ def set_aside(workdir: Path, step: int, why: str) -> Path:
 
 
 def set_aside_unfinished(workdir: Path, rename: bool = True) -> None:
-    """Renames step folders orbax never finished to `<step>.incomplete`, so that they neither
-    count as the latest step nor block saving that step anew (only the writer `rename`s)."""
+    """Renames step folders orbax never finished to `<step>.incomplete` (if `rename`)."""
     folder = Path(workdir) / CHECKPOINT_DIR
     if not (rename and folder.is_dir()):
         return
@@ -104,8 +88,7 @@ def tree_checksum(tree) -> str:
 
 
 def record_checksum(workdir: Path, step: int, checksum: str) -> None:
-    """Stores the checksum of checkpoint `step` (before orbax finishes the save), keeping the
-    entries of the steps still on disk (finished or being written)."""
+    """Stores checkpoint `step`'s checksum, keeping those of the steps still on disk."""
     path = Path(workdir) / CHECKSUM_FILE
     folder = Path(workdir) / CHECKPOINT_DIR
     kept = folder.iterdir() if folder.is_dir() else ()
@@ -130,8 +113,7 @@ def _path_name(path) -> str:
 
 
 def structure_difference(manager, step: int, items: dict) -> str:
-    """The first paths where checkpoint `step`'s saved structure (orbax's metadata) and
-    `items` differ ("" where they agree); raises what orbax raises for unreadable metadata."""
+    """The first paths where checkpoint `step`'s saved structure and `items` differ ("": none)."""
     saved = manager.item_metadata(step)
     found = []
     for item, tree in items.items():
@@ -176,11 +158,8 @@ def _restore_one(manager, workdir, step: int, items: dict) -> tuple[dict | None,
 
 
 def restore_latest(manager, workdir, state, accumulator, steps=None, set_aside_damaged=False):
-    """(step, state, accumulator) of the latest intact checkpoint among `steps` (default: the
-    finished ones), restored into the structure and shardings of `state` and `accumulator`;
-    (0, `state`, `accumulator`) without checkpoints. A damaged one is skipped with one warning
-    (and with `set_aside_damaged`, the train loop's writer, renamed; every process calls this);
-    RunError when none is intact."""
+    """(step, state, accumulator) of the latest intact checkpoint among `steps` (default: all
+    finished), else (0, `state`, `accumulator`); RunError when every one is damaged."""
     steps = finished_steps(workdir) if steps is None else steps
     items = {STATE: state, ACCUMULATOR: accumulator}
     for step in reversed(steps):
@@ -206,10 +185,8 @@ def restore_latest(manager, workdir, state, accumulator, steps=None, set_aside_d
 
 
 def load_trained(workdir: str | Path, step: int | None = None, member: int = 0):
-    """(config, model, variables) of member `member` of the run in `workdir`, from its latest
-    (or given) intact finished checkpoint; a population member's config has its grid values in
-    place. RunError when the workdir holds no run, no finished checkpoint or only damaged
-    ones; UsageError for a member or step it does not have."""
+    """(config with its grid values, model, variables) of `member` from the latest (or given)
+    intact checkpoint in `workdir`; RunError or UsageError for what it lacks."""
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(rundir.read_config(workdir))
     count = population.num_members(config)

@@ -1,8 +1,4 @@
-"""The shared base config every experiment starts from, and its validation.
-
-An experiment file (`experiments/<name>.py`) calls `base_config()`, overrides a few fields and
-returns the ConfigDict from its `get_config()`.
-"""
+"""The base config every `experiments/<name>.py` overrides in its `get_config()`, and its checks."""
 
 import importlib.util
 import math
@@ -18,20 +14,17 @@ def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by all experiments (docs/training.md: the fields that shape a run)."""
     c = ml_collections.ConfigDict()
     c.name = "base"
-    # Data. data_dir empty: $FMNIST_DATA_DIR if set, otherwise tensorflow-datasets (kept in
-    # tfds_data_dir; empty: its default, ~/tensorflow_datasets).
+    # Data. data_dir empty: $FMNIST_DATA_DIR if set, else TFDS in tfds_data_dir (or its default).
     c.dataset = "fashion_mnist"
     c.data_dir = ""
     c.tfds_data_dir = ""
-    # Model: a name of models.MODELS or "package.module.Class"; the config's fields named as
-    # the class's fields are its arguments (an experiment adds those the base lacks).
+    # Model: a name of models.MODELS or "package.module.Class", its fields the config's.
     c.model = "cnn"
     c.num_classes = 10
     c.hidden_size = 512  # MLP only
     c.activation = "relu"  # MLP only: "relu" or "sigmoid" (sigma' = sigma - sigma^2)
     c.dropout_rate = 0.0
-    # Optimizer: any optax optimizer and its keyword arguments; optionally an optax schedule
-    # starting (or peaking) at learning_rate (fmnist_jax/optimizers.py).
+    # Optimizer: any optax optimizer and its arguments; optionally an optax schedule.
     c.optimizer = "adam"
     c.optimizer_kwargs = ml_collections.ConfigDict()
     c.learning_rate = 1e-3
@@ -46,15 +39,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_checkpoints_to_keep = 3
     c.steps_per_chunk = 1  # steps per device-resident program (feeds.py); 1: a jitted step
     c.seed = 0
-    # Models trained at once (replicas.py), differing only in their seeds (replica 0 is the
-    # plain run of `seed`), mapped by "vmap", "unroll" or "auto" (unroll the ConvNet on CPU).
+    # Seeds trained at once (replica 0 is the plain run of `seed`), mapped by replica_map.
     c.num_replicas = 1
     c.replica_map = "auto"
-    # A population (population.py), e.g. "dropout_rate=0,0.25;learning_rate=1e-3,3e-4": every
-    # point trains num_replicas seeds, all members in one program. Empty: the config's values.
+    # A population, e.g. "dropout_rate=0,0.25;learning_rate=1e-3,3e-4" (docs/populations.md).
     c.grid = ""
-    # A profile of profile_steps steps (0: none) from profile_first_step after the (re)start;
-    # CLU's progress line every progress_every_steps steps (0: every 30 s).
+    # A profile of profile_steps steps (0: none); progress every progress_every_steps (0: 30 s).
     c.profile_steps = 0
     c.profile_first_step = 10
     c.progress_every_steps = 0
@@ -66,9 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def unknown_field(e: Exception) -> str:
-    """ml_collections' KeyError/AttributeError for a config typo (a `--config.<field>` override,
-    a field given to `fj.get_config`), as one line with its suggestion: "unknown config field
-    'lerning_rate' (did you mean 'learning_rate'?)"."""
+    """ml_collections' error for a config typo as one line, with its suggestion."""
     names = re.findall(r"[A-Za-z_][\w.]*", str(e))
     message = f"unknown config field {names[0]!r}" if names else "unknown config field"
     suggestion = re.search(r'Did you mean "([\w.]+)"', str(e))
@@ -102,8 +90,7 @@ def _hyperparameters(config, where: str) -> None:
 
 
 def _model_fits_data(config, model) -> None:
-    """The model's outputs for one example of the data set: one value (regression) or
-    num_classes logits."""
+    """The model gives one value (regression) or num_classes logits for one example."""
     import jax
     import jax.numpy as jnp
 
@@ -190,9 +177,7 @@ VARIANTS = ("test",)
 
 
 def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """The experiment in its variant: "" as it is, "test" shrunk to a CPU smoke test
-    (`shrink_for_test`); any other ConfigError naming the known ones (`--config
-    cnn.py:tset` must not train the full experiment without a word)."""
+    """The experiment as it is (""), or shrunk to a CPU smoke test ("test"); ConfigError else."""
     if not variant:
         return config
     if variant == "test":
@@ -201,9 +186,7 @@ def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
 
 
 def experiments_dir() -> Path:
-    """The experiment files: the copy an installed wheel carries as `fmnist_jax/experiments/`
-    (see pyproject.toml), else `experiments/` beside the package (a checkout, or an editable
-    install, whose package has no such folder)."""
+    """An installed wheel's `fmnist_jax/experiments/`, else a checkout's `experiments/`."""
     here = Path(__file__).resolve().parent
     installed = here / "experiments"
     return installed if installed.is_dir() else here.parent / "experiments"
@@ -218,8 +201,7 @@ def experiment_path(name: str) -> Path:
 
 
 def load_experiment(name_or_path: str, variant: str = "") -> ml_collections.ConfigDict:
-    """The ConfigDict of an experiment, by name ("cnn") or file path, with an optional variant
-    ("test" shrinks it to a CPU smoke test), exactly as `--config file.py:variant` gives it."""
+    """An experiment's ConfigDict by name or path, with a variant, as `--config file.py:variant`."""
     path = Path(name_or_path)
     if path.suffix != ".py":
         path = experiment_path(name_or_path)

@@ -1,7 +1,4 @@
-"""A run directory's TensorBoard event files (process 0, where TensorFlow is installed): CLU
-writers in `train/` and `test/` (per replica or population member in its folder), hparams.
-A resumed run rewrites them from metrics.jsonl and the scalars `ProgressWriter` records.
-"""
+"""A run's TensorBoard event files and hparams, rewritten on resume from what the run kept."""
 
 import json
 from pathlib import Path
@@ -23,8 +20,7 @@ def _flat(d: dict) -> dict:
 
 
 class ProgressWriter:
-    """A CLU writer that also appends what is written through it to scalars.jsonl, so that a
-    resumed run can replay it (the train loop hands it to CLU's `ReportProgress`)."""
+    """A CLU writer that also appends its scalars to scalars.jsonl, for a resume to replay."""
 
     def __init__(self, writer, workdir: Path, collection: str):
         self.inner, self._path, self._collection = writer, Path(workdir) / SCALARS_FILE, collection
@@ -41,8 +37,7 @@ class ProgressWriter:
 
 
 class NoEvents:
-    """Stands in for a CLU writer where no event files are written: on processes other than 0,
-    and where TensorFlow is not installed."""
+    """A CLU writer that writes nothing: processes other than 0, or no TensorFlow."""
 
     def _ignore(self, *args) -> None:
         del args
@@ -51,8 +46,7 @@ class NoEvents:
 
 
 def _metric_writers():
-    """CLU's `metric_writers` (it imports TensorFlow), or None with one warning line where
-    TensorFlow or tensorboard is not installed."""
+    """CLU's `metric_writers`, or None with one warning without TensorFlow or tensorboard."""
 
     def missing(package: str, command: str) -> None:
         logging.warning(
@@ -66,8 +60,7 @@ def _metric_writers():
 
 
 def sessions(config: dict) -> dict[str, dict]:
-    """{folder: hparams} of the run's HParams sessions: the workdir ("") with the config's,
-    or each population member's folder with the config's and its own values and seed."""
+    """{folder: hparams}: the workdir's ("") or each population member's, with its values."""
     if not population.is_population(config):
         return {"": _flat(config)}
     return {
@@ -78,8 +71,7 @@ def sessions(config: dict) -> dict[str, dict]:
 
 
 def folders(config: dict) -> list[str]:
-    """The event-file folders of a run: `train`, `test`, per replica `replica_<k>/...`, or
-    per population member `<member name>/...`."""
+    """`train` and `test`, under `replica_<k>/` or `<member name>/` for several members."""
     count = config["num_replicas"]
     if population.is_population(config):
         prefixes = [population.member_name(m) for m in population.members(config)]
@@ -89,8 +81,6 @@ def folders(config: dict) -> list[str]:
 
 
 def _folder(record: dict, collection: str, writers: dict) -> str:
-    """The folder of a record: its population member's (it names a grid point), its replica's,
-    or the plain collection."""
     point = "point" in record
     prefix = population.member_name(record) if point else f"replica_{record['replica']}"
     nested = f"{prefix}/{collection}"
@@ -98,8 +88,7 @@ def _folder(record: dict, collection: str, writers: dict) -> str:
 
 
 def write_record(writers: dict, record: dict) -> None:
-    """One evaluation record into its replica's `train` and `test` writers (tags without
-    prefix)."""
+    """One evaluation record into its member's `train` and `test` writers (tags unprefixed)."""
     for collection in COLLECTIONS:
         prefix = collection + "_"
         scalars = {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
@@ -113,8 +102,7 @@ def progress_writer(writers: dict):
 
 
 def kept_scalars(workdir: Path, up_to_step: int) -> list[dict]:
-    """scalars.jsonl's lines up to `up_to_step`, each (collection, step, tag) once (the later
-    line wins); a line cut short by a killed process is skipped."""
+    """scalars.jsonl's lines up to `up_to_step`, the later of repeats; cut lines skipped."""
     path = Path(workdir) / SCALARS_FILE
     latest: dict[tuple, float] = {}
     for line in path.read_text().splitlines() if path.is_file() else []:
@@ -135,8 +123,7 @@ def kept_scalars(workdir: Path, up_to_step: int) -> list[dict]:
 def open_writers(
     workdir: Path, config: dict, history: list[dict], up_to_step: int, just_logging=False
 ) -> dict:
-    """A writer for each of `folders`, its event files rewritten to hold the kept `history` and
-    scalars up to `up_to_step`; `NoEvents` writers where `just_logging` or TensorFlow is absent."""
+    """A writer per folder, its event files rewritten with `history` and kept scalars."""
     workdir = Path(workdir)
     names = folders(config)
     if just_logging:

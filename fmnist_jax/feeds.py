@@ -1,17 +1,4 @@
-"""Where the train loop's batches come from.
-
-- `HostFeed`: each step's batch built on the host (`data.train_batches`) and handed to the
-  jitted step; with several processes each builds its rows of the global batch.
-- `DeviceFeed` (`config.steps_per_chunk` > 1, one process): the training and test splits live
-  on the device (uint8: ~47 MB for Fashion-MNIST's training images) and K steps run as one
-  `lax.scan` (`steps.train_chunk`) on batches gathered on the device by the same permutation
-  (`data.train_indices`), evaluation as one scan over the test split. No host round-trip and
-  no Python per step: what the small models need, whose steps take microseconds.
-
-Both give the loop the same interface: `train(state, acc, rng, count)` and `evaluate(state)`
-(one metrics dict per replica). With R replicas each step takes R batches, replica k's in the
-order of its own seed (`replicas.replica_seed`), stacked on a leading axis.
-"""
+"""The loop's batches: built on the host per step, or on the device per chunk (docs/data.md)."""
 
 import jax
 import numpy as np
@@ -88,15 +75,12 @@ class DeviceFeed:
 
 
 def chunk_size(requested: int, eval_every: int) -> int:
-    """The largest divisor of `eval_every` up to `requested`: every chunk then has the same
-    length (one compilation) and evaluations fall on chunk ends."""
+    """The largest divisor of `eval_every` up to `requested`: one chunk length, one compilation."""
     return max(d for d in range(1, max(requested, 1) + 1) if eval_every % d == 0)
 
 
 def make_feed(steps: steps_lib.Steps, dataset, config, start_step: int):
-    """A DeviceFeed where `config.steps_per_chunk` asks for one, one process trains (a
-    multi-process run checks JAX's pre-emption sync point every step) and no profile is taken
-    (a trace wants steps, not one program), else a HostFeed."""
+    """A DeviceFeed for chunks of steps, unless several processes or a profile want each step."""
     chunk = chunk_size(config.get("steps_per_chunk", 1), config.eval_every_steps)
     if chunk > 1 and not steps.multi_process and not config.get("profile_steps", 0):
         return DeviceFeed(steps, dataset, config, start_step, chunk)

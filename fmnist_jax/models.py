@@ -1,11 +1,4 @@
-"""The models: pure Flax linen modules called as `model(x, train=...)`.
-
-A model may keep variable collections beside `params` (BatchNorm's `batch_stats`): the train
-step updates them, checkpoints and readers carry them (`steps.TrainState.model_state`).
-`train=True` switches dropout on, with a `'dropout'` PRNG stream. A keyword of `__call__` that
-is also a config field (the exercise's `dropout_rate`) can vary per population member, as a
-traced value (fmnist_jax/population.py).
-"""
+"""The models: Flax modules called as `model(x, train=...)`; adding one: docs/extending.md."""
 
 import dataclasses
 import importlib
@@ -22,14 +15,12 @@ from fmnist_jax.layers import max_pool_2x2
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
-    # sigma' = sigma - sigma^2 computed from the saved forward value (exercise section 1.2).
     "sigmoid": layers.sigmoid,
 }
 
 
 class Dropout(nn.Dropout):
-    """Flax's dropout, whose rate may also be a traced value (a population member's): the
-    same mask from the same key, so a member at rate p trains as the plain run at rate p."""
+    """Flax's dropout whose rate may be a traced value: the same mask from the same key."""
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
@@ -70,8 +61,7 @@ class MLP(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """Conv32 3x3 -> pool -> [Dropout] -> Conv64 3x3 -> pool -> [Dropout] -> Dense128 -> Dense10
-    (SAME padding, 2x2 pools with stride 2, NHWC)."""
+    """(Conv 3x3 SAME -> 2x2 pool -> [Dropout]) x (32, 64) -> Dense128 -> Dense10, NHWC."""
 
     num_classes: int = 10
     dropout_rate: float = 0.0
@@ -80,7 +70,6 @@ class ConvNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         for features in (32, 64):
-            # gradients written out for XLA:CPU (layers.conv): same values, faster
             x = nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=layers.conv)(x)
             x = nn.relu(max_pool_2x2(x))
             x = Dropout(rate, deterministic=not train)(x)
@@ -90,8 +79,7 @@ class ConvNet(nn.Module):
 
 
 class ConvNetBN(nn.Module):
-    """The ConvNet with BatchNorm after each convolution (its running statistics are the
-    `batch_stats` collection, updated by training, read in eval mode)."""
+    """The ConvNet with BatchNorm after each convolution (its `batch_stats` collection)."""
 
     num_classes: int = 10
     dropout_rate: float = 0.0
@@ -110,7 +98,6 @@ class ConvNetBN(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-# `config.model` names a class here, or any module's class as "package.module.Class".
 MODELS = {"linear_regression": LinearRegression, "mlp": MLP, "cnn": ConvNet, "cnn_bn": ConvNetBN}
 
 
@@ -132,8 +119,7 @@ def model_class(name: str) -> type[nn.Module]:
 
 
 def create_model(config) -> nn.Module:
-    """The model `config.model` names, its fields from the config's fields of the same names;
-    a field without a default must be in the config."""
+    """The model `config.model` names, its fields the config's fields of the same names."""
     cls = model_class(config.model)
     kwargs = {}
     for field in dataclasses.fields(cls):
@@ -150,15 +136,13 @@ def create_model(config) -> nn.Module:
 
 
 def call_arguments(model: nn.Module) -> tuple[str, ...]:
-    """The keyword arguments of the model's `__call__` beside the input and `train`: what a
-    population member may vary at call time."""
+    """`__call__`'s keywords beside the input and `train`: what a member may vary at call time."""
     params = inspect.signature(type(model).__call__).parameters
     return tuple(p for p in list(params)[2:] if p != "train")
 
 
 def has_convolution(model: nn.Module, input_shape) -> bool:
-    """Whether the model's program holds a convolution (decides how members are mapped on a
-    CPU, fmnist_jax/replicas.py)."""
+    """Whether the model's program holds a convolution (`replicas.choose_map` asks)."""
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, train=False))(x)
     return "conv_general_dilated" in str(jaxpr)

@@ -1,13 +1,4 @@
-"""The optimizer and learning-rate schedule a config names, from optax by name.
-
-`config.optimizer` names any optax optimizer ("adam", "adamw", "sgd", ...) and
-`config.optimizer_kwargs` holds its keyword arguments beside the learning rate; `config.schedule`
-optionally names an optax schedule ("cosine_decay_schedule", ...) with `config.schedule_kwargs`,
-starting (or peaking) at `config.learning_rate` and decaying over `num_train_steps` unless the
-kwargs say otherwise. A population member's learning rate and any float argument its grid varies
-are values of the optimizer's state (`optax.inject_hyperparams`); the rest stay constants, which
-keeps Adam bit-identical to `optax.adam` (optax#1532).
-"""
+"""The optax optimizer and schedule a config names (docs/extending.md, docs/populations.md)."""
 
 import difflib
 import inspect
@@ -60,8 +51,7 @@ def learning_rate(config):
 
 
 def float_arguments(config) -> tuple[str, ...]:
-    """The optimizer's arguments a population member can vary: the learning rate and those
-    whose value (given or default) is a number."""
+    """The optimizer's arguments a member can vary: learning rate and those given numbers."""
     fn = optax_function(config.optimizer, "optimizer")
     given = _as_dict(config.get("optimizer_kwargs"))
     found = []
@@ -75,8 +65,7 @@ def float_arguments(config) -> tuple[str, ...]:
 
 
 def create_optimizer(config, injected=()) -> optax.GradientTransformation:
-    """The config's optimizer; the arguments `injected` (a member's varying ones) become
-    values of its state."""
+    """The config's optimizer, the arguments `injected` as values of its state."""
     fn = optax_function(config.optimizer, "optimizer")
     kwargs = _as_dict(config.get("optimizer_kwargs"))
     _arguments(fn, kwargs, "optimizer_kwargs")

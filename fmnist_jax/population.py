@@ -1,18 +1,4 @@
-"""Populations: a grid of hyperparameters times seeds, every member trained in one program.
-
-`config.grid` names the hyperparameters that vary and their values, e.g.
-
-    --config.grid='dropout_rate=0,0.1,0.25;learning_rate=1e-3,3e-4'
-    fj.get_config("cnn", grid={"dropout_rate": [0, 0.25]}, num_replicas=3)
-
-Its points are the cartesian product of the values (in the order given, the last field
-fastest); with `config.num_replicas` = R seeds, the run has M = points x R members, member
-m = point x R + k being point `point` with seed `replicas.replica_seed(config.seed, k)`. Member
-(h, k) trains as the plain run of the config with the fields h and that seed, to float rounding
-(the varied fields are values of the state, `check` says which can vary). Members that share a
-seed share their data order, so one batch feeds every grid point (`replicas.over_members`). A
-grid of one point is no population: the plain program of that point, bit for bit.
-"""
+"""Populations: `config.grid`'s points times the seeds, in one program (docs/populations.md)."""
 
 import itertools
 import math
@@ -37,8 +23,7 @@ def _number(field: str, text: str) -> float:
 
 
 def parse(text: str) -> dict[str, list[float]]:
-    """`"field=v1,v2;field=v3"` as {field: [values]} (empty text: {}); ConfigError for a
-    repeated field, an empty or non-numeric value (`check` says which fields can vary)."""
+    """`"field=v1,v2;field=v3"` as {field: [values]}; ConfigError for a bad field or value."""
     grid: dict[str, list[float]] = {}
     for part in filter(None, (p.strip() for p in (text or "").split(";"))):
         field, sep, values = (s.strip() for s in part.partition("="))
@@ -59,7 +44,7 @@ def format_grid(grid) -> str:
 
 
 def points(config) -> list[dict[str, float]]:
-    """The grid's points, {field: value} each; one empty point without a grid."""
+    """The grid's points as {field: value}, the last field fastest ([{}] without a grid)."""
     grid = parse(config.get("grid", ""))
     return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
@@ -95,8 +80,7 @@ def point_config(config, point: dict) -> ml_collections.ConfigDict:
 
 
 def variable_fields(config, model) -> tuple[str, ...]:
-    """The fields a member can vary: the model's call arguments that are config fields (its
-    dropout rate), the learning rate and the optimizer's float arguments."""
+    """The model's call arguments that are config fields and the optimizer's float arguments."""
     from fmnist_jax import models, optimizers
 
     call = tuple(f for f in models.call_arguments(model) if f in config)
@@ -104,8 +88,7 @@ def variable_fields(config, model) -> tuple[str, ...]:
 
 
 def check(config, model) -> None:
-    """ConfigError for a grid field that names no field, or one that cannot vary per member
-    (it would change shapes or the program), and for a learning-rate grid with a schedule."""
+    """ConfigError for a grid field that names nothing or cannot vary per member."""
     can = variable_fields(config, model)
     for field in parse(config.get("grid", "")):
         if field in can:
@@ -123,15 +106,13 @@ def check(config, model) -> None:
 
 
 def resolved(config) -> ml_collections.ConfigDict:
-    """A one-point grid folded into the config (its values in place, no grid): the plain
-    run it stands for; any other config as it is."""
+    """A one-point grid folded into the config (the plain run it stands for); else `config`."""
     pts = points(config)
     return point_config(config, pts[0]) if len(pts) == 1 and pts[0] else config
 
 
 def members(config) -> list[dict]:
-    """Each member's identity in member order: its grid point's index and values, its seed
-    index `replica` and seed."""
+    """Each member's grid point index and values, seed index `replica` and seed, in order."""
     seeds = replicas.seeds(config["seed"], config.get("num_replicas", 1))
     return [
         {"point": g, "replica": k, "seed": seed, **point}

@@ -1,9 +1,4 @@
-"""Progress of the train loop: a log line and `steps_per_sec` scalars per chunk of steps, an
-optional profile, the evaluation lines, and the API's live bar (tqdm).
-
-The loop looks up only at chunk ends (fmnist_jax/feeds.py), so rates are measured over chunks:
-steps done since the last report over the wall time since then, never per step.
-"""
+"""The loop's progress lines and `steps_per_sec` (over chunks), profile, evaluations, live bar."""
 
 import contextlib
 import time
@@ -34,8 +29,7 @@ def format_record(record: dict, num_steps: int | None = None) -> str:
 
 
 def format_records(records: list[dict], num_steps: int | None = None) -> str:
-    """One evaluation's records (one per member) as one line: for several members each
-    value's mean and range, and in a population the member with the lowest test loss."""
+    """One evaluation's records as one line: means and ranges, a population's best member."""
     if len(records) == 1:
         return format_record(records[0], num_steps)
     first = records[0]
@@ -56,9 +50,7 @@ def format_records(records: list[dict], num_steps: int | None = None) -> str:
 
 
 class ChunkProgress:
-    """Called at each chunk end with the step reached: every `every_steps` steps (0: every
-    `every_secs` seconds) and at the last step it logs steps/s, % done and ETA, and writes
-    `steps_per_sec` to `writer`; `timed(name)` adds a part's share to the line."""
+    """Called at chunk ends; logs steps/s, % done, ETA every `every_steps` (0: `every_secs` s)."""
 
     def __init__(
         self, num_steps: int, first_step: int, writer=None, every_steps=0, every_secs=30.0
@@ -101,8 +93,7 @@ class ChunkProgress:
 
 
 class Profile:
-    """A `jax.profiler` trace into `logdir` (TensorBoard's profile plugin reads it) of the
-    steps from `first` to `first + count`; the loop runs one step per chunk while it profiles."""
+    """A `jax.profiler` trace into `logdir` of the steps from `first` to `first + count`."""
 
     def __init__(self, logdir: str, first: int, count: int):
         self.logdir, self.first, self.last = logdir, first, first + count
@@ -118,8 +109,7 @@ class Profile:
 
 
 class LiveBar:
-    """The API's live progress: a tqdm bar (one line updated in place in a terminal or a
-    notebook) with the last evaluation beside it, and each evaluation printed above it."""
+    """The API's tqdm bar, the last evaluation beside it and each one printed above it."""
 
     def __init__(self, num_steps: int, first_step: int):
         from tqdm.auto import tqdm

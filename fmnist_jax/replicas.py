@@ -1,14 +1,4 @@
-"""Replicas: R models that differ only in their seeds, trained as one program.
-
-`config.num_replicas` = R. Replica k's seed is `replica_seed(config.seed, k)` (replica 0 keeps
-the config's seed, so it is the plain run), and everything random in its training (initial
-weights, data order, dropout keys) comes from that seed as it would for a plain run. The train
-state carries a leading member axis; `over_members` maps a step over it, and for one member
-runs the plain step, so that one member is the plain program, bit for bit.
-
-Statistics over replicas (`statistics`: mean, standard deviation, a 95 % Student-t interval of
-the mean) are what summary.json and REPORT.md quote.
-"""
+"""Replicas: models differing only in their seeds, as one program, and statistics over them."""
 
 import math
 from collections.abc import Callable, Sequence
@@ -20,9 +10,7 @@ INTERVAL_LEVEL = 0.95
 
 
 def replica_seed(seed: int, replica: int) -> int:
-    """Replica `replica`'s seed: `seed` for replica 0, for the others a 31-bit integer drawn
-    from (seed, replica) by numpy's SeedSequence (distinct, reproducible, never seed + k,
-    which would make replica k of seed s replica k-1 of seed s+1)."""
+    """`seed` for replica 0, else a SeedSequence draw (seed + k would repeat seed s+1's runs)."""
     if replica == 0:
         return int(seed)
     return int(np.random.SeedSequence([int(seed), int(replica)]).generate_state(1)[0] >> 1)
@@ -33,8 +21,7 @@ def seeds(seed: int, num_replicas: int) -> list[int]:
 
 
 def stack(trees: Sequence):
-    """Pytrees of equal leaves' structure as one pytree with a leading replica axis; static
-    fields (a TrainState's apply_fn and tx) are the first tree's."""
+    """Pytrees of one structure as one with a leading replica axis (static fields: the first's)."""
     leaves = [jax.tree.leaves(t) for t in trees]
     stacked = [np.stack([np.asarray(v) for v in same]) for same in zip(*leaves, strict=True)]
     return jax.tree.unflatten(jax.tree.structure(trees[0]), stacked)
@@ -49,10 +36,7 @@ MAPS = ("auto", "vmap", "unroll")
 
 
 def choose_map(requested: str, convolutional: bool, platform: str, population: bool) -> str:
-    """`config.replica_map`: "auto" unrolls on a CPU a program with a convolution (XLA:CPU runs
-    a vmapped convolution with per-member kernels as a slow grouped convolution) and any
-    population (a vmap over grid points moves every member's weights into one wide product),
-    and vmaps everything else (benchmarks/README.md has the measurements)."""
+    """`config.replica_map`: "auto" unrolls a convolution or a population on a CPU, else vmaps."""
     if requested != "auto":
         return requested
     return "unroll" if platform == "cpu" and (convolutional or population) else "vmap"
@@ -69,15 +53,8 @@ def _split(v, points: int):
 def over_members(
     fn: Callable, num_points: int, num_replicas: int, in_axes, how: str = "vmap", per_seed=()
 ) -> Callable:
-    """`fn` mapped over M = `num_points` x `num_replicas` members, member m = point x R + k:
-    the arguments `in_axes` marks (0 or 1: that axis; None: shared) carry a leading member
-    axis, except those numbered in `per_seed` (the batch), whose axis holds one entry per
-    seed, member m taking entry k. Outputs get a leading member axis.
-
-    "unroll" (and any M = 1, so that one member runs exactly the plain program): M copies of
-    `fn`, each on its member's slices. "vmap": one batched program, sharded over the mesh axis
-    `replica`; a population vmaps over seeds inside a vmap over points whose per-seed
-    arguments are unbatched, so that points share one batch."""
+    """`fn` over M = points x R members on `in_axes` (None: shared; `per_seed`: one per seed), as
+    M copies ("unroll", and M = 1: the plain program) or one batched program ("vmap")."""
     count = num_points * num_replicas
     member = [a is not None and i not in per_seed for i, a in enumerate(in_axes)]
     if count > 1 and how == "vmap" and num_points == 1:
@@ -119,8 +96,7 @@ def t_quantile(level: float, dof: int) -> float:
 
 
 def interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> tuple[float, float]:
-    """The `level` Student-t confidence interval of the mean of `values` (one value: that
-    value at both ends, there being no spread to estimate)."""
+    """The `level` Student-t interval of the mean of `values` (one value: that value twice)."""
     v = np.asarray(values, np.float64)
     mean = float(v.mean())
     if len(v) < 2:
@@ -130,8 +106,7 @@ def interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> tuple[fl
 
 
 def statistics(values: Sequence[float | None]) -> dict | None:
-    """mean, std (sample, ddof 1; 0 for one value), 95 % interval of the mean, min, max and n
-    of `values`; None when a value is missing (a field a model does not have)."""
+    """mean, std (ddof 1), 95 % interval, min, max and n of `values`; None if one is missing."""
     if not values or any(v is None for v in values):
         return None
     v = np.asarray(values, np.float64)

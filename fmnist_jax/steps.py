@@ -1,11 +1,4 @@
-"""The jitted train and eval steps, pure functions of (state, batch), and what they return.
-
-`train_step` is one optimizer step (dropout key `fold_in(dropout_rng, step)`); the loop runs it
-through `accumulate_train_step`, which also folds the step's metrics into a `TrainAccumulator`
-that stays on the device until the next evaluation, with the first step whose loss was not
-finite: the loop never waits on the host between evaluations. `Steps` compiles them for a mesh
-(members over the mesh's `replica` axis, each batch sharded over `data`).
-"""
+"""The jitted train and eval steps, pure functions of (state, batch), and `Steps` for a mesh."""
 
 from functools import partial
 from typing import Any
@@ -51,23 +44,18 @@ def batch_metrics(outputs, targets, losses, regression: bool, mask=None) -> metr
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState, plus the model's variable collections beside `params` (BatchNorm's
-    `batch_stats`; {} for a model without) and a population member's call-time
-    hyperparameters (its dropout rate; {} otherwise)."""
+    """Flax's TrainState plus the model's other collections and a member's call arguments."""
 
     model_state: Any = flax.struct.field(default_factory=dict)
     hyperparams: Any = flax.struct.field(default_factory=dict)
 
     @property
     def variables(self) -> dict:
-        """What `apply_fn` takes: params and the other collections."""
         return {"params": self.params, **self.model_state}
 
 
 def create_train_state(config, model, input_shape, rng: jax.Array, varied=()) -> TrainState:
-    """Initializes the model's variables from `rng` for inputs shaped [batch, *input_shape];
-    `varied`: the fields a population member varies (model call arguments become state
-    values, the learning rate and optimizer arguments values of the optimizer's state)."""
+    """The initial state from `rng` for inputs [batch, *input_shape], `varied` fields as values."""
     variables = dict(model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False))
     params = variables.pop("params")
     call = set(models.call_arguments(model))
@@ -109,8 +97,7 @@ def eval_step(state: TrainState, batch, *, regression: bool):
 
 @flax.struct.dataclass
 class TrainAccumulator:
-    """What the device sums between two evaluations: the train metrics, and the first step
-    whose loss was not finite (-1 while none was) with that loss."""
+    """Train metrics since the last evaluation; the first non-finite step (-1: none), its loss."""
 
     metrics: metrics.Collection
     first_nonfinite_step: jax.Array
@@ -122,8 +109,7 @@ class TrainAccumulator:
         return cls(collection.empty(), jnp.array(-1, jnp.int32), jnp.array(0.0, jnp.float32))
 
     def check_finite(self, names) -> None:
-        """Raises `diverged` for the first step whose loss was not finite (a host read: the loop
-        calls it at evaluations only); fields carry a leading member axis."""
+        """Raises `diverged` for the first non-finite step (a host read: at evaluations only)."""
         steps = np.atleast_1d(np.asarray(self.first_nonfinite_step))
         bad = np.flatnonzero(steps >= 0)
         if len(bad):
@@ -142,8 +128,7 @@ def diverged(who: str, step: int, what: str) -> TrainingError:
 
 @jax.jit
 def all_finite(tree) -> jax.Array:
-    """Whether each member's values of a pytree with a leading member axis (the params) are
-    all finite: one device boolean per member."""
+    """Per member (the leading axis of `tree`), one device boolean: all its values finite."""
     leaves = [jnp.isfinite(x).reshape(x.shape[0], -1).all(1) for x in jax.tree.leaves(tree)]
     return jnp.stack(leaves).all(0)
 
@@ -161,16 +146,13 @@ def accumulate_train_step(state, batch, dropout_rng, acc: TrainAccumulator, *, r
 
 
 def _device_batch(images, targets, idx, sharding):
-    """The batch of examples `idx` gathered from splits held on the device, split over the
-    mesh like a host batch."""
+    """The batch of examples `idx` of splits on the device, sharded like a host batch."""
     x = data_lib.to_model_inputs(images[idx])
     return jax.lax.with_sharding_constraint({"inputs": x, "targets": targets[idx]}, sharding)
 
 
 def train_chunk(state, acc, idx, images, targets, dropout_rng, *, regression: bool, sharding):
-    """`len(idx)` train steps as one `lax.scan`, step k on the examples `idx[k]` of the
-    training split held on the device: the same steps as `accumulate_train_step` on host
-    batches, with no host round-trip between them."""
+    """`len(idx)` `accumulate_train_step`s as one scan, step k on the device's examples `idx[k]`."""
 
     def body(carry, step_idx):
         state, acc = carry
@@ -182,8 +164,7 @@ def train_chunk(state, acc, idx, images, targets, dropout_rng, *, regression: bo
 
 
 def evaluate_resident(state, idx, mask, images, targets, *, regression: bool, sharding):
-    """`eval_step` over every padded batch of a split held on the device, merged in order,
-    as one `lax.scan`."""
+    """`eval_step` over every padded batch of a split on the device, as one `lax.scan`."""
     collection = RegressionMetrics if regression else ClassificationMetrics
 
     def body(total, xs):
@@ -208,14 +189,7 @@ def check_divisible(config, mesh: Mesh) -> None:
 
 
 class Steps:
-    """The jitted train and eval steps for one config and mesh, mapped over the members.
-
-    Train state, accumulator and dropout keys carry a leading member axis (sharded over the
-    mesh's `replica` axis); train batches are [seeds, batch, ...] (batch over `data`), and a
-    test batch is shared by every member. One process hands its numpy batches straight to the
-    steps (placed by `in_shardings`); with several processes each feeds its rows (`batch`).
-    `how` maps the members ("vmap" or "unroll", `replicas.choose_map`).
-    """
+    """The jitted steps for one config and mesh, mapped over the members as `how` says."""
 
     def __init__(self, config, mesh: Mesh, how: str = "vmap", regression: bool = False):
         self.regression = regression
@@ -264,8 +238,7 @@ class Steps:
         return distributed.local_rows(batch_size) if self.multi_process else None
 
     def batch(self, batch: dict, batch_size: int):
-        """What the train step takes: the numpy batch [replicas, rows, ...], or with several
-        processes this process's rows as global arrays."""
+        """The numpy batch [replicas, rows, ...], or with several processes global arrays."""
         if not self.multi_process:
             return batch
         return distributed.to_global(batch, self.sharded, batch_size, axis=1)
@@ -286,8 +259,7 @@ class Steps:
 
 
 def per_replica(collection: metrics.Collection) -> list[dict[str, float]]:
-    """A metrics collection with a leading replica axis, computed per replica (CLU computes
-    an unreplicated collection: `vmap` hands it each replica's), one {name: float} each."""
+    """A collection with a leading replica axis computed per replica: one {name: float} each."""
     values = jax.vmap(type(collection).compute)(collection)
     arrays = {k: np.asarray(v) for k, v in values.items()}
     count = len(next(iter(arrays.values())))

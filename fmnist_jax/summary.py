@@ -1,5 +1,4 @@
-"""summary.json: a finished run's results per replica, their statistics, and where it ran;
-its fields are in docs/training.md and docs/populations.md."""
+"""summary.json: a run's results, their statistics and where it ran (docs/training.md)."""
 
 import jax
 
@@ -111,8 +110,7 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
 
 
 def timing(config, initial_step: int, wall: float, eval_time: float, first: tuple) -> dict:
-    """Wall time and speed, leaving out of the rates the first chunk (`first`: steps, seconds),
-    which compiles."""
+    """Wall time and speed, the rates without the first chunk (`first`: steps, s): it compiles."""
     first_steps, first_s = first
     timed_steps = config.num_train_steps - initial_step - first_steps
     steady = wall - eval_time - first_s

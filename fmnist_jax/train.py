@@ -1,16 +1,4 @@
-"""The one train loop every experiment shares; experiments differ only in their config.
-
-`train_and_evaluate(config, workdir)` trains data-parallel over every device of every process
-(a 2-D (`replica`, `data`) mesh: members over `replica`, each batch sharded over `data`; see
-`fmnist_jax.distributed`), evaluates every `eval_every_steps` steps on the whole test split and
-writes the run directory (`fmnist_jax.rundir`: config.json, metrics.jsonl, summary.json; event
-files, `fmnist_jax.events`; checkpoints, `fmnist_jax.checkpoints`). Rerunning on the same
-workdir resumes, if the config trains the same model (`rundir.check_same_run`).
-
-Between evaluations the loop never waits on the host: metrics and the first non-finite loss
-accumulate on the device and are read at each evaluation; checkpoints fall on evaluation steps,
-saved only after that check.
-"""
+"""The one train loop every experiment shares; docs/training.md: what it writes and resumes."""
 
 import contextlib
 import dataclasses
@@ -58,8 +46,7 @@ class LoopContext:
     on_eval: Callable[[dict], None] | None = None
     is_writer: bool = True  # this process writes the run directory's files (process 0)
     live: progress_lib.LiveBar | None = None  # the API's progress bar
-    # Each member's grid fields and seed in metrics.jsonl ({} each without a population), and
-    # its name in error messages.
+    # Per member: grid fields and seed for metrics.jsonl ({} if no population), name in errors.
     members: list[dict] = dataclasses.field(init=False)
     names: list[str] = dataclasses.field(init=False)
 
@@ -76,9 +63,7 @@ class LoopContext:
 
 
 def initial_state(config, model, input_shape, steps: steps_lib.Steps):
-    """(state, dropout keys): each member's initial train state and dropout key, from its seed
-    (and grid point) as for a plain run of that seed, stacked on a leading member axis and
-    placed for `steps`."""
+    """(state, dropout keys) of every member as its plain run starts, stacked and placed."""
     states, dropout_rngs = [], []
     for m in population.members(config):
         init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(m["seed"]))
@@ -96,21 +81,15 @@ def train_and_evaluate(
     on_eval: Callable[[dict], None] | None = None,
     progress: bool = False,
 ):
-    """Trains and evaluates the model `config` describes; resumes from `workdir` if it can.
-
-    `dataset` overrides `data.load(config)`; `on_eval` is called with each evaluation record;
-    `progress` shows a live bar (steps/s, ETA, last evaluation) for notebooks and scripts.
-    Returns the final train state (with several members a leading member axis:
-    `replicas.take(state, m)` is member m) and the evaluation history (metrics.jsonl's
-    records, the resumed part included). Raises `errors.Interrupted` after saving a checkpoint
-    when SIGTERM or SIGINT asks it to stop."""
+    """Trains `config`'s model, resuming `workdir`; returns the final state (several members: a
+    leading member axis) and metrics.jsonl's records. `dataset` overrides `data.load`, `on_eval`
+    gets each record, `progress` shows a live bar; SIGTERM/SIGINT: a checkpoint, Interrupted."""
     config_lib.validate(config)
     config = population.resolved(config)
     workdir, is_writer = Path(workdir), distributed.is_writer()
     try:
         with contextlib.ExitStack() as held:
-            # Process 0 prepares the workdir, takes its lock and loads (so prepares TFDS)
-            # first, then the others load: a failure on any process ends every process here.
+            # Process 0 prepares, locks and loads first; a failure anywhere ends every process.
             with distributed.failing_together("fmnist_workdir_ready"):
                 if is_writer:
                     rundir.prepare(workdir)
@@ -142,8 +121,7 @@ def _steps(config, model, input_shape, regression: bool) -> steps_lib.Steps:
 
 
 def build(config, input_shape):
-    """(steps, state, dropout keys): the config's model, its members' compiled steps and their
-    initial states, for inputs shaped [batch, *input_shape]."""
+    """(steps, state, dropout keys) of the config's members for inputs [batch, *input_shape]."""
     model = models.create_model(config)
     steps = _steps(config, model, input_shape, data_lib.is_regression(config))
     return (steps, *initial_state(config, model, input_shape, steps))
@@ -199,7 +177,6 @@ def _train(config, workdir: Path, dataset, on_eval, is_writer: bool, progress: b
 
 
 def _returned(state, config):
-    """With one member that member, as a plain run's state (no member axis), else all."""
     return replicas.take(state, 0) if population.num_members(config) == 1 else state
 
 
@@ -248,8 +225,7 @@ def _loop(run: LoopContext, state, acc, dropout_rng):
 
 
 def _stop(run: LoopContext, stop, step: int, state, acc, saved: bool) -> None:
-    """Saves the step reached (unless just saved, and only a finite state) and raises
-    Interrupted."""
+    """Saves the step reached (unless just saved; a finite state only), raises Interrupted."""
     if not saved:
         acc.check_finite(run.names)
         finite = np.asarray(steps_lib.all_finite(state.params))
