@@ -60,14 +60,19 @@ class ChunkProgress:
         self._start = self._last_t = time.monotonic()
         self._last_step, self._parts = first_step, {}
 
-    def __call__(self, step: int, t: float | None = None) -> bool:
-        t = time.monotonic() if t is None else t
+    def __call__(self, step: int, t: float | None = None, wait=None) -> bool:
+        """`wait` blocks until the steps dispatched so far have run (the loop dispatches
+        chunks asynchronously): called only when a line is due, so that it measures them."""
+        now = time.monotonic() if t is None else t
         if self.every_steps:
             due = step // self.every_steps > self._last_step // self.every_steps
         else:
-            due = t - self._last_t >= self.every_secs
+            due = now - self._last_t >= self.every_secs
         if step <= self._last_step or not (due or step == self.num_steps):
             return False
+        if wait is not None:
+            wait()
+        t = time.monotonic() if t is None else t
         rate = (step - self._last_step) / max(t - self._last_t, 1e-9)
         line = (
             f"{rate:.1f} steps/s, {100 * step / self.num_steps:.1f}% ({step}/{self.num_steps}),"

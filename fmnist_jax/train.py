@@ -204,7 +204,7 @@ def _loop(run: LoopContext, state, acc, dropout_rng):
                 first = (end - step, time.time() - start)
             step = end
             if run.is_writer:
-                report(step)
+                report(step, wait=lambda acc=acc: jax.block_until_ready(acc))
             if run.live:
                 run.live(step)
             if step % config.eval_every_steps == 0 or step == num_steps:

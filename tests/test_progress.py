@@ -29,6 +29,17 @@ def test_steps_per_second_are_a_chunks_steps_over_its_wall_time(monkeypatch):
     assert logged[0] == "50.0 steps/s, 50.0% (500/1000), ETA 10s"
 
 
+def test_a_due_line_waits_for_the_dispatched_steps_before_it_measures(monkeypatch):
+    monkeypatch.setattr(progress.logging, "info", lambda *a: None)
+    clock = iter([0.0, 1.0, 10.0])  # construction, the call, after the wait
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    writer, waited = _Writer(), []
+    report = progress.ChunkProgress(500, 0, writer, every_steps=500)
+    assert report(500, wait=lambda: waited.append(True))
+    # Dispatched in 1 s, run in 10: the chunk's rate is 50 steps/s, not 500.
+    assert waited == [True] and writer.scalars[0][1]["steps_per_sec"] == 50.0
+
+
 def test_without_every_steps_a_line_comes_after_every_secs_and_at_the_end(monkeypatch):
     monkeypatch.setattr(progress.logging, "info", lambda *a: None)
     report = progress.ChunkProgress(100, 0, None, every_secs=30.0)
