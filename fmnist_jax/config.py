@@ -91,21 +91,17 @@ def _hyperparameters(config, where: str) -> None:
 
 def _model_fits_data(config, model) -> None:
     """The model gives one value (regression) or num_classes logits for one example."""
-    import jax
-    import jax.numpy as jnp
+    from fmnist_jax import data, models
 
-    from fmnist_jax import data
-
-    x = jax.ShapeDtypeStruct((1, *data.input_shape(config)), jnp.float32)
     try:
-        out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], x)
+        shape, _ = models.trace(model, data.input_shape(config))
     except Exception as e:
         line = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(f"config.model={config.model!r} fails on config.dataset: {line}") from e
     want = (1,) if data.is_regression(config) else (1, config.num_classes)
     _require(
-        out.shape == want,
-        f"config.model={config.model!r} gives outputs shaped {out.shape} for one example of"
+        shape == want,
+        f"config.model={config.model!r} gives outputs shaped {shape} for one example of"
         f" config.dataset={config.dataset!r}, which needs {want}",
     )
 

@@ -1,6 +1,7 @@
 """The models: Flax modules called as `model(x, train=...)`; adding one: docs/extending.md."""
 
 import dataclasses
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -61,16 +62,20 @@ class MLP(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """(Conv 3x3 SAME -> 2x2 pool -> [Dropout]) x (32, 64) -> Dense128 -> Dense10, NHWC."""
+    """(Conv 3x3 SAME -> [BatchNorm] -> 2x2 pool -> [Dropout]) x (32, 64) -> Dense128 -> Dense10,
+    NHWC; BatchNorm only where `bn_momentum` is set (ConvNetBN)."""
 
     num_classes: int = 10
     dropout_rate: float = 0.0
+    bn_momentum: float | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         for features in (32, 64):
             x = nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=layers.conv)(x)
+            if self.bn_momentum is not None:
+                x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
             x = nn.relu(max_pool_2x2(x))
             x = Dropout(rate, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))
@@ -78,24 +83,10 @@ class ConvNet(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-class ConvNetBN(nn.Module):
+class ConvNetBN(ConvNet):
     """The ConvNet with BatchNorm after each convolution (its `batch_stats` collection)."""
 
-    num_classes: int = 10
-    dropout_rate: float = 0.0
-    bn_momentum: float = 0.9
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        for features in (32, 64):
-            x = nn.Conv(features, (3, 3), padding="SAME", conv_general_dilated=layers.conv)(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
-            x = nn.relu(max_pool_2x2(x))
-            x = Dropout(rate, deterministic=not train)(x)
-        x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(128)(x))
-        return nn.Dense(self.num_classes)(x)
+    bn_momentum: float | None = 0.9
 
 
 MODELS = {"linear_regression": LinearRegression, "mlp": MLP, "cnn": ConvNet, "cnn_bn": ConvNetBN}
@@ -141,8 +132,26 @@ def call_arguments(model: nn.Module) -> tuple[str, ...]:
     return tuple(p for p in list(params)[2:] if p != "train")
 
 
+def _trace(model: nn.Module, input_shape: tuple) -> tuple[tuple[int, ...], bool]:
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    init = lambda x: model.init_with_output(jax.random.key(0), x, train=False)[0]
+    jaxpr, out = jax.make_jaxpr(init, return_shape=True)(x)
+    return tuple(out.shape), "conv_general_dilated" in str(jaxpr)
+
+
+_traced = functools.lru_cache(maxsize=32)(_trace)
+
+
+def trace(model: nn.Module, input_shape) -> tuple[tuple[int, ...], bool]:
+    """(output shape for one example, whether the program holds a convolution), from one trace
+    of the model's init, kept for the next caller (validation, then `replicas.choose_map`)."""
+    try:
+        hash(model)
+    except TypeError:  # a field holding a list or dict: traced each time
+        return _trace(model, tuple(input_shape))
+    return _traced(model, tuple(input_shape))
+
+
 def has_convolution(model: nn.Module, input_shape) -> bool:
     """Whether the model's program holds a convolution (`replicas.choose_map` asks)."""
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, train=False))(x)
-    return "conv_general_dilated" in str(jaxpr)
+    return trace(model, tuple(input_shape))[1]
