@@ -23,7 +23,6 @@ LEGENDS = {  # a figure's colours, by how many runs it draws (plotting.curves.CO
     2: "blue / orange = train / test without dropout, green / pink = with dropout",
 }
 THEORY_FILE = "theory.json"  # written by `make theory` into the runs folder
-SWEEP_DIR = "sweep"  # `make sweep`'s folder in the runs folder
 
 
 def load_runs(runs_dir: str | os.PathLike) -> dict[str, Run | None]:
@@ -236,7 +235,7 @@ def sweep_section(runs_dir: Path, out_dir: Path) -> str:
     """`make sweep`'s table, verdicts and figure (a note when it has not run)."""
     from fmnist_jax import sweep
 
-    folder = runs_dir / SWEEP_DIR
+    folder = runs_dir / sweep.SWEEP_DIR
     result = rundir.read_json(folder / sweep.RESULT_FILE)
     if result is None:
         return f"*Not run yet: `make sweep` writes {folder / sweep.RESULT_FILE}.*"

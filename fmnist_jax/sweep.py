@@ -1,8 +1,10 @@
 """The dropout-rate sweep (exercise §2.4): "different probabilities were taken, but 0.25
-achieved the best performance (although the differences were quite small)"; each experiment
-declaring `report.sweep_rates` trains as one population of its rates x seeds.
+achieved the best performance (although the differences were quite small)". Each experiment
+declaring `report.sweep_rates` is one population of its rates x seeds, each member trained
+once: a rate that an experiment trains (cnn: 0, cnn_dropout: 0.25) is read from, or trained
+into, that experiment's own run folder; the other rates are one program in runs/sweep/<model>.
 
-    python -m fmnist_jax.sweep --runs runs/sweep [--models mlp,cnn] [--rates 0,0.25,0.5]
+    python -m fmnist_jax.sweep --runs runs [--models mlp,cnn] [--rates 0,0.25,0.5]
         [--replicas 3] [--replicas cnn=2] [--num_train_steps N] [--num_train_steps cnn=N]
 """
 
@@ -22,7 +24,8 @@ FLAGS = flags.FLAGS
 EXERCISE_RATE = 0.25
 FIELDS = ("final_test_loss", "min_test_loss", "final_test_accuracy")
 SMALL_SPREAD = 0.01  # one accuracy point (docs/populations.md)
-RESULT_FILE, FIGURE_FILE = "sweep.json", "sweep.png"
+RESULT_FILE, FIGURE_FILE = "sweep.json", "sweep.png"  # in SWEEP_DIR
+SWEEP_DIR = "sweep"  # the runs folder's sub-folder for the rates no experiment trains
 CAPTION = (
     "Dropout-rate sweep: final and minimum test loss and final test accuracy against the rate"
     " (mean over replicas, bars: 95 % interval)."
@@ -31,13 +34,10 @@ CAPTION = (
 
 def sweep_config(model: str, rates, num_replicas: int, num_train_steps=None, synthetic=False):
     """Experiment `model`'s config as a population of `rates` x `num_replicas` seeds."""
-    from fmnist_jax import config as config_lib
     from fmnist_jax import population
 
-    c = config_lib.load_experiment(model)
-    if synthetic:
-        c.dataset = "synthetic"
-    c.name, c.num_replicas = f"{model}_sweep", num_replicas
+    c = _experiment(model, num_replicas, synthetic)
+    c.name = f"{model}_sweep"
     c.grid = population.format_grid({"dropout_rate": rates})
     if num_train_steps:
         c.num_train_steps = num_train_steps
@@ -47,14 +47,58 @@ def sweep_config(model: str, rates, num_replicas: int, num_train_steps=None, syn
     return c
 
 
+def _experiment(name: str, num_replicas: int, synthetic: bool):
+    from fmnist_jax import config as config_lib
+
+    c = config_lib.load_experiment(name)
+    c.num_replicas = num_replicas
+    if synthetic:
+        c.dataset = "synthetic"
+    return c
+
+
+def _without(config, fields=("name", "report", "dropout_rate")) -> dict:
+    return {k: v for k, v in config.to_dict().items() if k not in fields}
+
+
+def family(model: str) -> dict[float, str]:
+    """The experiments that are points of `model`'s population, by dropout rate: `model` itself
+    and each declaring `report.dropout_of=model` whose config differs from its only there."""
+    from fmnist_jax import config as config_lib
+
+    base = config_lib.load_experiment(model)
+    found = {float(base.dropout_rate): model}
+    for d in declarations.experiments():
+        other = config_lib.load_experiment(d.name) if d.dropout_of == model else None
+        if other is not None and _without(other) == _without(base):
+            found.setdefault(float(other.dropout_rate), d.name)
+    return found
+
+
+def sources(model: str, rates: Sequence[float], steps: int) -> dict[float, str]:
+    """rate -> where its members live: an experiment's own run folder ("cnn", "cnn_dropout": the
+    run `make cnn` trains) where the sweep runs at that experiment's length, else the sweep's
+    population folder (`SWEEP_DIR`/<model>) for every other rate."""
+    own = family(model) if not steps else {}
+    return {rate: own.get(rate, f"{SWEEP_DIR}/{model}") for rate in rates}
+
+
 def train_all(runs_dir: Path, plan: Mapping[str, tuple], synthetic: bool = False) -> None:
-    """Trains, resumes or skips each experiment's population (`plan`: see `plan`)."""
+    """Trains, resumes or skips each member of `plan` (see `plan`) once: the rates served by an
+    experiment in its own folder, the other rates as one population."""
     from fmnist_jax import train
 
     for model, (rates, count, steps) in plan.items():
-        config = sweep_config(model, rates, count, steps or None, synthetic)
-        print(f"sweep: {model}, {len(rates)} rates x {count} seeds, one program", flush=True)
-        train.train_and_evaluate(config, runs_dir / model)
+        where = sources(model, rates, steps)
+        for rate, folder in where.items():
+            if folder != f"{SWEEP_DIR}/{model}":
+                print(f"sweep: {model} at rate {rate:g} is {runs_dir / folder}", flush=True)
+                train.train_and_evaluate(_experiment(folder, count, synthetic), runs_dir / folder)
+        rest = [rate for rate, folder in where.items() if folder == f"{SWEEP_DIR}/{model}"]
+        if rest:
+            config = sweep_config(model, rest, count, steps or None, synthetic)
+            print(f"sweep: {model}, {len(rest)} rates x {count} seeds, one program", flush=True)
+            train.train_and_evaluate(config, runs_dir / SWEEP_DIR / model)
 
 
 def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
@@ -86,30 +130,52 @@ def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
     return verdict
 
 
-def collect(runs_dir: Path, plan: Mapping[str, Sequence[float]]) -> dict:
-    """sweep.json: per experiment of `plan` and rate, each field's statistics over the seeds,
-    and the verdicts; each experiment's steps."""
-    every_rate = sorted({r for rates in plan.values() for r in rates})
-    result = {"rates": every_rate, "models": {}, "num_train_steps": {}}
-    for model, rates in plan.items():
-        run = rundir.read_run(runs_dir / model)
-        if run.summary is None:
-            raise UsageError(f"{run.path} has not finished: run the sweep again to resume")
-        per_rate = {}
-        for rate in rates:  # members of one rate, in seed order (paired across rates)
-            rows = [r for r in run.summary["replicas"] if r["dropout_rate"] == rate]
-            if not rows:
-                raise UsageError(f"{run.path} has no members at dropout rate {rate:g}")
-            per_rate[rate] = {f: [r[f] for r in rows] for f in FIELDS}
+def _rows(run: rundir.Run, rate: float) -> list[dict]:
+    """The members of `run` at dropout `rate`, in seed order (a plain run's are all at its own)."""
+    if run.summary is None:
+        raise UsageError(f"{run.path} has not finished: run the sweep again to resume")
+    own = run.config.get("dropout_rate")
+    rows = [r for r in run.summary["replicas"] if r.get("dropout_rate", own) == rate]
+    if not rows:
+        raise UsageError(f"{run.path} has no members at dropout rate {rate:g}")
+    return rows
+
+
+def paired(model: str, runs: Mapping[float, rundir.Run], rows: Mapping[float, list]) -> None:
+    """UsageError, in one line, unless every rate's members have the same seeds and steps."""
+    first = next(iter(rows))
+    for rate in rows:
+        seeds, steps = [r["seed"] for r in rows[rate]], runs[rate].config["num_train_steps"]
+        want = [r["seed"] for r in rows[first]], runs[first].config["num_train_steps"]
+        if (seeds, steps) != want:
+            raise UsageError(
+                f"{model}: the members at rate {rate:g} ({runs[rate].path}: seeds {seeds},"
+                f" {steps} steps) do not pair with those at rate {first:g} ({runs[first].path}:"
+                f" seeds {want[0]}, {want[1]} steps); train them with the same seeds and steps"
+            )
+
+
+def collect(runs_dir: Path, plan: Mapping[str, tuple]) -> dict:
+    """sweep.json: per experiment of `plan` and rate, each field's statistics over the seeds
+    (paired across rates), the verdicts, each experiment's steps and where each rate was read."""
+    every_rate = sorted({r for rates, _, _ in plan.values() for r in rates})
+    result = {"rates": every_rate, "models": {}, "num_train_steps": {}, "sources": {}}
+    for model, (rates, _, steps) in plan.items():
+        where = sources(model, rates, steps)
+        runs = {rate: rundir.read_run(runs_dir / folder) for rate, folder in where.items()}
+        rows = {rate: _rows(runs[rate], rate) for rate in rates}
+        paired(model, runs, rows)
+        per_rate = {rate: {f: [r[f] for r in rows[rate]] for f in FIELDS} for rate in rates}
         result["models"][model] = {
-            "num_replicas": min(len(v["final_test_loss"]) for v in per_rate.values()),
+            "num_replicas": len(rows[rates[0]]),
             "rates": {
                 f"{rate:g}": {f: replicas.statistics(v[f]) for f in FIELDS}
                 for rate, v in per_rate.items()
             },
             "verdict": model_verdict(per_rate),
         }
-        result["num_train_steps"][model] = run.config["num_train_steps"]
+        result["num_train_steps"][model] = runs[rates[0]].config["num_train_steps"]
+        result["sources"][model] = {f"{rate:g}": folder for rate, folder in where.items()}
     return result
 
 
@@ -222,16 +288,17 @@ def main() -> None:
     plotting.require_matplotlib()
     runs_dir, todo = Path(FLAGS.runs), plan(FLAGS)
     train_all(runs_dir, todo, FLAGS.synthetic)
-    result = collect(runs_dir, {m: rates for m, (rates, _, _) in todo.items()})
+    result = collect(runs_dir, todo)
     result["synthetic"] = FLAGS.synthetic
-    rundir.write_json(runs_dir / RESULT_FILE, result)
-    plot(result).savefig(runs_dir / FIGURE_FILE, dpi=120)
+    folder = runs_dir / SWEEP_DIR
+    rundir.write_json(folder / RESULT_FILE, result)
+    plot(result).savefig(folder / FIGURE_FILE, dpi=120)
     print(format_markdown(result))
-    print(f"wrote {runs_dir / RESULT_FILE} and {runs_dir / FIGURE_FILE}", file=sys.stderr)
+    print(f"wrote {folder / RESULT_FILE} and {folder / FIGURE_FILE}", file=sys.stderr)
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("runs", "runs/sweep", "Folder for the sweep's runs, sweep.json and .png.")
+    flags.DEFINE_string("runs", "runs", "The runs folder: experiments' runs, sweep/ for the rest.")
     flags.DEFINE_string("models", "", "Experiments to sweep (default: those declaring rates).")
     flags.DEFINE_string("rates", "", "Dropout rates (default: each experiment's declared).")
     flags.DEFINE_multi_string("replicas", [], "Seeds per rate (3): N, or <experiment>=N.")

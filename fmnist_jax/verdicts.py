@@ -16,6 +16,7 @@ from fmnist_jax.rundir import Run
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
 NOT_CHECKED_MISSING_RUN = "not checked (run missing)"
 NOT_CHECKED_INCOMPLETE = "not checked (incomplete data)"
+NOT_CHECKED_UNPAIRED = "not checked (members do not pair)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +188,20 @@ def _checked(claim: str, runs: Mapping, names: Sequence[str], spec: Claim) -> Ve
         return Verdict(claim, NOT_CHECKED_MISSING_RUN, "missing: " + ", ".join(missing))
     count = min(runs[n].num_members for n in names)
     member_runs = [[runs[n].member(k) for n in names] for k in range(count)]
+    unpaired = _unpaired(member_runs)
+    if unpaired:
+        return Verdict(claim, NOT_CHECKED_UNPAIRED, unpaired)
     return _summarized(claim, spec.check, member_runs, spec.effect, spec.unit)
+
+
+def _unpaired(member_runs: Sequence[Sequence[Run]]) -> str | None:
+    """One line where member k of the runs compared differ in seed or length, else None."""
+    for k, members in enumerate(member_runs):
+        found = [(m.summary.get("seed"), m.config.get("num_train_steps")) for m in members]
+        if len(set(found)) > 1:
+            told = "; ".join(f"{m.path}: seed {s}, {n} steps" for m, (s, n) in zip(members, found))
+            return f"member {k} does not pair ({told}): train them with the same seeds and steps"
+    return None
 
 
 def _attack_noise(pair: Sequence[str], attacks: Mapping | None) -> list[Verdict]:

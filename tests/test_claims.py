@@ -247,6 +247,17 @@ def test_replica_k_is_paired_with_replica_k_and_all_or_none_read_as_such():
     )
 
 
+def test_runs_whose_members_have_other_seeds_are_not_compared():
+    base = replicated_run([summary(seed=s) for s in (0, 11)], "mlp")
+    drop = replicated_run([summary(final_test=0.2, seed=s) for s in (0, 12)], "mlp_dropout", 0.25)
+    verdict = verdicts_by_claim({"mlp": base, "mlp_dropout": drop})[
+        "Dropout lowers the MLP's final test loss"
+    ]
+    assert verdict.status == "not checked (members do not pair)"
+    assert verdict.evidence.startswith("member 1 does not pair (mlp: seed 11, None steps;")
+    assert "mlp_dropout: seed 12" in verdict.evidence and "\n" not in verdict.evidence
+
+
 def test_curve_claims_read_each_replicas_own_curves():
     """Over-fitting needs replica k's train-loss curve: each replica's view reads its own."""
     base = replicated_run([summary()] * 3, "mlp")

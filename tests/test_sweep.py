@@ -106,10 +106,12 @@ def test_the_sweep_command_trains_every_rate_and_writes_table_verdict_and_figure
         [*cmd, "--synthetic"], check=False, cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads((out / sweep.RESULT_FILE).read_text())
+    result = json.loads((out / "sweep" / sweep.RESULT_FILE).read_text())
     model = result["models"]["mlp"]
     assert model["num_replicas"] == 2 and list(model["rates"]) == ["0", "0.25"]
-    run = rundir.read_run(out / "mlp")  # one program: the rates x seeds population
+    # At a length of its own no experiment's run is a point: one program, rates x seeds.
+    assert result["sources"] == {"mlp": {"0": "sweep/mlp", "0.25": "sweep/mlp"}}
+    run = rundir.read_run(out / "sweep" / "mlp")
     assert run.num_members == 4 and run.config["grid"] == "dropout_rate=0,0.25"
     finals = [r["final_test_loss"] for r in run.summary["replicas"] if r["dropout_rate"] == 0.25]
     assert model["rates"]["0.25"]["final_test_loss"]["mean"] == pytest.approx(sum(finals) / 2)
@@ -118,7 +120,7 @@ def test_the_sweep_command_trains_every_rate_and_writes_table_verdict_and_figure
     # The sweep's process has the settings every command line gets (it once lacked the flag).
     flag = runtime.tuned_xla_flags("", version("jaxlib"), runtime.installed_plugins())
     assert flag in run.summary["runtime"]["XLA_FLAGS"]
-    assert (out / sweep.FIGURE_FILE).stat().st_size > 10_000
+    assert (out / "sweep" / sweep.FIGURE_FILE).stat().st_size > 10_000
     assert result["num_train_steps"] == {"mlp": 16}
     assert (
         "| mlp | 16 | 0.25 | 2 |" in proc.stdout
@@ -133,3 +135,63 @@ def test_bad_rates_are_one_line(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --rates '0.25,1.5'")
+
+
+def test_the_experiments_at_rates_0_and_0_25_are_points_of_their_models_population():
+    assert sweep.family("cnn") == {0.0: "cnn", 0.25: "cnn_dropout"}
+    assert sweep.family("mlp") == {0.0: "mlp", 0.25: "mlp_dropout"}
+    assert sweep.sources("cnn", [0.0, 0.1, 0.25], 0) == {
+        0.0: "cnn",
+        0.1: "sweep/cnn",
+        0.25: "cnn_dropout",
+    }
+    assert set(sweep.sources("cnn", [0.0, 0.25], 3000).values()) == {"sweep/cnn"}
+
+
+def test_each_member_is_trained_once_where_the_experiment_keeps_it(tmp_path, monkeypatch):
+    from fmnist_jax import train
+
+    trained = []
+    monkeypatch.setattr(
+        train, "train_and_evaluate", lambda c, w: trained.append((c.name, c.grid, w))
+    )
+    sweep.train_all(tmp_path, {"cnn": ([0.0, 0.1, 0.25, 0.5], 3, 0)})
+    assert trained == [
+        ("cnn", "", tmp_path / "cnn"),
+        ("cnn_dropout", "", tmp_path / "cnn_dropout"),
+        ("cnn_sweep", "dropout_rate=0.1,0.5", tmp_path / "sweep" / "cnn"),
+    ]
+
+
+def fake_run(path, config: dict, seeds, losses, rates=None):
+    """A finished run folder: one summary row per member (with its rate in a population)."""
+    rows = [
+        {"seed": seed, "final_test_loss": loss, "min_test_loss": loss - 0.01}
+        | {"final_test_accuracy": 0.9}
+        | ({"dropout_rate": rates[i]} if rates else {})
+        for i, (seed, loss) in enumerate(zip(seeds, losses, strict=True))
+    ]
+    path.mkdir(parents=True)
+    rundir.write_config(path, {"num_train_steps": 100, **config})
+    rundir.write_summary(path, {"replicas": rows})
+
+
+def test_the_sweep_reads_each_rate_where_it_was_trained_and_pairs_the_seeds(tmp_path):
+    fake_run(tmp_path / "mlp", {"dropout_rate": 0.0}, [0, 7], [0.40, 0.42])
+    fake_run(tmp_path / "mlp_dropout", {"dropout_rate": 0.25}, [0, 7], [0.30, 0.31])
+    population = {"dropout_rate": 0.0, "grid": "dropout_rate=0.5", "num_replicas": 2}
+    fake_run(tmp_path / "sweep" / "mlp", population, [0, 7], [0.35, 0.36], rates=[0.5, 0.5])
+    result = sweep.collect(tmp_path, {"mlp": ([0.0, 0.25, 0.5], 2, 0)})
+    rates = result["models"]["mlp"]["rates"]
+    assert rates["0"]["final_test_loss"]["mean"] == pytest.approx(0.41)
+    assert rates["0.25"]["final_test_loss"]["mean"] == pytest.approx(0.305)
+    assert rates["0.5"]["final_test_loss"]["mean"] == pytest.approx(0.355)
+    assert result["models"]["mlp"]["verdict"]["best_rate"] == 0.25
+    assert result["sources"]["mlp"] == {"0": "mlp", "0.25": "mlp_dropout", "0.5": "sweep/mlp"}
+
+
+def test_members_that_do_not_pair_are_one_line(tmp_path):
+    fake_run(tmp_path / "mlp", {"dropout_rate": 0.0}, [0, 7], [0.40, 0.42])
+    fake_run(tmp_path / "mlp_dropout", {"dropout_rate": 0.25, "seed": 5}, [5, 9], [0.3, 0.31])
+    with pytest.raises(UsageError, match=r"rate 0.25 .*seeds \[5, 9\].* do not pair"):
+        sweep.collect(tmp_path, {"mlp": ([0.0, 0.25], 2, 0)})
