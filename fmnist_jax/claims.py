@@ -4,6 +4,7 @@
 import dataclasses
 import math
 from collections.abc import Mapping
+from statistics import NormalDist
 
 import numpy as np
 
@@ -34,12 +35,14 @@ class MissingData(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """Whether a claim holds, its numbers, its effect, and the effects for which it holds."""
+    """Whether a claim holds, its numbers, its effect, the effects for which it holds, and the
+    effect's 95 % interval where the check measured it on a sample (the attack's images)."""
 
     holds: bool
     evidence: str
     effect: float
     region: tuple[float, float] = (-math.inf, math.inf)
+    interval: tuple[float, float] | None = None
 
 
 def number(record: Mapping, key: str, where: str = "summary.json") -> float:
@@ -190,13 +193,19 @@ def check_adversarial(
     p_target: float = ADVERSARIAL_P_TARGET,
     min_success: float = ADVERSARIAL_MIN_SUCCESS,
 ) -> Check:
-    """The default method reaches p(target) >= `p_target` on > `min_success` of its images."""
+    """The default method reaches p(target) >= `p_target` on more than `min_success` of its
+    images, with the success rate's interval; MissingData without the number of images."""
     name = default_method(adversarial)
     result = adversarial["methods"][name]
     threshold = adversarial.get("threshold")
     if isinstance(threshold, int | float) and threshold < p_target:
         raise MissingData(f"the attack stopped at p(target) ≥ {threshold:g}, below {p_target:g}")
-    rate = number(result, "success_rate", f"{ADVERSARIAL_RUN}/summary.json ({name})")
+    where = f"{ADVERSARIAL_RUN}/summary.json ({name})"
+    rate = number(result, "success_rate", where)
+    images = result.get("num_images") or adversarial.get("num_images")
+    if not isinstance(images, int) or images <= 0:
+        raise MissingData(f"{where} has no num_images: no interval for its success rate {rate:.1%}")
+    low, high = success_interval(round(rate * images), images)
     extras = [
         f"{label} {result[key]:.4g}"
         for key, label in (
@@ -206,13 +215,12 @@ def check_adversarial(
         )
         if isinstance(result.get(key), int | float)
     ]
-    evidence = f"method {name!r}: success rate {rate:.1%}"
-    images = result.get("num_images") or adversarial.get("num_images")
-    if isinstance(images, int) and images > 0:
-        low, high = success_interval(round(rate * images), images)
-        evidence += f" [{low:.1%}, {high:.1%}] of {images} images"
-    evidence += f" (needs > {min_success:.0%})"
-    return Check(rate > min_success, "; ".join([evidence, *extras]), rate)
+    evidence = (
+        f"method {name!r}: success rate {rate:.1%} [{low:.1%}, {high:.1%}] of {images} images"
+        f" (95 % interval; needs > {min_success:.0%})"
+    )
+    region = (min_success, 1.0)
+    return Check(rate > min_success, "; ".join([evidence, *extras]), rate, region, (low, high))
 
 
 def check_attack_noise(base: Mapping, dropout: Mapping, method: str) -> Check:
@@ -237,8 +245,10 @@ def check_attack_noise(base: Mapping, dropout: Mapping, method: str) -> Check:
 
 
 def success_interval(successes: int, trials: int) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a success rate."""
-    from scipy import stats  # a dependency of jax
-
-    ci = stats.binomtest(successes, trials).proportion_ci(0.95, method="wilson")
-    return float(ci.low), float(ci.high)
+    """The 95 % Wilson score interval of a success rate (scipy's "wilson", in closed form: cheap
+    enough to search the number of trials that decides a claim)."""
+    z, rate = NormalDist().inv_cdf(0.975), successes / trials
+    shrink = 1 + z**2 / trials
+    centre = (rate + z**2 / (2 * trials)) / shrink
+    half = z * math.sqrt(rate * (1 - rate) / trials + z**2 / (4 * trials**2)) / shrink
+    return centre - half, centre + half

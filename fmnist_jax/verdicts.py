@@ -1,5 +1,6 @@
 """Each declared claim over replicas (replica k without dropout paired with replica k with):
-"holds in k of R", the word read off the mean effect's 95 % interval (docs/populations.md)."""
+"holds in k of R", the word read off the mean effect's 95 % interval (docs/populations.md);
+the attack's claim, the word read off its success rate's 95 % interval."""
 
 import dataclasses
 import functools
@@ -17,6 +18,7 @@ HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
 NOT_CHECKED_MISSING_RUN = "not checked (run missing)"
 NOT_CHECKED_INCOMPLETE = "not checked (incomplete data)"
 NOT_CHECKED_UNPAIRED = "not checked (members do not pair)"
+MAX_IMAGES = 100_000  # the most images `images_needed` tries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,35 @@ def replicas_needed(stats: Mapping, region: Sequence[float], limit: int = 1000) 
         if half < distance:
             return n
     return None
+
+
+def images_needed(rate: float, region: Sequence[float], limit: int = MAX_IMAGES) -> int | None:
+    """The fewest images whose success-rate interval, at this rate, `decide`s the region (None:
+    more than `limit`)."""
+    for n in range(1, limit + 1):
+        if decide(claims.success_interval(round(rate * n), n), region) != UNDECIDED:
+            return n
+    return None
+
+
+def rate_verdict(claim: str, check: Check) -> Verdict:
+    """One model's verdict on a success rate: its interval (`check.interval`) read by `decide`."""
+    word = decide(check.interval, check.region)
+    start = f"{check.region[0]:.0%}"
+    reading = {
+        HOLDS: f"the interval lies above {start}",
+        FAILS: f"the interval lies below {start}",
+        UNDECIDED: f"the interval straddles {start}",
+    }[word]
+    if word == UNDECIDED:
+        needed = images_needed(check.effect, check.region)
+        reading += (
+            f": at this rate about {needed:,} images would decide it"
+            if needed
+            else f": at this rate no number of images up to {MAX_IMAGES:,} decides it"
+        )
+    evidence = f"{check.evidence}; {reading}"
+    return Verdict(claim, f"{word} (1 model)", evidence, int(word == HOLDS), 1)
 
 
 def summarize_checks(claim: str, checks: Sequence[Check], effect: str, unit: str) -> Verdict:
@@ -255,5 +286,4 @@ def check_claims(
         check = claims.check_adversarial(adversarial)
     except MissingData as e:
         return [*verdicts, Verdict(claim, NOT_CHECKED_INCOMPLETE, str(e))]
-    status = f"{HOLDS if check.holds else FAILS} (1 model)"
-    return [*verdicts, Verdict(claim, status, check.evidence, int(check.holds), 1)]
+    return [*verdicts, rate_verdict(claim, check)]

@@ -49,7 +49,14 @@ ADVERSARIAL = {  # the shape the attack writes: per-method numbers and its defau
     },
     "default_method": "gd",
     "threshold": 0.95,
+    "num_images": 100,
 }
+
+
+def default_attack(successes: int, images: int) -> dict:
+    """An attack summary whose default method succeeded on `successes` of `images` images."""
+    gd = {"success_rate": successes / images, "num_images": images}
+    return {"methods": {"gd": gd}, "default_method": "gd", "threshold": 0.95}
 
 
 def verdicts_by_claim(runs, adversarial=None):
@@ -121,13 +128,59 @@ def test_the_accuracy_claims_read_their_margins():
 
 def test_adversarial_claim_is_judged_on_the_summarys_default_method():
     check = claims.check_adversarial(ADVERSARIAL)
-    assert check.holds
-    assert "'gd': success rate 80.0%" in check.evidence
+    assert check.holds and check.effect == 0.8 and check.region == (0.5, 1.0)
+    # The success rate's 95 % Wilson interval over the summary's images (80 of 100).
+    assert check.interval == pytest.approx((0.7112, 0.8666), abs=1e-4)
+    assert "'gd': success rate 80.0% [71.1%, 86.7%] of 100 images" in check.evidence
     assert "mean p(target) 0.97" in check.evidence
     assert not claims.check_adversarial({**ADVERSARIAL, "default_method": "fgsm"}).holds
-    # With the number of images, the success rate's 95 % Wilson interval (80 of 100).
-    check = claims.check_adversarial({**ADVERSARIAL, "num_images": 100})
-    assert "80.0% [71.1%, 86.7%] of 100 images" in check.evidence
+
+
+@pytest.mark.parametrize("successes, trials", [(0, 10), (5, 8), (80, 100), (10, 10), (501, 1000)])
+def test_success_interval_is_scipys_wilson_interval(successes, trials):
+    from scipy import stats
+
+    ci = stats.binomtest(successes, trials).proportion_ci(0.95, method="wilson")
+    assert claims.success_interval(successes, trials) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "successes, images, status, reading",
+    [
+        (195, 200, "holds", "97.5% [94.3%, 98.9%] of 200 images"),
+        (40, 200, "does not hold", "20.0% [15.0%, 26.1%] of 200 images"),
+        (5, 8, "undecided", "62.5% [30.6%, 86.3%] of 8 images"),
+    ],
+)
+def test_adversarial_verdict_reads_the_success_rates_interval(successes, images, status, reading):
+    (verdict,) = verdicts.check_claims({}, default_attack(successes, images))[-1:]
+    assert verdict.status == f"{status} (1 model)"
+    assert (verdict.held, verdict.total) == (int(status == verdicts.HOLDS), 1)
+    assert f"success rate {reading} (95 % interval; needs > 50%); the interval " in verdict.evidence
+    assert verdict.evidence.endswith(
+        {
+            "holds": "lies above 50%",
+            "does not hold": "lies below 50%",
+            "undecided": "straddles 50%: at this rate about 57 images would decide it",
+        }[status]
+    )
+
+
+def test_images_needed_is_the_fewest_whose_interval_decides():
+    region = (0.5, 1.0)
+    assert verdicts.images_needed(0.625, region) == 57
+    assert claims.success_interval(35, 56)[0] < 0.5 < claims.success_interval(36, 57)[0]
+    assert verdicts.images_needed(0.625, region, limit=56) is None
+    assert verdicts.images_needed(0.5, region) is None  # the interval always straddles 50 %
+
+
+def test_adversarial_claim_without_an_image_count_is_not_checked():
+    no_count = {k: v for k, v in ADVERSARIAL.items() if k != "num_images"}
+    (verdict,) = verdicts.check_claims({}, no_count)[-1:]
+    assert verdict.status == verdicts.NOT_CHECKED_INCOMPLETE
+    assert verdict.evidence == (
+        "adversarial/summary.json (gd) has no num_images: no interval for its success rate 80.0%"
+    )
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ ADVERSARIAL = {  # the shape the attack writes
     },
     "default_method": "gd",
     "threshold": 0.95,
+    "num_images": 100,
 }
 
 
