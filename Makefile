@@ -83,7 +83,14 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 
 env: $(ENV)  ## create the virtual environment, install requirements.txt and the package
 
-reproduce: $(EXPERIMENTS)  ## set up, then run every experiment, the attack, theory, figures, report
+# On a CPU two experiments train at a time, the ConvNets first: two processes share two cores
+# better than one process's threads (docs/speed-cpu.md). One at a time where a jax accelerator
+# plugin is installed (one process holds the chip) or JOBS=1.
+JOBS ?= $(shell $(PYTHON) -c "from fmnist_jax import runtime; \
+	print(1 if runtime.installed_plugins() else 2)" 2>/dev/null || echo 1)
+
+reproduce: $(ENV)  ## set up, then run every experiment, the attack, theory, figures, report
+	$(MAKE) -j$(JOBS) cnn cnn-dropout mlp mlp-dropout linreg
 	$(MAKE) adversarial theory figures report
 
 # Both models' whole dropout-rate populations at 5 seeds, each member trained once (the

@@ -53,9 +53,9 @@ class ChunkProgress:
     """Called at chunk ends; logs steps/s, % done, ETA every `every_steps` (0: `every_secs` s)."""
 
     def __init__(
-        self, num_steps: int, first_step: int, writer=None, every_steps=0, every_secs=30.0
+        self, num_steps, first_step, writer=None, every_steps=0, every_secs=30.0, name=""
     ):
-        self.num_steps, self.writer = num_steps, writer
+        self.num_steps, self.writer, self.prefix = num_steps, writer, f"{name}: " if name else ""
         self.every_steps, self.every_secs = every_steps, every_secs
         self._start = self._last_t = time.monotonic()
         self._last_step, self._parts = first_step, {}
@@ -75,7 +75,7 @@ class ChunkProgress:
         t = time.monotonic() if t is None else t
         rate = (step - self._last_step) / max(t - self._last_t, 1e-9)
         line = (
-            f"{rate:.1f} steps/s, {100 * step / self.num_steps:.1f}% ({step}/{self.num_steps}),"
+            f"{self.prefix}{rate:.1f} steps/s, {100 * step / self.num_steps:.1f}% ({step}/{self.num_steps}),"
             f" ETA {_duration((self.num_steps - step) / rate)}"
         )
         if self._parts:

@@ -187,7 +187,7 @@ def _loop(run: LoopContext, state, acc, dropout_rng):
     feed = feeds.make_feed(run.steps, run.dataset, config, initial_step)
     writer = events.progress_writer(run.writers) if run.is_writer else None
     report = progress_lib.ChunkProgress(
-        num_steps, initial_step, writer, config.get("progress_every_steps", 0)
+        num_steps, initial_step, writer, config.get("progress_every_steps", 0), name=config.name
     )
     profile = progress_lib.Profile(
         str(run.workdir), initial_step + config.profile_first_step, config.profile_steps
@@ -269,7 +269,8 @@ def _evaluate_and_log(run: LoopContext, step: int, train_metrics, state, feed) -
         for record in records:
             rundir.append_record(run.workdir, record)
             events.write_record(run.writers, record)
-        logging.info("%s", progress_lib.format_records(records, config.num_train_steps))
+        line = progress_lib.format_records(records, config.num_train_steps)
+        logging.info("%s: %s", config.name, line)  # named: two runs may share a terminal
     if run.live:
         run.live.evaluated(records)
     if run.on_eval:
