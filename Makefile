@@ -142,6 +142,11 @@ lint: $(ENV) $(DEV)  ## ruff lint and format check
 format: $(ENV) $(DEV)  ## ruff format the code in place
 	$(PYTHON) -m ruff format $(LINT_PATHS)
 
+# The command as typed, for a training run's refusal of a folder trained with another config:
+# it names this command with another RUNS (fmnist_jax/rundir.py).
+$(EXPERIMENTS) cnn-bn sweep: export FMNIST_MAKE_COMMAND = $(strip make $(MAKECMDGOALS) \
+	$(filter-out RUNS=%,$(MAKEOVERRIDES)) RUNS=$(RUNS))
+
 linreg: $(ENV)  ## exercise 2.1: linear regression, SGD lr 1e-4 -> runs/linreg
 	$(PYTHON) -m fmnist_jax.main --config experiments/linreg.py --workdir $(RUNS)/linreg \
 		--config.num_replicas=$(LINREG_REPLICAS)
