@@ -148,6 +148,13 @@ lint: $(ENV) $(DEV)  ## ruff lint and format check
 format: $(ENV) $(DEV)  ## ruff format the code in place
 	$(PYTHON) -m ruff format $(LINT_PATHS)
 
+# The command as typed (the outermost make's: a sub-make inherits it), for a training run's
+# refusal of a folder trained with another config: it names this command with another RUNS
+# (fmnist_jax/rundir.py).
+TYPED := $(or $(FMNIST_MAKE_COMMAND),$(strip make $(MAKECMDGOALS) \
+	$(filter-out RUNS=%,$(MAKEOVERRIDES)) RUNS=$(RUNS)))
+$(EXPERIMENTS) cnn-bn sweep reproduce study: export FMNIST_MAKE_COMMAND = $(TYPED)
+
 linreg: $(ENV)  ## exercise 2.1: linear regression, SGD lr 1e-4 -> runs/linreg
 	$(PYTHON) -m fmnist_jax.main --config experiments/linreg.py --workdir $(RUNS)/linreg \
 		--config.num_replicas=$(LINREG_REPLICAS)

@@ -20,6 +20,8 @@ import dataclasses
 import errno
 import json
 import os
+import re
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -83,23 +85,44 @@ RESUMABLE_FIELDS = (
 )  # fmt: skip
 
 
+# Set by the Makefile's training targets: the make command running, ending in RUNS=<its runs
+# folder>, so that a refusal names the make command that trains elsewhere.
+MAKE_COMMAND = "FMNIST_MAKE_COMMAND"
+
+
 def check_same_run(workdir: Path, config: dict) -> None:
     """RunError naming every field, with both values, where the config the workdir's run was
-    trained with differs from `config` in a field that changes the trained model."""
+    trained with differs from `config` in a field that changes the trained model, and the
+    commands that train `config` elsewhere or there."""
     saved = read_json(Path(workdir) / CONFIG_FILE)
     if saved is None:
         return
     absent = "(absent)"
-    differ = [
-        f"{k}={saved.get(k, absent)!r} there, {config.get(k, absent)!r} here"
+    changed = [
+        k
         for k in sorted(saved.keys() | config.keys())
         if k not in RESUMABLE_FIELDS and saved.get(k, absent) != config.get(k, absent)
     ]
-    if differ:
+    if changed:
+        differ = [
+            f"{k}={saved.get(k, absent)!r} there, {config.get(k, absent)!r} here" for k in changed
+        ]
         raise RunError(
-            f"{workdir} holds a run trained with another config ({'; '.join(differ)}); use"
-            " another --workdir, or delete that one to train this config there"
+            f"{workdir} holds a run trained with another config ({'; '.join(differ)});"
+            f" {_elsewhere(Path(workdir), {k: config[k] for k in changed if k in config})},"
+            f" or delete that one (rm -rf {shlex.quote(str(workdir))}) to train this config there"
         )
+
+
+def _elsewhere(workdir: Path, changed: dict) -> str:
+    """How to train a config that changes `changed` in another folder named after them: the make
+    command with a subfolder of RUNS when make started this, another --workdir otherwise."""
+    name = re.sub(r"[^\w.-]", "", "_".join(f"{k}{v}" for k, v in changed.items()))
+    name = name if 0 < len(name) <= 40 else "other"
+    if make := os.environ.get(MAKE_COMMAND):
+        return f"train this one elsewhere ({make}/{name})"
+    other = shlex.quote(str(workdir.parent / name / workdir.name))
+    return f"use another --workdir ({other}, say)"
 
 
 def write_summary(workdir: Path, summary: dict) -> None:

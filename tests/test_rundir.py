@@ -4,6 +4,7 @@ writer lock, the write check, disk-full detection."""
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,16 +71,64 @@ def test_read_run_refuses_a_missing_folder_or_one_without_config(tmp_path):
         rundir.read_run(tmp_path)
 
 
-def test_a_workdir_of_another_run_is_refused_naming_each_field_with_both_values(tmp_path):
+def test_a_workdir_of_another_run_is_refused_naming_each_field_with_both_values(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv(rundir.MAKE_COMMAND, raising=False)
     saved = {"model": "cnn", "dropout_rate": 0.0, "seed": 0, "num_train_steps": 24}
     rundir.write_config(tmp_path, saved)
     rundir.check_same_run(tmp_path, {**saved, "num_train_steps": 48, "eval_every_steps": 4})
     with pytest.raises(RunError) as e:
         rundir.check_same_run(tmp_path, {**saved, "dropout_rate": 0.25, "seed": 1, "new": 2})
+    other = tmp_path.parent / "dropout_rate0.25_new2_seed1" / tmp_path.name
     assert str(e.value).count("\n") == 0 and (
         "another config (dropout_rate=0.0 there, 0.25 here; new='(absent)' there, 2 here;"
-        " seed=0 there, 1 here)"
+        f" seed=0 there, 1 here); use another --workdir ({other}, say), or delete that one"
+        f" (rm -rf {tmp_path}) to train this config there"
     ) in str(e.value)
+
+
+def test_under_make_the_refusal_names_the_make_command_with_another_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv(rundir.MAKE_COMMAND, "make mlp REPLICAS=5 RUNS=runs")
+    rundir.write_config(tmp_path, {"num_replicas": 3})
+    with pytest.raises(RunError) as e:
+        rundir.check_same_run(tmp_path, {"num_replicas": 5})
+    assert str(e.value).endswith(
+        "(num_replicas=3 there, 5 here); train this one elsewhere (make mlp REPLICAS=5"
+        f" RUNS=runs/num_replicas5), or delete that one (rm -rf {tmp_path}) to train this"
+        " config there"
+    )
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize(
+    "goal, run, there, here", [("mlp", "mlp", 3, 5), ("reproduce", "cnn", 3, 8)]
+)
+def test_a_make_target_refused_names_itself_as_typed_with_another_runs(
+    tmp_path, goal, run, there, here
+):
+    """`make reproduce` trains its ConvNets first, in a sub-make: the line names the outer
+    command (JOBS=1: one experiment at a time, so that the refusal ends it)."""
+    from fmnist_jax import config as config_lib
+    from fmnist_jax import population
+    from tests.conftest import REPO
+
+    (tmp_path / run).mkdir()
+    trained = config_lib.load_experiment(run)
+    trained.num_replicas = there
+    rundir.write_config(tmp_path / run, population.resolved(trained).to_dict())
+    typed = [goal, f"REPLICAS={here}", f"RUNS={tmp_path}", f"PYTHON={sys.executable}", "JOBS=1"]
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")  # of a `make test` running this test
+    env = {k: v for k, v in os.environ.items() if k not in outer}
+    make = ["make", "-s", "-C", str(REPO), *typed]
+    result = subprocess.run(make, env=env, capture_output=True, text=True, check=False, timeout=120)
+    expected = (
+        f"error: {tmp_path / run} holds a run trained with another config (num_replicas={there}"
+        f" there, {here} here); train this one elsewhere (make {goal} JOBS=1 PYTHON={sys.executable}"
+        f" REPLICAS={here} RUNS={tmp_path}/num_replicas{here}), or delete that one"
+        f" (rm -rf {tmp_path / run}) to train this config there"
+    )
+    assert result.returncode == 2 and expected in result.stderr.splitlines(), result.stderr
 
 
 def test_only_checkpoints_orbax_finished_count_and_the_others_are_set_aside(tmp_path):
