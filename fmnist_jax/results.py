@@ -136,6 +136,7 @@ def quoted_numbers(text: str) -> list[str]:
 
 
 def _leaves(tree) -> Iterator:
+    """Every value of a JSON tree that is neither a mapping nor a list."""
     if isinstance(tree, Mapping):
         tree = list(tree.values())
     if isinstance(tree, list | tuple):
