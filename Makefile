@@ -198,7 +198,7 @@ sweep: $(ENV)  ## exercise 2.4: dropout rates 0-0.5 x seeds: the experiments' ru
 figures: $(ENV)  ## figures 2-6 from the runs' metrics.jsonl -> figures/
 	$(PYTHON) -m fmnist_jax.plotting --runs $(RUNS) --out figures
 
-report: $(ENV)  ## REPORT.md: figures, numbers, the exercise's claims checked
+report: $(ENV)  ## REPORT.md (figures, numbers, the exercise's claims checked) and its numbers in results.json
 	$(PYTHON) -m fmnist_jax.report --runs $(RUNS) --figures figures --out REPORT.md
 
 clean-runs:  ## delete runs/ and figures/ (all checkpoints and logs!)

@@ -75,7 +75,8 @@ class ChunkProgress:
         t = time.monotonic() if t is None else t
         rate = (step - self._last_step) / max(t - self._last_t, 1e-9)
         line = (
-            f"{self.prefix}{rate:.1f} steps/s, {100 * step / self.num_steps:.1f}% ({step}/{self.num_steps}),"
+            f"{self.prefix}{rate:.1f} steps/s,"
+            f" {100 * step / self.num_steps:.1f}% ({step}/{self.num_steps}),"
             f" ETA {_duration((self.num_steps - step) / rate)}"
         )
         if self._parts:

@@ -2,7 +2,8 @@
 
     python -m fmnist_jax.report --runs runs --figures figures --out REPORT.md
 
-Each experiment contributes what it declares (`fmnist_jax.declarations`).
+Each experiment contributes what it declares (`fmnist_jax.declarations`); the numbers it quotes
+go to results.json beside the report, with the commit, date and machine (`fmnist_jax.results`).
 """
 
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from absl import flags
 
-from fmnist_jax import claims, cli, declarations, replicas, rundir, splits, verdicts
+from fmnist_jax import claims, cli, declarations, results, rundir, splits, verdicts
 from fmnist_jax.claims import ADVERSARIAL_RUN
 from fmnist_jax.config import experiment_names
 from fmnist_jax.rundir import Run
@@ -84,13 +85,12 @@ def _at_step(s: Mapping, key: str, kind: str) -> str:
 
 
 def _gap(s: Mapping) -> str:
-    try:
-        gaps = [claims.final_gap(result) for result in s.get("replicas") or [s]]
-    except claims.MissingData:
+    gap = results.final_gap(s)
+    if gap is None:
         return "—"
-    if len(gaps) == 1:
-        return _fmt(gaps[0])
-    return _mean_interval(sum(gaps) / len(gaps), *replicas.interval(gaps), "loss")
+    if gap["n"] == 1:
+        return _fmt(gap["mean"])
+    return _mean_interval(gap["mean"], *gap["interval"], "loss")
 
 
 RESULTS_HEADER = (
@@ -231,12 +231,18 @@ def theory_section(theory: Mapping | None) -> str:
     )
 
 
+def load_sweep(runs_dir: Path) -> dict | None:
+    """`make sweep`'s sweep.json (None when it has not run)."""
+    from fmnist_jax import sweep
+
+    return rundir.read_json(runs_dir / sweep.SWEEP_DIR / sweep.RESULT_FILE)
+
+
 def sweep_section(runs_dir: Path, out_dir: Path) -> str:
     """`make sweep`'s table, verdicts and figure (a note when it has not run)."""
     from fmnist_jax import sweep
 
-    folder = runs_dir / sweep.SWEEP_DIR
-    result = rundir.read_json(folder / sweep.RESULT_FILE)
+    folder, result = runs_dir / sweep.SWEEP_DIR, load_sweep(runs_dir)
     if result is None:
         return f"*Not run yet: `make sweep` writes {folder / sweep.RESULT_FILE}.*"
     figure = _image(folder / sweep.FIGURE_FILE, sweep.CAPTION, out_dir, "figure missing")
@@ -249,9 +255,10 @@ def render_report(
     figures_dir: Path,
     runs_dir: Path,
     out_dir: Path,
-    attacks: Mapping[str, Sequence[Mapping]] | None = None,
+    checked: Sequence[Verdict],
 ) -> str:
-    """The whole report as markdown; image links are relative to `out_dir`."""
+    """The whole report as markdown, with the claims' verdicts `checked`; image links are
+    relative to `out_dir`."""
     theory = rundir.read_json(runs_dir / THEORY_FILE)
     sections = [
         "# Fashion-MNIST ConvNets: reproduction report",
@@ -259,8 +266,7 @@ def render_report(
         + " every number is read from the runs' `summary.json` and `metrics.jsonl`.",
         "## Data\n\n" + data_section(runs),
         "## Theory (exercise §1)\n\n" + theory_section(theory),
-        "## Claims of the exercise\n\n"
-        + claims_table(verdicts.check_claims(runs, adversarial, attacks)),
+        "## Claims of the exercise\n\n" + claims_table(checked),
         "## Results\n\n" + results_table(runs),
         "## Figures\n\n" + figures_section(figures_dir, out_dir, runs),
         "## Adversarial examples\n\n" + adversarial_section(adversarial, runs_dir, out_dir),
@@ -273,15 +279,20 @@ def render_report(
 def write_report(
     runs_dir: str | os.PathLike, figures_dir: str | os.PathLike, out: str | os.PathLike
 ) -> Path:
-    """Reads the runs, checks the claims and writes the markdown report to `out`."""
+    """Reads the runs, checks the claims, writes the markdown report to `out` and its numbers
+    beside it (`results.RESULTS_FILE`)."""
     runs_dir, figures_dir, out = Path(runs_dir), Path(figures_dir), Path(out)
     runs = load_runs(runs_dir)
     for name in (name for name, run in runs.items() if run is None):
         print(f"warning: run {runs_dir / name} missing (no summary.json)", file=sys.stderr)
     adversarial, attacks = load_adversarial(runs_dir), load_attack_replicas(runs_dir)
-    text = render_report(runs, adversarial, figures_dir, runs_dir, out.parent, attacks)
+    checked = verdicts.check_claims(runs, adversarial, attacks)
+    text = render_report(runs, adversarial, figures_dir, runs_dir, out.parent, checked)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+    theory, sweep = rundir.read_json(runs_dir / THEORY_FILE), load_sweep(runs_dir)
+    numbers = results.collect(_finished(runs), checked, adversarial, sweep, theory)
+    rundir.write_json(out.parent / results.RESULTS_FILE, numbers)
     return out
 
 
@@ -295,7 +306,8 @@ def define_flags() -> None:
 
 
 def main() -> None:
-    print(f"wrote {write_report(FLAGS.runs, FLAGS.figures, FLAGS.out)}")
+    out = write_report(FLAGS.runs, FLAGS.figures, FLAGS.out)
+    print(f"wrote {out} and {out.parent / results.RESULTS_FILE}")
 
 
 if __name__ == "__main__":

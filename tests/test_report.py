@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_jax import report, rundir, splits
+from fmnist_jax import replicas, report, rundir, splits
 from fmnist_jax.errors import RunError
 from tests.conftest import REPO
 from tests.test_declarations import add_cnn_bn, experiments_copy
@@ -203,8 +203,8 @@ def test_a_run_of_replicas_shows_each_number_as_mean_and_interval():
         for a, l in ((0.90, 0.30), (0.92, 0.32), (0.91, 0.31))
     ]
     stats = {
-        "final_test_accuracy": report.replicas.statistics([0.90, 0.92, 0.91]),
-        "final_test_loss": report.replicas.statistics([0.30, 0.32, 0.31]),
+        "final_test_accuracy": replicas.statistics([0.90, 0.92, 0.91]),
+        "final_test_loss": replicas.statistics([0.30, 0.32, 0.31]),
     }
     s = {"model": "mlp", "num_replicas": 3, "replicas": results, "statistics": stats}
     row = report.summary_row("mlp", s)
@@ -309,7 +309,7 @@ def test_cli_writes_the_report_and_warns_of_missing_runs(tmp_path):
         "-m", "fmnist_jax.report", "--runs", str(runs), "--figures", str(figures), "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"wrote {out}"
+    assert result.stdout.strip() == f"wrote {out} and {tmp_path / 'results.json'}"
     assert f"warning: run {runs / 'cnn_dropout'} missing (no summary.json)" in result.stderr
     assert out.read_text().startswith("# Fashion-MNIST ConvNets: reproduction report")
 

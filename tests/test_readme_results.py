@@ -1,0 +1,38 @@
+"""README.md's Results section quotes only numbers the committed results file holds
+(results.COMMITTED, written by `make report` after a fresh-clone `make study`), and names that
+file's commit and date; with no committed file it quotes no number at all."""
+
+import json
+
+from fmnist_jax import report, results
+from tests.conftest import REPO
+from tests.test_report import write_runs
+
+
+def test_readmes_results_quote_only_the_committed_results_file():
+    section = results.section((REPO / "README.md").read_text(), "Results")
+    assert section.strip(), "README.md has no '## Results' section"
+    assert results.COMMITTED in section  # where its numbers come from
+    committed = REPO / results.COMMITTED
+    found = json.loads(committed.read_text()) if committed.is_file() else None
+    unquoted = results.unquoted(section, found)
+    where = results.COMMITTED if found else f"no number until {results.COMMITTED} is committed"
+    assert not unquoted, f"README.md's Results quote numbers not in {where}: {unquoted}"
+    if found:
+        provenance = found["provenance"]
+        assert provenance["commit"][:7] in section and provenance["date"][:10] in section
+
+
+def test_the_check_names_a_number_the_file_does_not_hold(tmp_path):
+    """README-style quotes of a synthetic run set's results.json pass; one altered number is
+    named, and only it."""
+    runs, figures = write_runs(tmp_path)
+    out = report.write_report(runs, figures, tmp_path / "REPORT.md")
+    found = json.loads((out.parent / results.RESULTS_FILE).read_text())
+    quote = (
+        "| `mlp` | 1 | accuracy {acc} % (best 89.30 %); minimum test loss 0.3000 at step 10,000 |\n"
+        "| `adversarial` | | 80.0 % of images reach p(target) ≥ 0.95, median L1 12.50 |\n"
+        "Dropout changes the MLP's final test loss by -0.0700 nats."
+    )
+    assert results.unquoted(quote.format(acc="88.50"), found) == []
+    assert results.unquoted(quote.format(acc="88.60"), found) == ["88.60"]
