@@ -52,9 +52,7 @@ def format_records(records: list[dict], num_steps: int | None = None) -> str:
 class ChunkProgress:
     """Called at chunk ends; logs steps/s, % done, ETA every `every_steps` (0: `every_secs` s)."""
 
-    def __init__(
-        self, num_steps, first_step, writer=None, every_steps=0, every_secs=30.0, name=""
-    ):
+    def __init__(self, num_steps, first_step, writer=None, every_steps=0, every_secs=30.0, name=""):
         self.num_steps, self.writer, self.prefix = num_steps, writer, f"{name}: " if name else ""
         self.every_steps, self.every_secs = every_steps, every_secs
         self._start = self._last_t = time.monotonic()

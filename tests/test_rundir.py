@@ -125,7 +125,8 @@ def test_a_make_target_refused_names_itself_as_typed_with_another_runs(
     expected = (
         f"error: {tmp_path / run} holds a run trained with another config (num_replicas={there}"
         f" there, {here} here); train this one elsewhere (make {goal} JOBS=1"
-        f" PYTHON={sys.executable} REPLICAS={here} RUNS={tmp_path}/num_replicas{here}), or delete that one"
+        f" PYTHON={sys.executable} REPLICAS={here} RUNS={tmp_path}/num_replicas{here}), or"
+        " delete that one"
         f" (rm -rf {tmp_path / run}) to train this config there"
     )
     assert result.returncode == 2 and expected in result.stderr.splitlines(), result.stderr
