@@ -98,6 +98,7 @@ reproduce: $(ENV)  ## set up, then run every experiment, the attack, theory, fig
 study:  ## reproduce, sweep and adversarial-replicas at 5 seeds -> runs/study, REPORT.md
 	$(MAKE) reproduce sweep adversarial-replicas report RUNS=$(RUNS)/study \
 	  REPLICAS=$(or $(REPLICAS),5)
+	mkdir -p results && cp results.json results/study.json  # what README.md quotes, once committed
 
 # Beyond the exercise: does dropout change the noise the attack needs? Every replica of cnn and
 # cnn_dropout, the same 200 images and targets, the exercise's rule and minl1.
