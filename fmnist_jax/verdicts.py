@@ -75,22 +75,29 @@ def images_needed(rate: float, region: Sequence[float], limit: int = MAX_IMAGES)
     return None
 
 
+def _reading(word: str, ends: str, needed: int | None, what: str, replicas_now: int = 0) -> str:
+    """How an interval reads against the threshold `ends`; undecided, how many `what`
+    ("replicas", "images") would decide it at this spread or rate (`needed`; None: none)."""
+    reading = {
+        HOLDS: f"the interval clears the threshold {ends}",
+        FAILS: f"the interval lies on the wrong side of {ends}",
+        UNDECIDED: f"the interval straddles {ends}",
+    }[word]
+    if word != UNDECIDED:
+        return reading
+    if replicas_now:
+        reading += f": not distinguishable at R = {replicas_now}"
+    basis = "rate" if what == "images" else "spread"
+    if needed is None:
+        return f"{reading}; no number of {what} at this {basis} decides it"
+    return f"{reading}; at this {basis} about {needed:,} {what} would decide it"
+
+
 def rate_verdict(claim: str, check: Check) -> Verdict:
     """One model's verdict on a success rate: its interval (`check.interval`) read by `decide`."""
     word = decide(check.interval, check.region)
-    start = f"{check.region[0]:.0%}"
-    reading = {
-        HOLDS: f"the interval lies above {start}",
-        FAILS: f"the interval lies below {start}",
-        UNDECIDED: f"the interval straddles {start}",
-    }[word]
-    if word == UNDECIDED:
-        needed = images_needed(check.effect, check.region)
-        reading += (
-            f": at this rate about {needed:,} images would decide it"
-            if needed
-            else f": at this rate no number of images up to {MAX_IMAGES:,} decides it"
-        )
+    needed = images_needed(check.effect, check.region) if word == UNDECIDED else None
+    reading = _reading(word, f"{check.region[0]:.0%}", needed, "images")
     evidence = f"{check.evidence}; {reading}"
     return Verdict(claim, f"{word} (1 model)", evidence, int(word == HOLDS), 1)
 
@@ -105,18 +112,8 @@ def summarize_checks(claim: str, checks: Sequence[Check], effect: str, unit: str
     word = decide((low, high), checks[0].region)
     unit_text = "" if unit in ("step", "%") else f" {unit}"
     ends = " and ".join(_fmt_effect(e, unit) for e in checks[0].region if math.isfinite(e))
-    reading = {
-        HOLDS: f"the interval clears the threshold {ends}",
-        FAILS: f"the interval lies on the wrong side of {ends}",
-        UNDECIDED: f"the interval straddles {ends}: not distinguishable at R = {total}",
-    }[word]
-    if word == UNDECIDED:
-        needed = replicas_needed(stats, checks[0].region)
-        reading += (
-            f"; at this spread about {needed} replicas would decide it"
-            if needed
-            else "; no replica count at this spread decides it"
-        )
+    needed = replicas_needed(stats, checks[0].region) if word == UNDECIDED else None
+    reading = _reading(word, ends, needed, "replicas", total)
     evidence = (
         f"{effect} {_fmt_effect(stats['mean'], unit)} [{_fmt_effect(low, unit)},"
         f" {_fmt_effect(high, unit)}]{unit_text} (mean, 95 % interval over {total} replicas;"

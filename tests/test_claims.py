@@ -159,9 +159,9 @@ def test_adversarial_verdict_reads_the_success_rates_interval(successes, images,
     assert f"success rate {reading} (95 % interval; needs > 50%); the interval " in verdict.evidence
     assert verdict.evidence.endswith(
         {
-            "holds": "lies above 50%",
-            "does not hold": "lies below 50%",
-            "undecided": "straddles 50%: at this rate about 57 images would decide it",
+            "holds": "clears the threshold 50%",
+            "does not hold": "lies on the wrong side of 50%",
+            "undecided": "straddles 50%; at this rate about 57 images would decide it",
         }[status]
     )
 
