@@ -7,6 +7,7 @@ import sys
 import tempfile
 import time
 import types
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -73,6 +74,30 @@ def test_first_cell_on_colab_keeps_a_supported_jax(old_jax, monkeypatch, capsys)
         assert jax_args == [] and "--no-deps" in args, calls
         version = runtime.installed_version("jax")
         assert line.startswith(f"found jax {version} (the runtime's, kept; tested >=0.10.2,<")
+
+
+def _code_cell(starts: str) -> str:
+    return next(c.source for c in _read().cells if c.source.startswith(starts))
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "devices", "replicas"),
+    [(True, 8, 8), (True, 1, 4), (True, 2, 4), (True, 3, 6), (True, 16, 16), (False, 1, 1)],
+)
+def test_parameters_fill_the_devices_on_an_accelerator(accelerator, devices, replicas, monkeypatch):
+    """On an accelerator the whole exercise at its own length, its replicas a multiple of the
+    device count (at least 4); on a CPU the two ConvNets, one seed, 2,000 steps."""
+    for name in [k for k in os.environ if k.startswith("FMNIST_NOTEBOOK_")]:
+        monkeypatch.delenv(name)
+    fake_jax = types.SimpleNamespace(device_count=lambda: devices)
+    found = {"os": os, "Path": Path, "jax": fake_jax, "ACCELERATOR": accelerator}
+    exec(compile(_code_cell("def param("), "colab.ipynb, parameters", "exec"), found)  # noqa: S102
+    assert found["REPLICAS"] == replicas and found["FULL"] == accelerator
+    if accelerator:
+        assert found["EXPERIMENTS"] == ["linreg", "mlp", "mlp_dropout", "cnn", "cnn_dropout"]
+        assert (found["STEPS"], found["ATTACK_IMAGES"], found["ATTACK_METHODS"]) == (0, 1000, "")
+    else:
+        assert (found["EXPERIMENTS"], found["STEPS"]) == (["cnn", "cnn_dropout"], 2000)
 
 
 @pytest.fixture
