@@ -14,9 +14,7 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-import jax
-
-from fmnist_jax import claims, replicas
+from fmnist_jax import claims, replicas, runtime
 from fmnist_jax.summary import RESULT_FIELDS
 from fmnist_jax.verdicts import Verdict
 
@@ -70,9 +68,8 @@ def provenance() -> dict:
             "cores": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
-        },
+            "jax": runtime.installed_version("jax"),
+        },  # no backend: the report never starts one (each run's summary names its own)
     }
 
 

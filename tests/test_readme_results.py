@@ -1,8 +1,9 @@
-"""README.md's Results section quotes only numbers the committed results file holds
-(results.COMMITTED, written by `make report` after a fresh-clone `make study`), and names that
-file's commit and date; with no committed file it quotes no number at all."""
+"""README.md's Results section quotes only numbers the committed results file it names holds
+(results/<name>.json: a fresh clone's results.json, written by `make report`), and names that
+file's commit and date; naming a file not committed, it quotes no number at all."""
 
 import json
+import re
 
 from fmnist_jax import report, results
 from tests.conftest import REPO
@@ -12,11 +13,12 @@ from tests.test_report import write_runs
 def test_readmes_results_quote_only_the_committed_results_file():
     section = results.section((REPO / "README.md").read_text(), "Results")
     assert section.strip(), "README.md has no '## Results' section"
-    assert results.COMMITTED in section  # where its numbers come from
-    committed = REPO / results.COMMITTED
+    named = re.findall(r"results/[\w.-]+\.json", section)  # where its numbers come from
+    assert named, "README.md's Results section names no results/<name>.json"
+    committed = REPO / named[0]
     found = json.loads(committed.read_text()) if committed.is_file() else None
     unquoted = results.unquoted(section, found)
-    where = results.COMMITTED if found else f"no number until {results.COMMITTED} is committed"
+    where = named[0] if found else f"no number until {named[0]} is committed"
     assert not unquoted, f"README.md's Results quote numbers not in {where}: {unquoted}"
     if found:
         provenance = found["provenance"]

@@ -2,6 +2,7 @@
 every number the report quotes) and the rule that finds the numbers a text quotes."""
 
 import datetime
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -33,8 +34,8 @@ def test_the_file_names_the_commit_date_and_machine_that_wrote_it(written):
     written_at = datetime.datetime.fromisoformat(p["date"])
     assert written_at.utcoffset() == datetime.timedelta(0)
     assert abs(datetime.datetime.now(datetime.UTC) - written_at).total_seconds() < 600
-    assert p["machine"]["cores"] >= 1 and p["machine"]["backend"] == "cpu"
-    assert p["machine"]["jax"] == results.jax.__version__ and p["machine"]["cpu"]
+    assert p["machine"]["cores"] >= 1 and "backend" not in p["machine"]
+    assert p["machine"]["jax"] == importlib.metadata.version("jax") and p["machine"]["cpu"]
 
 
 def test_outside_a_checkout_the_commit_is_unknown(monkeypatch):
