@@ -283,8 +283,9 @@ def write_report(
     beside it (`results.RESULTS_FILE`)."""
     runs_dir, figures_dir, out = Path(runs_dir), Path(figures_dir), Path(out)
     runs = load_runs(runs_dir)
-    for name in (name for name, run in runs.items() if run is None):
-        print(f"warning: run {runs_dir / name} missing (no summary.json)", file=sys.stderr)
+    for d in declarations.experiments(runs):  # those the report reads: a figure or claims
+        if runs[d.name] is None and (d.figure or d.claims):
+            print(f"warning: run {runs_dir / d.name} missing (no summary.json)", file=sys.stderr)
     adversarial, attacks = load_adversarial(runs_dir), load_attack_replicas(runs_dir)
     checked = verdicts.check_claims(runs, adversarial, attacks)
     text = render_report(runs, adversarial, figures_dir, runs_dir, out.parent, checked)
