@@ -1,8 +1,8 @@
 """results.json: every number REPORT.md quotes, with the commit, date and machine that wrote it,
 and the check that a text (README.md's Results section) quotes only numbers such a file holds.
 
-`make report` writes it beside REPORT.md; a fresh-clone `make study`'s copy is committed as
-results/study.json, the one source of the numbers README.md quotes (tests/test_readme_results.py).
+`make report` writes it beside REPORT.md; a fresh clone's copy committed as results/<name>.json
+is the one source of the numbers README.md quotes (tests/test_readme_results.py).
 """
 
 import dataclasses
@@ -19,7 +19,6 @@ from fmnist_jax.summary import RESULT_FIELDS
 from fmnist_jax.verdicts import Verdict
 
 RESULTS_FILE = "results.json"  # beside REPORT.md
-COMMITTED = "results/study.json"  # the copy README.md's Results section quotes
 # What REPORT.md quotes of a run's summary.json besides its RESULT_FIELDS (a run of one has
 # them at the top; docs/training.md says what each holds).
 RUN_FIELDS = (

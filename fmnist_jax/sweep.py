@@ -89,16 +89,18 @@ def train_all(runs_dir: Path, plan: Mapping[str, tuple], synthetic: bool = False
     from fmnist_jax import train
 
     for model, (rates, count, steps) in plan.items():
-        where = sources(model, rates, steps)
-        for rate, folder in where.items():
-            if folder != f"{SWEEP_DIR}/{model}":
-                print(f"sweep: {model} at rate {rate:g} is {runs_dir / folder}", flush=True)
-                train.train_and_evaluate(_experiment(folder, count, synthetic), runs_dir / folder)
-        rest = [rate for rate, folder in where.items() if folder == f"{SWEEP_DIR}/{model}"]
+        population = f"{SWEEP_DIR}/{model}"
+        rest = []
+        for rate, folder in sources(model, rates, steps).items():
+            if folder == population:
+                rest.append(rate)
+                continue
+            print(f"sweep: {model} at rate {rate:g} is {runs_dir / folder}", flush=True)
+            train.train_and_evaluate(_experiment(folder, count, synthetic), runs_dir / folder)
         if rest:
             config = sweep_config(model, rest, count, steps or None, synthetic)
             print(f"sweep: {model}, {len(rest)} rates x {count} seeds, one program", flush=True)
-            train.train_and_evaluate(config, runs_dir / SWEEP_DIR / model)
+            train.train_and_evaluate(config, runs_dir / population)
 
 
 def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
