@@ -61,7 +61,7 @@ ENV =
 DEV =
 endif
 
-.PHONY: help env reproduce study test test-latest gpu-prep lint format figures report adversarial adversarial-replicas bench theory sweep $(EXPERIMENTS) cnn-bn clean-runs
+.PHONY: help env reproduce chain-0 chain-1 study test test-latest gpu-prep lint format figures report adversarial adversarial-replicas bench theory sweep $(EXPERIMENTS) cnn-bn clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-21s %s\n", $$1, $$2}'
@@ -83,15 +83,22 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 
 env: $(ENV)  ## create the virtual environment, install requirements.txt and the package
 
-# On a CPU two experiments train at a time, the ConvNets first: two processes share two cores
-# better than one process's threads (docs/speed-cpu.md). One at a time where a jax accelerator
-# plugin is installed (one process holds the chip) or JOBS=1.
+# On a CPU two chains of experiments train at once, the ConvNets first, each process kept on
+# its half of the cores (FMNIST_CPU_SHARE, fmnist_jax/runtime.py): two processes share two cores
+# better than one process's threads, and better still one core each (docs/speed-cpu.md). One
+# experiment at a time where a jax accelerator plugin is installed (one process holds the
+# chip) or JOBS=1.
 JOBS ?= $(shell $(PYTHON) -c "from fmnist_jax import runtime; \
 	print(1 if runtime.installed_plugins() else 2)" 2>/dev/null || echo 1)
+CHAIN_0 = cnn mlp linreg
+CHAIN_1 = cnn-dropout mlp-dropout
 
 reproduce: $(ENV)  ## set up, then run every experiment, the attack, theory, figures, report
-	$(MAKE) -j$(JOBS) cnn cnn-dropout mlp mlp-dropout linreg
+	$(MAKE) -j$(JOBS) $(if $(filter 1,$(JOBS)),$(CHAIN_0) $(CHAIN_1),chain-0 chain-1)
 	$(MAKE) adversarial theory figures report
+
+chain-0 chain-1: chain-%:
+	for goal in $(CHAIN_$*); do $(MAKE) $$goal FMNIST_CPU_SHARE=$*/2 || exit 1; done
 
 # Both models' whole dropout-rate populations at 5 seeds, each member trained once (the
 # experiments are its rates 0 and 0.25), every ConvNet attacked; it resumes where it stopped.

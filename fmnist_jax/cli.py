@@ -162,7 +162,11 @@ def run(
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    runtime.configure_process()
+    try:
+        runtime.configure_process()
+    except ValueError as e:  # a malformed FMNIST_CPU_SHARE
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     if define_flags is not None:
         define_flags()
     if "verbose" not in FLAGS:

@@ -2,6 +2,8 @@
 back to Eigen (XLA_FLAGS); `malloc_hint()` says how to back XLA's buffers with huge pages
 (GLIBC_TUNABLES, read only at start-up). Neither changes what is computed; each applies only
 where it can, a user's own value wins, `FMNIST_CPU_TUNING=0` turns both off (docs/speed-cpu.md).
+`FMNIST_CPU_SHARE=k/n` keeps a process on the k-th of n parts of its cores (`share_cpus`): how
+`make reproduce` trains two experiments at once on a CPU.
 """
 
 import importlib.metadata
@@ -9,7 +11,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 
 OPT_OUT = "FMNIST_CPU_TUNING"
 XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
@@ -22,6 +24,7 @@ ACCELERATOR_PLUGINS = (
     "jax-rocm-plugin",
 )
 MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
+CPU_SHARE = "FMNIST_CPU_SHARE"
 SUPPORTED_JAX = ("0.10.2", "0.13")  # >= the first, < the second, as pyproject.toml declares
 
 
@@ -45,6 +48,32 @@ def tuned_glibc_tunables(current: str) -> str:
     if name in current:
         return current
     return f"{current}:{MALLOC_TUNABLE}" if current else MALLOC_TUNABLE
+
+
+def cpu_share(value: str, cores: Iterable[int]) -> list[int]:
+    """The cores of share "k/n" of `cores`: the k-th (from 0) of n near-equal runs of them in
+    order, or the single core k mod their count where there are fewer cores than shares."""
+    found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    k, n = (int(g) for g in found.groups()) if found else (0, 0)
+    if not 0 <= k < n:
+        raise ValueError(f"{CPU_SHARE}={value!r} is not a share k/n of the cores (0 <= k < n)")
+    cores = sorted(cores)
+    if n > len(cores):
+        return [cores[k % len(cores)]]
+    return cores[k * len(cores) // n : (k + 1) * len(cores) // n]
+
+
+def share_cpus(environ: Mapping[str, str] = os.environ) -> list[int] | None:
+    """Keeps this process, and the threads it starts from now on, on its `FMNIST_CPU_SHARE` of
+    the cores it may use; the cores, or None where unset or where the OS cannot. Before JAX's
+    first backend, which sizes XLA:CPU's thread pool by them: one single-threaded process per
+    core wastes less than two processes whose threads contend for both (docs/speed-cpu.md)."""
+    value = environ.get(CPU_SHARE, "").strip()
+    if not value or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = cpu_share(value, os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cores)
+    return cores
 
 
 def installed_version(distribution: str) -> str:
@@ -97,9 +126,11 @@ def configure_cpu(environ: MutableMapping[str, str] = os.environ) -> bool:
 
 def configure_process(environ: MutableMapping[str, str] = os.environ) -> bool:
     """Every command line's process settings (`cli.run`): TensorFlow's log lines off and
-    `XLA_FLAG` (XLA reads it at JAX's first backend, so after `import jax` is early enough);
-    True if the flag is in place."""
+    `XLA_FLAG` (XLA reads it at JAX's first backend, so after `import jax` is early enough) and
+    the cores of `FMNIST_CPU_SHARE` (ValueError on a malformed share); True if the flag is in
+    place."""
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    share_cpus(environ)
     return _add_xla_flag(environ)
 
 
@@ -149,4 +180,5 @@ def import_beside_tensorflow(name: str, missing: Callable[[str, str], object]):
 
 def process_settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The settings this process runs with, for a run's summary (its speed depends on them)."""
-    return {name: environ.get(name, "") for name in ("XLA_FLAGS", "GLIBC_TUNABLES", OPT_OUT)}
+    names = ("XLA_FLAGS", "GLIBC_TUNABLES", OPT_OUT, CPU_SHARE)
+    return {name: environ.get(name, "") for name in names}

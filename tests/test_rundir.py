@@ -102,34 +102,42 @@ def test_under_make_the_refusal_names_the_make_command_with_another_runs(tmp_pat
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize(
-    "goal, run, there, here", [("mlp", "mlp", 3, 5), ("reproduce", "cnn", 3, 8)]
-)
+    "goal, runs, jobs, there, here",
+    [("mlp", ["mlp"], 1, 3, 5), ("reproduce", ["cnn"], 1, 3, 8),
+     ("reproduce", ["cnn", "cnn_dropout"], 2, 3, 8)],
+)  # fmt: skip
 def test_a_make_target_refused_names_itself_as_typed_with_another_runs(
-    tmp_path, goal, run, there, here
+    tmp_path, goal, runs, jobs, there, here
 ):
-    """`make reproduce` trains its ConvNets first, in a sub-make: the line names the outer
-    command (JOBS=1: one experiment at a time, so that the refusal ends it)."""
+    """`make reproduce` trains its ConvNets first, in sub-makes (JOBS=2: two chains at once,
+    each on a share of the cores): each line names the outer command. JOBS=1 trains one
+    experiment at a time, so that one refusal ends it; with two chains both ConvNets are refused,
+    so that neither trains."""
     from fmnist_jax import config as config_lib
     from fmnist_jax import population
     from tests.conftest import REPO
 
-    (tmp_path / run).mkdir()
-    trained = config_lib.load_experiment(run)
-    trained.num_replicas = there
-    rundir.write_config(tmp_path / run, population.resolved(trained).to_dict())
-    typed = [goal, f"REPLICAS={here}", f"RUNS={tmp_path}", f"PYTHON={sys.executable}", "JOBS=1"]
+    for run in runs:
+        (tmp_path / run).mkdir()
+        trained = config_lib.load_experiment(run)
+        trained.num_replicas = there
+        rundir.write_config(tmp_path / run, population.resolved(trained).to_dict())
+    typed = [goal, f"REPLICAS={here}", f"RUNS={tmp_path}", f"PYTHON={sys.executable}"]
+    typed.append(f"JOBS={jobs}")
     outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")  # of a `make test` running this test
     env = {k: v for k, v in os.environ.items() if k not in outer}
     make = ["make", "-s", "-C", str(REPO), *typed]
-    result = subprocess.run(make, env=env, capture_output=True, text=True, check=False, timeout=120)
-    expected = (
-        f"error: {tmp_path / run} holds a run trained with another config (num_replicas={there}"
-        f" there, {here} here); train this one elsewhere (make {goal} JOBS=1"
-        f" PYTHON={sys.executable} REPLICAS={here} RUNS={tmp_path}/num_replicas{here}), or"
-        " delete that one"
-        f" (rm -rf {tmp_path / run}) to train this config there"
-    )
-    assert result.returncode == 2 and expected in result.stderr.splitlines(), result.stderr
+    result = subprocess.run(make, env=env, capture_output=True, text=True, check=False, timeout=180)
+    assert result.returncode == 2, result.stderr
+    for run in runs:
+        expected = (
+            f"error: {tmp_path / run} holds a run trained with another config"
+            f" (num_replicas={there} there, {here} here); train this one elsewhere (make {goal}"
+            f" JOBS={jobs} PYTHON={sys.executable} REPLICAS={here}"
+            f" RUNS={tmp_path}/num_replicas{here}), or delete that one"
+            f" (rm -rf {tmp_path / run}) to train this config there"
+        )
+        assert expected in result.stderr.splitlines(), result.stderr
 
 
 def test_only_checkpoints_orbax_finished_count_and_the_others_are_set_aside(tmp_path):

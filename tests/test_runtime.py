@@ -1,6 +1,7 @@
 """Tests for `fmnist_jax.runtime`: which XLA flag and malloc tunable a process gets, and that
 this jaxlib and glibc really honour them."""
 
+import functools
 import json
 import os
 import platform
@@ -163,3 +164,72 @@ def test_importing_tensorflow_for_the_writers_prints_no_onednn_notice():
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "oneDNN" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "cores", "expected"),
+    [
+        ("0/2", [0, 1], [0]),
+        ("1/2", [1, 0], [1]),
+        (" 1 / 2 ", range(8), [4, 5, 6, 7]),
+        ("1/3", range(4), [1]),
+        ("2/3", range(4), [2, 3]),
+        ("0/1", [3, 5], [3, 5]),
+        ("3/4", [6, 7], [7]),  # more shares than cores: one core each, in turn
+    ],
+)
+def test_cpu_share(value, cores, expected):
+    assert runtime.cpu_share(value, cores) == expected
+
+
+@pytest.mark.parametrize("value", ["2/2", "0/0", "-1/2", "1", "a/b", "1/2/3"])
+def test_cpu_share_refuses_what_is_not_a_share(value):
+    with pytest.raises(ValueError, match=f"FMNIST_CPU_SHARE={value!r} is not a share k/n"):
+        runtime.cpu_share(value, [0, 1])
+
+
+def cpu_list(cores):
+    """`cores` as the kernel's Cpus_allowed_list writes them ("0-3,6")."""
+    runs = []
+    for core in cores:
+        if runs and core == runs[-1][-1] + 1:
+            runs[-1].append(core)
+        else:
+            runs.append([core])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+SHOW_CORES = """
+import glob, os
+from fmnist_jax import cli
+def main():
+    import jax, jax.numpy as jnp
+    jax.jit(lambda x: x @ x)(jnp.ones((64, 64))).block_until_ready()
+    threads = set()
+    for status in glob.glob("/proc/self/task/*/status"):
+        lines = open(status).read().splitlines()
+        threads |= {line.split()[1] for line in lines if line.startswith("Cpus_allowed_list")}
+    print(sorted(os.sched_getaffinity(0)), sorted(threads))
+cli.run(main)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_a_command_line_and_its_xla_threads_keep_to_their_share_of_the_cores():
+    """Every thread of a command line, XLA's pool included, runs on the cores of its share; a
+    malformed share ends it at start-up in one line, exit status 2."""
+    cores = sorted(os.sched_getaffinity(0))
+    expected = runtime.cpu_share("1/2", cores)
+    env = dict(os.environ, PYTHONPATH=str(REPO), FMNIST_CPU_SHARE="1/2")
+    run = functools.partial(
+        subprocess.run, [sys.executable, "-c", SHOW_CORES], cwd=REPO, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    out = run(env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == f"{expected} {[cpu_list(expected)]}"
+    out = run(env=dict(env, FMNIST_CPU_SHARE="2/2"))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: FMNIST_CPU_SHARE='2/2' is not a share k/n of the cores (0 <= k < n)"
+    ]
