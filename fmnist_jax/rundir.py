@@ -24,6 +24,7 @@ import re
 import shlex
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,21 @@ class Run:
             return None
         steps, values = zip(*points, strict=True)
         return Curve(np.asarray(steps, np.int64), np.asarray(values, np.float64))
+
+
+def unpaired(groups: Mapping[str, Sequence[Run]]) -> str | None:
+    """None where member k of every group (`Run.member` views, labelled) has the seed and the
+    length of member k of the others, up to the fewest members: runs to compare member by
+    member. Else one line naming the first member that does not pair."""
+    for k in range(min(len(members) for members in groups.values())):
+        found = {
+            label: ((m[k].summary or {}).get("seed"), m[k].config.get("num_train_steps"))
+            for label, m in groups.items()
+        }
+        if len(set(found.values())) > 1:
+            told = "; ".join(f"{label}: seed {s}, {n} steps" for label, (s, n) in found.items())
+            return f"member {k} does not pair ({told}): train them with the same seeds and steps"
+    return None
 
 
 def read_run(workdir: str | Path) -> Run:

@@ -132,29 +132,14 @@ def model_verdict(per_rate: Mapping[float, Mapping[str, list[float]]]) -> dict:
     return verdict
 
 
-def _rows(run: rundir.Run, rate: float) -> list[dict]:
+def _members(run: rundir.Run, rate: float) -> list[rundir.Run]:
     """The members of `run` at dropout `rate`, in seed order (a plain run's are all at its own)."""
     if run.summary is None:
         raise UsageError(f"{run.path} has not finished: run the sweep again to resume")
-    own = run.config.get("dropout_rate")
-    rows = [r for r in run.summary["replicas"] if r.get("dropout_rate", own) == rate]
-    if not rows:
+    found = [m for m in run.members() if m.config.get("dropout_rate") == rate]
+    if not found:
         raise UsageError(f"{run.path} has no members at dropout rate {rate:g}")
-    return rows
-
-
-def paired(model: str, runs: Mapping[float, rundir.Run], rows: Mapping[float, list]) -> None:
-    """UsageError, in one line, unless every rate's members have the same seeds and steps."""
-    first = next(iter(rows))
-    for rate in rows:
-        seeds, steps = [r["seed"] for r in rows[rate]], runs[rate].config["num_train_steps"]
-        want = [r["seed"] for r in rows[first]], runs[first].config["num_train_steps"]
-        if (seeds, steps) != want:
-            raise UsageError(
-                f"{model}: the members at rate {rate:g} ({runs[rate].path}: seeds {seeds},"
-                f" {steps} steps) do not pair with those at rate {first:g} ({runs[first].path}:"
-                f" seeds {want[0]}, {want[1]} steps); train them with the same seeds and steps"
-            )
+    return found
 
 
 def collect(runs_dir: Path, plan: Mapping[str, tuple]) -> dict:
@@ -165,11 +150,18 @@ def collect(runs_dir: Path, plan: Mapping[str, tuple]) -> dict:
     for model, (rates, _, steps) in plan.items():
         where = sources(model, rates, steps)
         runs = {rate: rundir.read_run(runs_dir / folder) for rate, folder in where.items()}
-        rows = {rate: _rows(runs[rate], rate) for rate in rates}
-        paired(model, runs, rows)
-        per_rate = {rate: {f: [r[f] for r in rows[rate]] for f in FIELDS} for rate in rates}
+        members = {rate: _members(runs[rate], rate) for rate in rates}
+        labels = {f"rate {rate:g} ({runs[rate].path})": m for rate, m in members.items()}
+        unpaired = rundir.unpaired(labels)
+        if unpaired:
+            raise UsageError(f"{model}: {unpaired}")
+        count = min(len(m) for m in members.values())
+        per_rate = {
+            rate: {f: [m.summary[f] for m in members[rate][:count]] for f in FIELDS}
+            for rate in rates
+        }
         result["models"][model] = {
-            "num_replicas": len(rows[rates[0]]),
+            "num_replicas": count,
             "rates": {
                 f"{rate:g}": {f: replicas.statistics(v[f]) for f in FIELDS}
                 for rate, v in per_rate.items()

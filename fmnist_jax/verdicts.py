@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from fmnist_jax import claims, declarations, replicas
+from fmnist_jax import claims, declarations, replicas, rundir
 from fmnist_jax.claims import Check, MissingData
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.rundir import Run
@@ -215,21 +215,12 @@ def _checked(claim: str, runs: Mapping, names: Sequence[str], spec: Claim) -> Ve
     if missing:
         return Verdict(claim, NOT_CHECKED_MISSING_RUN, "missing: " + ", ".join(missing))
     count = min(runs[n].num_members for n in names)
-    member_runs = [[runs[n].member(k) for n in names] for k in range(count)]
-    unpaired = _unpaired(member_runs)
+    groups = {n: [runs[n].member(k) for k in range(count)] for n in names}
+    unpaired = rundir.unpaired(groups)
     if unpaired:
         return Verdict(claim, NOT_CHECKED_UNPAIRED, unpaired)
+    member_runs = list(zip(*groups.values()))
     return _summarized(claim, spec.check, member_runs, spec.effect, spec.unit)
-
-
-def _unpaired(member_runs: Sequence[Sequence[Run]]) -> str | None:
-    """One line where member k of the runs compared differ in seed or length, else None."""
-    for k, members in enumerate(member_runs):
-        found = [(m.summary.get("seed"), m.config.get("num_train_steps")) for m in members]
-        if len(set(found)) > 1:
-            told = "; ".join(f"{m.path}: seed {s}, {n} steps" for m, (s, n) in zip(members, found))
-            return f"member {k} does not pair ({told}): train them with the same seeds and steps"
-    return None
 
 
 def _attack_noise(pair: Sequence[str], attacks: Mapping | None) -> list[Verdict]:

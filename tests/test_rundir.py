@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -248,3 +249,18 @@ def test_records_without_a_replica_are_one_clear_error_naming_the_file(tmp_path)
     (tmp_path / rundir.METRICS_FILE).write_text('{"step": 8, "train_loss": 1.0}\n')
     with pytest.raises(RunError, match="metrics.jsonl: records without 'replica'"):
         rundir.read_history(tmp_path)
+
+
+def test_members_pair_by_seed_and_length_up_to_the_fewest():
+    def run(name, seeds, steps=100):
+        config = {"seed": 0, "num_replicas": len(seeds), "num_train_steps": steps}
+        summary = {"replicas": [{"seed": s} for s in seeds]}
+        return rundir.Run(Path(name), config, [], summary).members()
+
+    assert rundir.unpaired({"a": run("a", [0, 7]), "b": run("b", [0, 7, 9])}) is None
+    assert rundir.unpaired({"a": run("a", [0, 7]), "b": run("b", [0, 8])}) == (
+        "member 1 does not pair (a: seed 7, 100 steps; b: seed 8, 100 steps): train them with"
+        " the same seeds and steps"
+    )
+    told = rundir.unpaired({"a": run("a", [0]), "b": run("b", [0], steps=50)})
+    assert told.startswith("member 0 does not pair (a: seed 0, 100 steps; b: seed 0, 50 steps)")

@@ -10,7 +10,7 @@ from importlib.metadata import version
 
 import pytest
 
-from fmnist_jax import rundir, runtime, sweep
+from fmnist_jax import population, rundir, runtime, sweep
 from fmnist_jax.errors import UsageError
 from tests.conftest import REPO
 
@@ -172,26 +172,34 @@ def fake_run(path, config: dict, seeds, losses, rates=None):
         for i, (seed, loss) in enumerate(zip(seeds, losses, strict=True))
     ]
     path.mkdir(parents=True)
-    rundir.write_config(path, {"num_train_steps": 100, **config})
+    rundir.write_config(
+        path, {"num_train_steps": 100, "seed": 0, "num_replicas": len(seeds)} | config
+    )
     rundir.write_summary(path, {"replicas": rows})
 
 
 def test_the_sweep_reads_each_rate_where_it_was_trained_and_pairs_the_seeds(tmp_path):
     fake_run(tmp_path / "mlp", {"dropout_rate": 0.0}, [0, 7], [0.40, 0.42])
     fake_run(tmp_path / "mlp_dropout", {"dropout_rate": 0.25}, [0, 7], [0.30, 0.31])
-    population = {"dropout_rate": 0.0, "grid": "dropout_rate=0.5", "num_replicas": 2}
-    fake_run(tmp_path / "sweep" / "mlp", population, [0, 7], [0.35, 0.36], rates=[0.5, 0.5])
-    result = sweep.collect(tmp_path, {"mlp": ([0.0, 0.25, 0.5], 2, 0)})
+    grid = population.format_grid({"dropout_rate": [0.1, 0.5]})
+    members = {"dropout_rate": 0.0, "grid": grid, "num_replicas": 2}
+    losses = [0.37, 0.38, 0.35, 0.36]
+    fake_run(tmp_path / "sweep" / "mlp", members, [0, 7] * 2, losses, rates=[0.1, 0.1, 0.5, 0.5])
+    result = sweep.collect(tmp_path, {"mlp": ([0.0, 0.1, 0.25, 0.5], 2, 0)})
     rates = result["models"]["mlp"]["rates"]
     assert rates["0"]["final_test_loss"]["mean"] == pytest.approx(0.41)
+    assert rates["0.1"]["final_test_loss"]["mean"] == pytest.approx(0.375)
     assert rates["0.25"]["final_test_loss"]["mean"] == pytest.approx(0.305)
     assert rates["0.5"]["final_test_loss"]["mean"] == pytest.approx(0.355)
     assert result["models"]["mlp"]["verdict"]["best_rate"] == 0.25
-    assert result["sources"]["mlp"] == {"0": "mlp", "0.25": "mlp_dropout", "0.5": "sweep/mlp"}
+    assert result["sources"]["mlp"] == {
+        "0": "mlp", "0.1": "sweep/mlp", "0.25": "mlp_dropout", "0.5": "sweep/mlp"
+    }  # fmt: skip
 
 
 def test_members_that_do_not_pair_are_one_line(tmp_path):
     fake_run(tmp_path / "mlp", {"dropout_rate": 0.0}, [0, 7], [0.40, 0.42])
     fake_run(tmp_path / "mlp_dropout", {"dropout_rate": 0.25, "seed": 5}, [5, 9], [0.3, 0.31])
-    with pytest.raises(UsageError, match=r"rate 0.25 .*seeds \[5, 9\].* do not pair"):
+    told = r"mlp: member 0 does not pair \(rate 0 \(.*/mlp\): seed 0, .*rate 0.25 \(.*: seed 5,"
+    with pytest.raises(UsageError, match=told):
         sweep.collect(tmp_path, {"mlp": ([0.0, 0.25], 2, 0)})
