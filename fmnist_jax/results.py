@@ -119,6 +119,7 @@ def collect(
 # of a version such as 0.12.8 or of a list such as 0,0.25).
 NUMBER = re.compile(r"[+−-]?(?<![\d.,])(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+)(?![\d.,]*\d)")
 CODE = re.compile(r"`[^`]*`")  # a command's numbers are not quoted results
+PARTS = ("adversarial", "sweep", "theory")  # results.json's parts a README table row may name
 
 
 def _normal(token: str) -> str:
@@ -145,8 +146,27 @@ def _leaves(tree) -> Iterator:
 def unquoted(text: str, results: Mapping | None) -> list[str]:
     """The numbers `text` quotes that `results` does not hold: a number matches a value that,
     or 100 times which (a percentage), rounds to it at its decimals, or the same number written
-    in one of the file's texts (a verdict's evidence). No file: every number is unquoted."""
-    leaves = list(_leaves(results or {}))
+    in one of the file's texts (a verdict's evidence). A table row whose first cell names a run
+    (`cnn-dropout`) or a part of the file (`adversarial`) is matched against that part alone, so
+    that one run's number quoted on another's row is told. No file: every number is unquoted."""
+    missing = []
+    for line in text.splitlines():
+        missing += _unquoted(line, _part(line, results or {}))
+    return missing
+
+
+def _part(line: str, results: Mapping) -> Mapping:
+    """What a README line quotes: the run or part its table row's first cell names, else all."""
+    if not line.lstrip().startswith("|"):
+        return results
+    name = line.strip().strip("|").split("|")[0].strip().strip("`").replace("-", "_")
+    runs = results.get("runs") or {}
+    found = runs.get(name, results.get(name) if name in PARTS else None)
+    return found if isinstance(found, Mapping) else results
+
+
+def _unquoted(text: str, results: Mapping) -> list[str]:
+    leaves = list(_leaves(results))
     values = [v for v in leaves if isinstance(v, int | float) and not isinstance(v, bool)]
     written = {_normal(t) for s in leaves if isinstance(s, str) for t in quoted_numbers(s)}
     forms: dict[int, set[str]] = {}  # decimals -> every value, and 100 times it, so rounded

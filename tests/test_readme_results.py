@@ -38,3 +38,14 @@ def test_the_check_names_a_number_the_file_does_not_hold(tmp_path):
     )
     assert results.unquoted(quote.format(acc="88.50"), found) == []
     assert results.unquoted(quote.format(acc="88.60"), found) == ["88.60"]
+
+
+def test_a_row_is_checked_against_the_run_it_names(tmp_path):
+    """The attack's median L1 is in the file, but not in the MLP's run: quoted on the MLP's row
+    it is named; in prose, or on the attack's row, it passes."""
+    runs, figures = write_runs(tmp_path)
+    out = report.write_report(runs, figures, tmp_path / "REPORT.md")
+    found = json.loads((out.parent / results.RESULTS_FILE).read_text())
+    assert results.unquoted("| `mlp` | 1 | accuracy 88.50 %, L1 12.50 |", found) == ["12.50"]
+    assert results.unquoted("| `adversarial` | | median L1 12.50 |", found) == []
+    assert results.unquoted("The attack's median L1 is 12.50.", found) == []
