@@ -120,6 +120,21 @@ def kept_scalars(workdir: Path, up_to_step: int) -> list[dict]:
     return [lines[k] for k in sorted(lines)]
 
 
+def earlier_seconds(workdir: Path, up_to_step: int) -> float:
+    """What earlier processes spent training this run up to `up_to_step`: each one's last
+    progress `uptime` (it starts again with every process) in the kept scalars; 0 for none. A
+    process's steps past its last progress line, or past the checkpoint resumed, are not in it."""
+    total = last = 0.0
+    for line in kept_scalars(workdir, up_to_step):
+        uptime = line.get("uptime")
+        if uptime is None:
+            continue
+        if uptime < last:  # a later process's first line
+            total += last
+        last = uptime
+    return total + last
+
+
 def open_writers(
     workdir: Path, config: dict, history: list[dict], up_to_step: int, just_logging=False
 ) -> dict:

@@ -150,7 +150,8 @@ def device_section(runs: Mapping[str, Run | None]) -> str:
     rows, versions = [], {}
     for name, s in _finished(runs).items():
         device = f"{s.get('device_kind', '?')} × {s.get('device_count', '?')}"
-        speed = [_fmt(s.get("wall_time_s"), "number"), _fmt(s.get("images_per_sec"), "number")]
+        wall = s.get("wall_time_total_s", s.get("wall_time_s"))  # a resumed run's every process
+        speed = [_fmt(wall, "number"), _fmt(s.get("images_per_sec"), "number")]
         count = str(s.get("num_replicas", 1))
         rows.append([name, str(s.get("backend", "?")), device, count, *speed])
         line = ", ".join(f"{k} {v}" for k, v in sorted((s.get("versions") or {}).items()))
@@ -158,6 +159,7 @@ def device_section(runs: Mapping[str, Run | None]) -> str:
     if not rows:
         return "*No finished run.*"
     header = ["run", "backend", "device × count", "replicas", "wall time (s)", "images/s (all)"]
+    # wall time: every process's that trained the run; images/s: the last one's
     version_lines = [f"- {line} ({', '.join(names)})" for line, names in versions.items()]
     return table(header, rows) + "\n\nVersions:\n\n" + "\n".join(version_lines)
 

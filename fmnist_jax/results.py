@@ -23,7 +23,8 @@ RESULTS_FILE = "results.json"  # beside REPORT.md
 # them at the top; docs/training.md says what each holds).
 RUN_FIELDS = (
     "model", "dropout_rate", "num_replicas", "steps", "statistics", "replicas", "backend",
-    "device_kind", "device_count", "wall_time_s", "images_per_sec", "data", "versions",
+    "device_kind", "device_count", "wall_time_s", "wall_time_total_s", "images_per_sec", "data",
+    "versions",
 )  # fmt: skip
 
 

@@ -109,8 +109,11 @@ def summarize(config, history: list[dict], dataset: data_lib.Dataset, timing: di
     }
 
 
-def timing(config, initial_step: int, wall: float, eval_time: float, first: tuple) -> dict:
-    """Wall time and speed, the rates without the first chunk (`first`: steps, s): it compiles."""
+def timing(
+    config, initial_step: int, wall: float, eval_time: float, first: tuple, earlier: float = 0.0
+) -> dict:
+    """Wall time and speed, the rates without the first chunk (`first`: steps, s): it compiles.
+    `earlier`: the seconds earlier processes spent on this run (a resumed one's)."""
     first_steps, first_s = first
     timed_steps = config.num_train_steps - initial_step - first_steps
     steady = wall - eval_time - first_s
@@ -119,6 +122,7 @@ def timing(config, initial_step: int, wall: float, eval_time: float, first: tupl
     return {
         "resumed_from_step": initial_step,
         "wall_time_s": round(wall, 2),
+        "wall_time_total_s": round(wall + earlier, 2),
         "first_step_s": round(first_s, 3),
         "eval_time_s": round(eval_time, 2),
         # Every replica's images: what the program trains per second.

@@ -74,6 +74,30 @@ def test_a_resumed_run_keeps_its_progress_scalars_each_step_once(runs):
     assert all({"steps_per_sec", "uptime"} <= set(e) for e in kept)
 
 
+def test_a_resumed_runs_total_wall_time_adds_the_earlier_processes(runs):
+    """The first process's last uptime (step 16) plus the second's wall time; a run trained in
+    one process: its own wall time."""
+    first = {e["step"]: e["uptime"] for e in events.kept_scalars(runs / "resumed", 16)}[16]
+    assert events.earlier_seconds(runs / "resumed", 16) == pytest.approx(first)
+    resumed = json.loads((runs / "resumed" / "summary.json").read_text())
+    assert resumed["resumed_from_step"] == 16 and first > 0
+    assert resumed["wall_time_total_s"] == pytest.approx(resumed["wall_time_s"] + first, abs=0.01)
+    straight = json.loads((runs / "straight" / "summary.json").read_text())
+    assert straight["wall_time_total_s"] == straight["wall_time_s"]
+    assert events.earlier_seconds(runs / "straight", 0) == 0.0
+
+
+def test_earlier_seconds_adds_each_process_last_uptime(tmp_path):
+    lines = [(4, 10.0), (8, 20.0), (12, 3.0), (16, 9.0), (20, 2.0)]  # three processes
+    with open(tmp_path / events.SCALARS_FILE, "w") as f:
+        f.writelines(
+            json.dumps({"collection": "train", "step": step, "uptime": uptime}) + "\n"
+            for step, uptime in lines
+        )
+    assert events.earlier_seconds(tmp_path, 20) == pytest.approx(20.0 + 9.0 + 2.0)
+    assert events.earlier_seconds(tmp_path, 12) == pytest.approx(20.0 + 3.0)
+
+
 def test_each_replica_is_a_tensorboard_run_of_its_own(tmp_path):
     cfg = config_lib.load_experiment("mlp", "test")
     cfg.num_replicas = 2

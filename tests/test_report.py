@@ -345,3 +345,11 @@ def test_cli_turns_an_invalid_run_into_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and "summary.json: not valid JSON" in line
+
+
+def test_the_device_table_gives_a_resumed_runs_time_over_all_its_processes():
+    from fmnist_jax.rundir import Run
+
+    timing = {"num_replicas": 1, "wall_time_s": 40.0, "wall_time_total_s": 100.0}
+    table = report.device_section({"cnn": Run(Path("cnn"), {}, [], timing)})
+    assert "| 100 |" in table and "| 40 |" not in table
