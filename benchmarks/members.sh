@@ -3,7 +3,8 @@
 # cores"): `procs` = two processes at once, `shares` = the same, each on its half of the cores
 # (FMNIST_CPU_SHARE, as `make reproduce` runs them), `plain` = the two one after the other,
 # `unroll` = one process training both (--config.num_replicas=2). Time each as a whole process.
-#   bash benchmarks/members.sh procs|shares|plain|unroll [PYTHON]
+# REPLICAS=3 trains 3 members in each process (as `make reproduce` does; `unroll`: ignored).
+#   [REPLICAS=N] bash benchmarks/members.sh procs|shares|plain|unroll [PYTHON]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?procs, shares, plain or unroll}
@@ -13,7 +14,8 @@ runs=$(mktemp -d)
 trap 'rm -rf "$runs"' EXIT
 train() {
   "$python" -m fmnist_jax.main --config experiments/cnn.py --config.num_train_steps=1000 \
-    --config.eval_every_steps=500 --config.checkpoint_every_steps=1000 "$@" >/dev/null 2>&1
+    --config.eval_every_steps=500 --config.checkpoint_every_steps=1000 \
+    --config.num_replicas="${REPLICAS:-1}" "$@" >/dev/null 2>&1
 }
 case $mode in
   procs) train --workdir "$runs/a" & train --workdir "$runs/b" --config.seed=7; wait ;;
