@@ -220,8 +220,8 @@ def _loop(run: LoopContext, state, acc, dropout_rng):
             if step < num_steps and stop.requested(step):
                 _stop(run, stop, step, state, acc, saved)
     run.manager.wait_until_finished()
+    wall = time.time() - start  # before reading what earlier processes recorded
     earlier = events.earlier_seconds(run.workdir, initial_step) if run.is_writer else 0.0
-    wall = time.time() - start
     timing = summary.timing(config, initial_step, wall, eval_time, first or (0, 0.0), earlier)
     return state, {**timing, "steps_per_chunk": feed.chunk}
 
