@@ -149,21 +149,26 @@ def unquoted(text: str, results: Mapping | None) -> list[str]:
     or 100 times which (a percentage), rounds to it at its decimals, or the same number written
     in one of the file's texts (a verdict's evidence). A table row whose first cell names a run
     (`cnn-dropout`) or a part of the file (`adversarial`) is matched against that part alone, so
-    that one run's number quoted on another's row is told. No file: every number is unquoted."""
+    that one run's number quoted on another's row is told; a row naming in `code` a run the file
+    lacks is told by that name. No file: every number is unquoted."""
     missing = []
     for line in text.splitlines():
-        missing += _unquoted(line, _part(line, results or {}))
+        name, part = _part(line, results or {})
+        missing += _unquoted(line, part) if part is not None else [f"{name} (not in the file)"]
     return missing
 
 
-def _part(line: str, results: Mapping) -> Mapping:
-    """What a README line quotes: the run or part its table row's first cell names, else all."""
-    if not line.lstrip().startswith("|"):
-        return results
-    name = line.strip().strip("|").split("|")[0].strip().strip("`").replace("-", "_")
+def _part(line: str, results: Mapping) -> tuple[str, Mapping | None]:
+    """What a README line quotes: the run or part its table row's first cell names (None: a
+    `code` name the file holds neither as a run nor as a part), else the whole file."""
+    first = line.strip().strip("|").split("|")[0].strip() if line.lstrip().startswith("|") else ""
+    name = first.strip("`").replace("-", "_")
     runs = results.get("runs") or {}
     found = runs.get(name, results.get(name) if name in PARTS else None)
-    return found if isinstance(found, Mapping) else results
+    if isinstance(found, Mapping):
+        return first, found
+    named = first.startswith("`") and first.endswith("`") and len(first) > 1
+    return first, None if named and results else results
 
 
 def _unquoted(text: str, results: Mapping) -> list[str]:

@@ -49,3 +49,16 @@ def test_a_row_is_checked_against_the_run_it_names(tmp_path):
     assert results.unquoted("| `mlp` | 1 | accuracy 88.50 %, L1 12.50 |", found) == ["12.50"]
     assert results.unquoted("| `adversarial` | | median L1 12.50 |", found) == []
     assert results.unquoted("The attack's median L1 is 12.50.", found) == []
+
+
+def test_a_row_naming_a_run_the_file_lacks_is_told(tmp_path):
+    """A row whose first cell names in `code` a run the file does not hold is told by that name,
+    whatever its numbers; a row whose first cell is plain text is read against the whole file."""
+    runs, figures = write_runs(tmp_path)
+    out = report.write_report(runs, figures, tmp_path / "REPORT.md")
+    found = json.loads((out.parent / results.RESULTS_FILE).read_text())
+    assert results.unquoted("| `resnet` | 1 | accuracy 88.50 % |", found) == [
+        "`resnet` (not in the file)"
+    ]
+    assert results.unquoted("| rate 0 | 1 | accuracy 88.50 % |", found) == []
+    assert results.unquoted("| `resnet` | 1 | accuracy 88.50 % |", None) == ["88.50"]
