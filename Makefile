@@ -29,7 +29,7 @@ MLP_REPLICAS ?= $(or $(REPLICAS),3)
 CNN_REPLICAS ?= $(or $(REPLICAS),3)
 # The sweep's members at rates 0 and 0.25 are the mlp, mlp_dropout, cnn and cnn_dropout runs
 # themselves, so it trains with their seeds. Extra sweep flags, e.g. SWEEP_ARGS="--models=mlp"
-# or "--num_train_steps=cnn=3000" (its own folder then: docs/populations.md).
+# or "--num_train_steps=cnn=3000" (every rate then in runs/sweep/cnn: docs/populations.md).
 SWEEP_ARGS ?=
 
 # The interpreters the environments are built with: the first of these candidates whose version
